@@ -1,0 +1,173 @@
+"""The app factory: wires settings, rules, store, engine and routes in one place."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ..auth import Auth
+from ..engine import Engine, FarmConflict, IdempotencyMismatch, PlayerGone
+from ..game import GameError, Rules
+from ..observability import Metrics
+from ..settings import Settings, load_rules
+from ..store import StorageUnavailable, Store, open_store
+from . import routes_auth, routes_farm, routes_meta, routes_players, ws  # noqa: F401 - registers routes
+from .context import CTX, AppContext
+from .errors import ApiError, problem_response
+from .http import API_PREFIX, ROUTES, Handler, Route, authenticate
+from .routes_meta import OPS_ROUTES, openapi
+
+log = structlog.get_logger("llamawool.api")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "AUTH_REQUIRED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def _wrap(r: Route) -> Handler:
+    """Authenticate per the route's access level before the handler runs."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if r.access != "public":
+            request["principal"] = authenticate(request, request.app[CTX].auth.decode_access, r.access)
+        return await r.handler(request)
+
+    handler.__name__ = r.handler.__name__
+    return handler
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes problem+json; a stack trace never leaves the process."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    c = request.app[CTX]
+    started = time.perf_counter()
+    route_name = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status = 500
+    try:
+        try:
+            resp = await handler(request)
+        except GameError as exc:
+            raise ApiError(exc.code, exc.detail, **exc.extra) from None
+        except StorageUnavailable:
+            raise ApiError(
+                "UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", headers={"Retry-After": "5"}
+            ) from None
+        except FarmConflict:
+            raise ApiError("UNAVAILABLE", "the farm moved; retry", headers={"Retry-After": "1"}) from None
+        except PlayerGone:
+            raise ApiError("INVALID_TOKEN", "the account no longer exists") from None
+        except IdempotencyMismatch:
+            raise ApiError("CONFLICT", "this Idempotency-Key was used for a different request") from None
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "BAD_REQUEST")
+            detail = exc.reason
+            if exc.status == 413:
+                detail = f"request bodies are limited to {c.settings.max_body_bytes} bytes"
+            elif exc.status == 405:
+                detail = f"{request.method} is not allowed on {request.path}"
+            elif exc.status == 404:
+                detail = f"no route {request.path}"
+            raise ApiError(code, detail, status=exc.status, headers=_allow(exc)) from None
+    except ApiError as err:
+        status = err.status
+        resp = problem_response(err, request_id)
+    except Exception:
+        log.exception("http.unhandled", path=request.path, method=request.method, request_id=request_id)
+        status = 500
+        resp = problem_response(ApiError("INTERNAL", "an internal error occurred; it has been logged"), request_id)
+    else:
+        status = resp.status
+    resp.headers["X-Request-Id"] = request_id
+    if "Cache-Control" not in resp.headers and request.headers.get("Authorization"):
+        resp.headers["Cache-Control"] = "private, no-store"
+    elapsed = time.perf_counter() - started
+    if route_name != "/api/v1/ws":
+        c.metrics.http_requests.labels(request.method, route_name, str(status)).inc()
+        c.metrics.http_duration.labels(request.method, route_name).observe(elapsed)
+    return resp
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "llamawool"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    rules: Rules | None = None,
+    clock: Callable[[], float] = time.time,
+    tick: bool = True,
+) -> web.Application:
+    rules = rules or load_rules(settings)
+    store = store or open_store(settings)
+    metrics = Metrics(settings.region)
+    engine = Engine(rules, store, settings, metrics, clock)
+    auth = Auth(store, settings)
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app[CTX] = AppContext(settings, rules, store, engine, auth, metrics)
+
+    for r in ROUTES:
+        app.router.add_route(r.method, API_PREFIX + r.path, _wrap(r))
+    app.router.add_get(API_PREFIX + "/openapi.json", openapi)
+    for path, handler in OPS_ROUTES:
+        app.router.add_get(path, handler)
+    if WEB_DIR.is_dir() and (WEB_DIR / "index.html").exists():
+        app.router.add_get("/", _index)
+        app.router.add_static("/static/", WEB_DIR, show_index=False)
+
+    async def startup(app: web.Application) -> None:
+        await store.open()
+        await engine.start(tick=tick)
+        log.info("server.started", store=store.name, region=settings.region, env=settings.env)
+
+    async def cleanup(app: web.Application) -> None:
+        await drain(app)
+        await engine.stop()
+        await store.close()
+        log.info("server.stopped")
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    app.on_response_prepare.append(_server_header)
+    return app
+
+
+async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
+    """Readiness fails at once; open sockets are told to reconnect elsewhere."""
+    c = app[CTX]
+    c.draining = True
+    for session in list(c.sessions):
+        await session.close(code, "server restarting: reconnect")
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def context(app: web.Application) -> AppContext:
+    return app[CTX]
+
+
+__all__: list[Any] = ["context", "create_app", "drain"]

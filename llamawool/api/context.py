@@ -1,0 +1,37 @@
+"""Everything a handler needs, wired once by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..auth import Auth
+from ..engine import Engine
+from ..game import Rules
+from ..observability import Metrics
+from ..settings import Settings
+from ..store import Store
+
+if TYPE_CHECKING:
+    from .ws import WsSession
+
+
+@dataclass(eq=False)
+class AppContext:
+    settings: Settings
+    rules: Rules
+    store: Store
+    engine: Engine
+    auth: Auth
+    metrics: Metrics
+    sessions: set[WsSession] = field(default_factory=set)
+    draining: bool = False
+
+
+CTX = web.AppKey("llamawool", AppContext)
+
+
+def ctx(request: web.Request) -> AppContext:
+    return request.app[CTX]

@@ -1,0 +1,288 @@
+"""The WebSocket session at /api/v1/ws.
+
+Authentication (header, `?token=` or a first `auth` message within the
+timeout), then `welcome`, then ticks and events pushed by the engine while the
+client sends actions that go through the same engine entry point as REST.
+Outbound messages go through a bounded queue drained by one writer task, so
+a slow client never blocks the tick; when its queue is full, ticks (which
+supersede each other) are dropped first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import WSMsgType, web
+from pydantic import TypeAdapter, ValidationError
+
+from ..auth import AuthError, Principal
+from ..engine import IdempotencyMismatch, PlayerGone
+from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
+from ..store import StorageUnavailable
+from .context import AppContext, ctx
+from .errors import CODES
+from .http import route
+from .routes_auth import player_view
+from .schemas import WsAction, WsBuyBuilding, WsBuyUpgrade, WsEnvelope, WsPrestige, WsShear
+
+log = structlog.get_logger("llamawool.ws")
+
+CLOSE_AUTH = 4401
+CLOSE_VIOLATIONS = 4408
+CLOSE_RESTART = 1012
+
+_ACTION = TypeAdapter(WsAction)
+
+
+def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige) -> Action:
+    match a:
+        case WsShear():
+            return Shear(a.count)
+        case WsBuyBuilding():
+            return BuyBuilding(a.key, a.quantity)
+        case WsBuyUpgrade():
+            return BuyUpgrade(a.key)
+        case WsPrestige():
+            return Prestige(a.confirm, a.expected_gain)
+    raise AssertionError(a)
+
+
+class WsSession:
+    """One socket. Implements the engine's `Sink`."""
+
+    def __init__(self, c: AppContext, ws: web.WebSocketResponse) -> None:
+        self.c = c
+        self.ws = ws
+        self.player_id: str | None = None
+        self._queue: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._limit = c.settings.ws_send_queue
+        self._writer: asyncio.Task[None] | None = None
+        self.closing = False
+
+    # -- Sink --
+    def send(self, message: str) -> None:
+        if self.closing:
+            return
+        if len(self._queue) >= self._limit:
+            # Drop the oldest tick: a newer one carries everything it did.
+            for i, queued in enumerate(self._queue):
+                if queued.startswith('{"type":"tick"'):
+                    del self._queue[i]
+                    break
+            else:
+                self._queue.popleft()
+        self._queue.append(message)
+        self._ready.set()
+
+    def send_obj(self, obj: dict[str, Any]) -> None:
+        self.send(orjson.dumps(obj).decode())
+
+    def error(self, code: str, message: str, msg_id: Any = None, **extra: Any) -> None:
+        data: dict[str, Any] = {"code": code, "message": message}
+        if msg_id is not None:
+            data["id"] = msg_id
+        data.update(extra)
+        self.send_obj({"type": "error", "id": msg_id, "data": data})
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                while self._queue:
+                    msg = self._queue.popleft()
+                    await self.ws.send_str(msg)
+                self._ready.clear()
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            return
+
+    def start_writer(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop())
+
+    async def flush_and_stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        # Let queued messages (errors, results) out before closing.
+        for _ in range(100):
+            if not self._queue or self._writer.done():
+                break
+            await asyncio.sleep(0)
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closing = True
+        await self.flush_and_stop_writer()
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=code, message=reason.encode())
+
+
+def _token_from_request(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query.get("token")
+
+
+async def _await_auth_message(ws: web.WebSocketResponse, timeout: float) -> str | None:
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        return None
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        obj = orjson.loads(msg.data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or obj.get("type") != "auth":
+        return None
+    data = obj.get("data")
+    token = data.get("token") if isinstance(data, dict) else obj.get("token")
+    return token if isinstance(token, str) else None
+
+
+@route("GET", "/ws", summary="The WebSocket (see docs/protocol.md)", access="public", tag="realtime", status=101)
+async def websocket(request: web.Request) -> web.StreamResponse:
+    c = ctx(request)
+    if c.draining:
+        return web.Response(status=503, headers={"Retry-After": "1"}, text="draining")
+    s = c.settings
+    ws = web.WebSocketResponse(
+        heartbeat=s.ws_heartbeat_s,
+        # Frames up to 16x the protocol limit are read and answered with an
+        # error; beyond that aiohttp closes with 1009.
+        max_msg_size=s.ws_max_message_bytes * 16,
+        compress=False,
+    )
+    await ws.prepare(request)
+    session = WsSession(c, ws)
+    c.sessions.add(session)
+    c.metrics.ws_active.set(len(c.sessions))
+    try:
+        await _run(c, request, session)
+    finally:
+        session.closing = True
+        c.sessions.discard(session)
+        c.metrics.ws_active.set(len(c.sessions))
+        if session.player_id is not None:
+            c.engine.detach(session.player_id, session)
+        await session.flush_and_stop_writer()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
+    ws = session.ws
+    token = _token_from_request(request)
+    if token is None:
+        token = await _await_auth_message(ws, c.settings.ws_auth_timeout_s)
+    if token is None:
+        await ws.close(code=CLOSE_AUTH, message=b"authentication required")
+        return
+    try:
+        who: Principal = c.auth.decode_access(token)
+    except AuthError as exc:
+        await ws.close(code=CLOSE_AUTH, message=exc.detail.encode()[:120])
+        return
+    player = await c.store.get_player(who.player_id)
+    if player is None:
+        await ws.close(code=CLOSE_AUTH, message=b"account no longer exists")
+        return
+    session.player_id = who.player_id
+    session.start_writer()
+    try:
+        state, now = await c.engine.attach(who.player_id, session)
+    except StorageUnavailable:
+        await session.close(1011, "storage unavailable, retry")
+        return
+    from ..engine import farm_view
+
+    welcome: dict[str, Any] = {
+        "player": player_view(player),
+        "farm": farm_view(c.rules, state, now),
+        "server_time": now,
+        "tick_interval_s": c.settings.tick_interval_s,
+        "offline_report": state.offline_report.to_dict() if state.report_unseen and state.offline_report else None,
+    }
+    session.send_obj({"type": "welcome", "data": welcome})
+    if state.report_unseen:
+        with contextlib.suppress(StorageUnavailable):
+            await c.engine.mark_report_seen(who.player_id)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await _handle_text(c, session, who, msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            session.error("UNSUPPORTED_FRAME", "binary frames are not supported; send JSON text")
+        elif msg.type == WSMsgType.ERROR:
+            break
+
+
+async def _handle_text(c: AppContext, session: WsSession, who: Principal, text: str) -> None:
+    c.metrics.ws_messages.labels(direction="in", type="text").inc()
+    if len(text.encode()) > c.settings.ws_max_message_bytes:
+        session.error("MESSAGE_TOO_LARGE", f"messages are limited to {c.settings.ws_max_message_bytes} bytes")
+        return
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        session.error("INVALID_JSON", f"message is not valid JSON: {exc}")
+        return
+    if not isinstance(raw, dict):
+        session.error("VALIDATION_ERROR", "a message is one JSON object {type, id?, data?}")
+        return
+    msg_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None
+    try:
+        env = WsEnvelope.model_validate(raw)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        session.error("VALIDATION_ERROR", fields, msg_id)
+        return
+    if env.type == "ping":
+        session.send_obj({"type": "pong", "id": env.id, "data": {"server_time": c.engine.clock()}})
+    elif env.type == "action":
+        await _handle_action(c, session, who, env)
+    elif env.type == "auth":
+        session.error("VALIDATION_ERROR", "already authenticated", env.id)
+    elif env.type in ("subscribe", "unsubscribe"):
+        session.error("NOT_FOUND", "leaderboard subscriptions are not available on this server yet", env.id)
+    else:
+        session.error("VALIDATION_ERROR", f"unknown message type {env.type!r}", env.id)
+
+
+async def _handle_action(c: AppContext, session: WsSession, who: Principal, env: WsEnvelope) -> None:
+    try:
+        parsed = _ACTION.validate_python(env.data or {})
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
+        session.error("VALIDATION_ERROR", fields, env.id)
+        return
+    try:
+        reply = await c.engine.submit(who.player_id, _to_action(parsed))
+    except GameError as exc:
+        session.error(exc.code, exc.detail, env.id, **_json_safe(exc.extra))
+        return
+    except StorageUnavailable:
+        session.error("UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", env.id, retry_after=5)
+        return
+    except PlayerGone:
+        await session.close(CLOSE_AUTH, "account no longer exists")
+        return
+    except IdempotencyMismatch:  # pragma: no cover - WS actions carry no key
+        session.error("CONFLICT", "idempotency key reused", env.id)
+        return
+    session.send('{"type":"result","id":' + orjson.dumps(env.id).decode() + ',"data":' + reply.body.decode() + "}")
+
+
+def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in extra.items() if k not in ("code", "message", "id")}
+
+
+__all__ = ["CLOSE_AUTH", "CLOSE_RESTART", "CLOSE_VIOLATIONS", "CODES", "WsSession", "websocket"]

@@ -1,0 +1,6 @@
+"""The live engine: resident farms as numpy columns, the tick loop, the action path."""
+
+from .engine import Engine, FarmConflict, IdempotencyMismatch, IdempotentRequest, PlayerGone, Reply, Sink
+from .views import farm_view
+
+__all__ = ["Engine", "FarmConflict", "IdempotencyMismatch", "IdempotentRequest", "PlayerGone", "Reply", "Sink", "farm_view"]

@@ -1,0 +1,513 @@
+"""The live engine: resident farms, the one entry point for actions, the tick loop.
+
+Every change to a farm (a player's action, a return from offline, a threshold a
+tick detected, going offline) runs through `_change` under the farm's lock:
+game rules compute the new state, the group committer makes it durable, and
+only then does the resident copy (and its numpy row) move on and the caller
+hear back. Passive production needs no writes: it is anchor + rate x dt.
+
+May import `game`, `store` (interfaces), `coord` (interfaces), settings and
+observability; never `api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from ..game import Action, Event, FarmState, Outcome, Rules, apply_action
+from ..observability import Metrics
+from ..settings import Settings
+from ..store import FarmCommit, IdempotencyRecord, Snapshot, StorageUnavailable, Store
+from .commit import GroupCommitter
+from .table import FarmTable
+from .views import farm_view, tick_message
+
+log = structlog.get_logger("llamawool.engine")
+
+
+class Sink(Protocol):
+    """A connection that receives a farm's messages without blocking the engine."""
+
+    def send(self, message: str) -> None: ...
+
+
+class PlayerGone(Exception):
+    """The farm's player no longer exists (account deleted)."""
+
+
+class IdempotencyMismatch(Exception):
+    """An Idempotency-Key was reused with a different request."""
+
+
+class FarmConflict(Exception):
+    """The stored farm moved on under us (another owner committed); it was reloaded."""
+
+
+@dataclass(slots=True)
+class Reply:
+    """An action's answer, as the client sees it (also what an idempotent replay returns)."""
+
+    status: int
+    body: bytes
+    revision: int
+    replayed: bool = False
+
+
+@dataclass(slots=True)
+class IdempotentRequest:
+    key: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, key: str, action: Action) -> IdempotentRequest:
+        digest = hashlib.sha256(repr(action).encode()).hexdigest()
+        return cls(key, digest)
+
+
+@dataclass(eq=False, slots=True)
+class Resident:
+    player_id: str
+    state: FarmState
+    row: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sinks: set[Sink] = field(default_factory=set)
+    snapshot_revision: int = -1
+    ticked_revision: int = -1
+    evicted: bool = False
+    busy: bool = False  # a settle/offline task is queued for this farm
+
+
+class Engine:
+    def __init__(
+        self,
+        rules: Rules,
+        store: Store,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rules = rules
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.table = FarmTable(rules)
+        self.committer = GroupCommitter(store, metrics, settings.commit_max_batch)
+        self.residents: dict[str, Resident] = {}
+        self._row_owner: list[Resident | None] = []
+        self._loading: dict[str, asyncio.Future[Resident]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._last_autosave = 0.0
+        self.online_window_s = rules.online_window_s
+        self.autosave_s = rules.config.production.autoSaveInterval / 1000.0
+        self.tick_listeners: list[Callable[[float], None]] = []
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    async def start(self, *, tick: bool = True) -> None:
+        self.committer.start()
+        self._last_autosave = self.clock()
+        if tick:
+            self._tick_task = asyncio.create_task(self._tick_loop(), name="engine-tick")
+
+    async def stop(self) -> None:
+        """Stop ticking, write every resident farm's snapshot, flush commits."""
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            try:
+                await self._tick_task
+            except asyncio.CancelledError:
+                pass
+            self._tick_task = None
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        try:
+            await self.autosave(force=True)
+        except StorageUnavailable as exc:
+            log.error("engine.final_save_failed", error=str(exc))
+        await self.committer.stop()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- residency -------------------------------------------------------------------
+
+    async def _resident(self, player_id: str) -> Resident:
+        res = self.residents.get(player_id)
+        if res is not None:
+            return res
+        pending = self._loading.get(player_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Resident] = asyncio.get_running_loop().create_future()
+        self._loading[player_id] = fut
+        try:
+            res = await self._load(player_id)
+            fut.set_result(res)
+            return res
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._loading[player_id]
+
+    async def _load(self, player_id: str) -> Resident:
+        now = self.clock()
+        stored = await self.store.load_farm(player_id)
+        if stored is None:
+            if await self.store.get_player(player_id) is None:
+                raise PlayerGone(player_id)
+            state = self.rules.new_farm(player_id, now)
+            state.revision = 1
+            ok = await self.committer.commit(
+                FarmCommit(player_id, None, 1, state.to_doc(), now, snapshot=self._snapshot(state))
+            )
+            if not ok:  # created concurrently elsewhere: take theirs
+                stored = await self.store.load_farm(player_id)
+                if stored is None:
+                    raise FarmConflict(player_id)
+        if stored is not None:
+            state = FarmState.from_doc(stored.doc, stored.revision)
+            state.last_active = max(state.last_active, stored.last_active)
+            if state.online and state.last_active + self.online_window_s <= now:
+                # It was online when this process (or another) stopped; it went
+                # offline when its online window ran out, and is credited on return.
+                state = self.rules.go_offline(state, state.last_active + self.online_window_s).state
+        res = Resident(player_id, state, -1, snapshot_revision=state.revision)
+        res.row = self.table.add(state)
+        if res.row >= len(self._row_owner):
+            self._row_owner.extend([None] * (self.table.capacity - len(self._row_owner)))
+        self._row_owner[res.row] = res
+        self.residents[player_id] = res
+        self._gauge()
+        return res
+
+    def _evict(self, res: Resident) -> None:
+        res.evicted = True
+        self.residents.pop(res.player_id, None)
+        self.table.remove(res.row)
+        self._row_owner[res.row] = None
+        self._gauge()
+
+    def _gauge(self) -> None:
+        self.metrics.farms_resident.set(len(self.residents))
+
+    async def _locked(self, player_id: str) -> Resident:
+        """The resident farm with its lock held (reloading if it was evicted meanwhile)."""
+        while True:
+            res = await self._resident(player_id)
+            await res.lock.acquire()
+            if not res.evicted:
+                return res
+            res.lock.release()
+
+    def forget(self, player_id: str) -> None:
+        """Drop a farm from memory without writing it (its player was erased)."""
+        res = self.residents.get(player_id)
+        if res is not None:
+            for sink in list(res.sinks):
+                res.sinks.discard(sink)
+            self._evict(res)
+
+    # ---- the one path of change -----------------------------------------------------------
+
+    def _snapshot(self, state: FarmState) -> Snapshot:
+        return Snapshot(
+            state.player_id,
+            state.revision,
+            state.anchor_time,
+            self.rules.value_of(state.balances),
+            state.to_doc(),
+        )
+
+    async def _commit(
+        self,
+        res: Resident,
+        outcome: Outcome,
+        *,
+        idempotency: IdempotencyRecord | None = None,
+        snapshot: bool = False,
+    ) -> FarmState:
+        """Make `outcome.state` durable as the next revision, then adopt it."""
+        new = outcome.state
+        new.revision = res.state.revision + 1
+        commit = FarmCommit(
+            res.player_id,
+            res.state.revision,
+            new.revision,
+            new.to_doc(),
+            new.last_active,
+            idempotency=idempotency,
+            snapshot=self._snapshot(new) if snapshot else None,
+        )
+        ok = await self.committer.commit(commit)
+        if not ok:
+            # Someone else committed a newer revision: our copy is stale.
+            self._evict(res)
+            raise FarmConflict(res.player_id)
+        if snapshot:
+            res.snapshot_revision = new.revision
+        res.state = new
+        if not res.evicted:
+            self.table.sync(res.row, new)
+        self._publish(res, outcome.events)
+        return new
+
+    async def _come_online(self, res: Resident, now: float) -> None:
+        res.state.last_active = max(res.state.last_active, now)
+        self.table.last_active[res.row] = res.state.last_active
+        if not res.state.online:
+            outcome = self.rules.come_online(res.state, now)
+            outcome.state.last_active = now
+            await self._commit(res, outcome)
+            report = outcome.result["report"]
+            self.metrics.offline_credits.inc()
+            self.metrics.offline_credited_seconds.inc(report["credited_s"])
+            log.info(
+                "farm.offline_credited",
+                player_id=res.player_id,
+                elapsed_s=report["elapsed_s"],
+                credited_s=report["credited_s"],
+                value=report["value_gained"],
+            )
+
+    async def touch(self, player_id: str) -> tuple[FarmState, float]:
+        """An authenticated request: the farm is online now. Returns its state."""
+        res = await self._locked(player_id)
+        try:
+            now = self.clock()
+            await self._come_online(res, now)
+            return res.state, now
+        finally:
+            res.lock.release()
+
+    async def submit(
+        self,
+        player_id: str,
+        action: Action,
+        idempotency: IdempotentRequest | None = None,
+    ) -> Reply:
+        """Apply a player's action: the single entry point for REST and WebSocket.
+
+        Raises GameError (nothing changed), StorageUnavailable (nothing changed),
+        IdempotencyMismatch.
+        """
+        name = type(action).__name__.lower()
+        res = await self._locked(player_id)
+        try:
+            if idempotency is not None:
+                prior = await self.store.get_idempotency(player_id, idempotency.key)
+                if prior is not None:
+                    if prior.request_hash != idempotency.fingerprint:
+                        raise IdempotencyMismatch(idempotency.key)
+                    return Reply(prior.status, prior.body, res.state.revision, replayed=True)
+            now = self.clock()
+            await self._come_online(res, now)
+            try:
+                outcome = apply_action(self.rules, res.state, action, now)
+            except Exception:
+                self.metrics.actions.labels(action=name, outcome="refused").inc()
+                raise
+            outcome.state.last_active = now
+            revision = res.state.revision + 1
+            outcome.state.revision = revision
+            body = orjson.dumps(
+                {"result": outcome.result, "events": outcome.events, "farm": farm_view(self.rules, outcome.state, now)}
+            )
+            record = None
+            if idempotency is not None:
+                record = IdempotencyRecord(player_id, idempotency.key, idempotency.fingerprint, 200, body, now)
+            await self._commit(res, outcome, idempotency=record)
+            self.metrics.actions.labels(action=name, outcome="applied").inc()
+            return Reply(200, body, revision)
+        finally:
+            res.lock.release()
+
+    async def view(self, player_id: str) -> dict[str, Any]:
+        state, now = await self.touch(player_id)
+        return farm_view(self.rules, state, now)
+
+    async def mark_report_seen(self, player_id: str) -> None:
+        res = await self._locked(player_id)
+        try:
+            if res.state.report_unseen:
+                s = res.state.clone()
+                s.report_unseen = False
+                await self._commit(res, Outcome(s))
+        finally:
+            res.lock.release()
+
+    # ---- connections --------------------------------------------------------------------
+
+    async def attach(self, player_id: str, sink: Sink) -> tuple[FarmState, float]:
+        """A WebSocket joined this farm: online now, ticks start flowing to `sink`."""
+        res = await self._locked(player_id)
+        try:
+            now = self.clock()
+            await self._come_online(res, now)
+            res.sinks.add(sink)
+            self.table.connections[res.row] = len(res.sinks)
+            return res.state, now
+        finally:
+            res.lock.release()
+
+    def detach(self, player_id: str, sink: Sink) -> None:
+        res = self.residents.get(player_id)
+        if res is None or sink not in res.sinks:
+            return
+        res.sinks.discard(sink)
+        self.table.connections[res.row] = len(res.sinks)
+        # The online window counts from the moment the last socket closed.
+        now = self.clock()
+        res.state.last_active = max(res.state.last_active, now)
+        self.table.last_active[res.row] = res.state.last_active
+
+    def _publish(self, res: Resident, events: list[Event]) -> None:
+        if not res.sinks:
+            return
+        for event in events:
+            msg = orjson.dumps({"type": "event", "data": event}).decode()
+            for sink in res.sinks:
+                sink.send(msg)
+
+    def broadcast(self, message: str) -> int:
+        n = 0
+        for res in self.residents.values():
+            for sink in res.sinks:
+                sink.send(message)
+                n += 1
+        return n
+
+    # ---- the tick ----------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.tick_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > interval:
+                self.metrics.tick_overruns.inc()
+                next_at = loop.time()  # skip missed ticks instead of bursting
+            next_at += interval
+            try:
+                self.tick()
+            except Exception:
+                log.exception("engine.tick_failed")
+
+    def tick(self) -> None:
+        """One tick: vectorised over every resident farm; Python only for the few
+        rows that need an event and for handing payloads to connections."""
+        started = time.perf_counter()
+        now = self.clock()
+        result = self.table.tick(now, self.online_window_s)
+        owners = self._row_owner
+        for row in result.settle_rows.tolist():
+            res = owners[row]
+            if res is not None and not res.busy:
+                res.busy = True
+                self._spawn(self._settle(res))
+        for row in result.offline_rows.tolist():
+            res = owners[row]
+            if res is not None and not res.busy:
+                res.busy = True
+                self._spawn(self._go_offline(res))
+        if result.connected_rows.size:
+            balances = result.balances.tolist()
+            keys = self.rules.tier_keys
+            for row, bal in zip(result.connected_rows.tolist(), balances, strict=True):
+                res = owners[row]
+                if res is None:
+                    continue
+                with_rates = res.ticked_revision != res.state.revision
+                res.ticked_revision = res.state.revision
+                msg = tick_message(self.rules, res.state, now, keys, bal, with_rates)
+                for sink in res.sinks:
+                    sink.send(msg)
+        n = self.table.size
+        self.metrics.players_online.set(int(self.table.online[:n].sum()))
+        if now - self._last_autosave >= self.autosave_s:
+            self._last_autosave = now
+            self._spawn(self.autosave())
+        for listener in self.tick_listeners:
+            listener(now)
+        self.metrics.tick_duration.observe(time.perf_counter() - started)
+
+    async def _settle(self, res: Resident) -> None:
+        try:
+            async with res.lock:
+                if res.evicted:
+                    return
+                now = self.clock()
+                outcome = self.rules.settle(res.state, now)
+                if outcome.events or outcome.state.discovered != res.state.discovered:
+                    await self._commit(res, outcome)
+                else:
+                    self.table.sync(res.row, res.state)
+        except (StorageUnavailable, FarmConflict) as exc:
+            log.warning("engine.settle_failed", player_id=res.player_id, error=str(exc))
+        finally:
+            res.busy = False
+
+    async def _go_offline(self, res: Resident) -> None:
+        try:
+            async with res.lock:
+                if res.evicted or res.sinks:
+                    return
+                at = res.state.last_active + self.online_window_s
+                if not res.state.online or at > self.clock():
+                    return
+                outcome = self.rules.go_offline(res.state, at)
+                await self._commit(res, outcome, snapshot=True)
+                self._evict(res)
+                log.info("farm.offline", player_id=res.player_id, at=at)
+        except (StorageUnavailable, FarmConflict) as exc:
+            log.warning("engine.offline_failed", player_id=res.player_id, error=str(exc))
+        finally:
+            res.busy = False
+
+    async def autosave(self, force: bool = False) -> None:
+        """History snapshots of changed farms and the last-activity times of online ones."""
+        now = self.clock()
+        snaps = []
+        touched = []
+        for res in list(self.residents.values()):
+            if res.sinks:
+                res.state.last_active = now
+            if res.state.online:
+                touched.append((res.player_id, res.state.last_active))
+            if res.state.revision > res.snapshot_revision:
+                snaps.append(self._snapshot(res.state))
+                res.snapshot_revision = res.state.revision
+        try:
+            await self.store.add_snapshots(snaps)
+            await self.store.touch_farms(touched)
+        except StorageUnavailable as exc:
+            self.metrics.store_errors.inc()
+            log.warning("engine.autosave_failed", error=str(exc), farms=len(snaps))
+            if force:
+                raise
+
+    # ---- introspection ------------------------------------------------------------------
+
+    def resident_state(self, player_id: str) -> FarmState | None:
+        res = self.residents.get(player_id)
+        return res.state if res else None
+
+    def online_count(self) -> int:
+        n = self.table.size
+        return int(self.table.online[:n].sum())

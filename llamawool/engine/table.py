@@ -1,0 +1,173 @@
+"""Resident farms as numpy columns, and the vectorised tick over them.
+
+One row per resident farm. The columns mirror each farm's anchor and rates
+(written by `sync` whenever an event re-anchors a farm); the tick reads them
+only, with preallocated buffers, and returns the few rows that need Python
+attention (a threshold crossed, a tier about to be discovered, a farm gone
+offline) plus the current balances of the connected rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..game import FarmState, Rules
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+BOOL = npt.NDArray[np.bool_]
+
+
+@dataclass(slots=True)
+class TickResult:
+    now: float
+    settle_rows: I64
+    offline_rows: I64
+    connected_rows: I64
+    balances: F64
+
+
+class FarmTable:
+    """Columns for up to `capacity` farms; grows by doubling."""
+
+    def __init__(self, rules: Rules, capacity: int = 1024) -> None:
+        self.rules = rules
+        self.n_tiers = rules.n_tiers
+        self.size = 0  # rows in use are < size (holes are marked unused)
+        self._free: list[int] = []
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        t = self.n_tiers
+        old = self.__dict__.get("anchor_time")
+        cols: dict[str, npt.NDArray[np.generic]] = {
+            "anchor_time": np.zeros(capacity),
+            "balances": np.zeros((capacity, t)),
+            "rates": np.zeros((capacity, t)),
+            "lifetime": np.zeros(capacity),
+            "value_rate": np.zeros(capacity),
+            "play": np.zeros(capacity),
+            "next_lifetime": np.full(capacity, np.inf),
+            "next_play": np.full(capacity, np.inf),
+            "last_active": np.zeros(capacity),
+            "online": np.zeros(capacity, dtype=bool),
+            "used": np.zeros(capacity, dtype=bool),
+            "connections": np.zeros(capacity, dtype=np.int32),
+            "undiscovered": np.zeros(capacity, dtype=bool),
+        }
+        if old is not None:
+            for name, arr in cols.items():
+                prev = getattr(self, name)
+                arr[: prev.shape[0]] = prev
+        for name, arr in cols.items():
+            setattr(self, name, arr)
+        self.capacity = capacity
+        # tick buffers, reused every tick
+        self._dt = np.zeros(capacity)
+        self._tmp = np.zeros(capacity)
+        self._mask = np.zeros(capacity, dtype=bool)
+        self._mask2 = np.zeros(capacity, dtype=bool)
+
+    # Typed views of the columns (set dynamically by _alloc).
+    anchor_time: F64
+    balances: F64
+    rates: F64
+    lifetime: F64
+    value_rate: F64
+    play: F64
+    next_lifetime: F64
+    next_play: F64
+    last_active: F64
+    online: BOOL
+    used: BOOL
+    connections: npt.NDArray[np.int32]
+    undiscovered: BOOL
+
+    def add(self, state: FarmState) -> int:
+        if self._free:
+            row = self._free.pop()
+        else:
+            if self.size == self.capacity:
+                self._alloc(self.capacity * 2)
+            row = self.size
+            self.size += 1
+        self.used[row] = True
+        self.connections[row] = 0
+        self.sync(row, state)
+        return row
+
+    def remove(self, row: int) -> None:
+        self.used[row] = False
+        self.online[row] = False
+        self.undiscovered[row] = False
+        self.connections[row] = 0
+        self.next_lifetime[row] = math.inf
+        self.next_play[row] = math.inf
+        self._free.append(row)
+
+    def sync(self, row: int, state: FarmState) -> None:
+        """Mirror a farm's anchor and rates after an event."""
+        rules = self.rules
+        rates = rules.rates(state)
+        self.anchor_time[row] = state.anchor_time
+        self.balances[row] = state.balances
+        self.rates[row] = rates
+        self.lifetime[row] = state.lifetime_value
+        self.value_rate[row] = rules.value_of(rates)
+        self.play[row] = state.play_time_s
+        self.online[row] = state.online
+        self.last_active[row] = max(self.last_active[row], state.last_active)
+        self.undiscovered[row] = any(
+            r > 0 and k not in state.discovered for k, r in zip(rules.tier_keys, rates, strict=True)
+        )
+        self.next_lifetime[row] = self._next(state, "lifetime_value", 1.0)
+        self.next_play[row] = self._next(state, "play_hours", 3600.0)
+
+    def _next(self, state: FarmState, metric: str, scale: float) -> float:
+        """The smallest locked threshold of a time-driven metric (inf when none)."""
+        locked = [
+            a.threshold * scale
+            for a in self.rules.achievements.values()
+            if a.metric == metric and a.key not in state.achievements
+        ]
+        return min(locked, default=math.inf)
+
+    def tick(self, now: float, online_window_s: float) -> TickResult:
+        """Closed-form balances and threshold checks for every resident farm.
+
+        No per-farm Python: each step is one numpy operation over the columns.
+        """
+        n = self.size
+        dt = np.subtract(now, self.anchor_time[:n], out=self._dt[:n])
+        np.maximum(dt, 0.0, out=dt)
+        np.multiply(dt, self.online[:n], out=dt)  # an offline farm produces nothing until it returns
+        tmp = self._tmp[:n]
+        mask = self._mask[:n]
+        hit = self._mask2[:n]
+        # achievements driven by time: lifetime value and online play time
+        np.multiply(self.value_rate[:n], dt, out=tmp)
+        np.add(tmp, self.lifetime[:n], out=tmp)
+        np.greater_equal(tmp, self.next_lifetime[:n], out=hit)
+        np.add(self.play[:n], dt, out=tmp)
+        np.greater_equal(tmp, self.next_play[:n], out=mask)
+        np.logical_or(hit, mask, out=hit)
+        # a tier with a positive rate not yet discovered is discovered now
+        np.greater(dt, 0.0, out=mask)
+        np.logical_and(mask, self.undiscovered[:n], out=mask)
+        np.logical_or(hit, mask, out=hit)
+        np.logical_and(hit, self.used[:n], out=hit)
+        settle_rows = np.flatnonzero(hit)
+        # online -> offline: no connection and no request within the window
+        np.add(self.last_active[:n], online_window_s, out=tmp)
+        np.less_equal(tmp, now, out=mask)
+        np.logical_and(mask, self.online[:n], out=mask)
+        np.logical_and(mask, self.connections[:n] == 0, out=mask)
+        offline_rows = np.flatnonzero(mask)
+        connected_rows = np.flatnonzero(self.connections[:n] > 0)
+        balances = self.balances[connected_rows]
+        balances += self.rates[connected_rows] * dt[connected_rows, None]
+        return TickResult(now, settle_rows, offline_rows, connected_rows, balances)

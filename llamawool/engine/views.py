@@ -1,0 +1,61 @@
+"""How a farm looks to a client: the JSON views shared by REST and WebSocket."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..game import FarmState, Rules
+
+
+def farm_view(rules: Rules, state: FarmState, now: float) -> dict[str, Any]:
+    """The whole farm at `now`, balances in closed form."""
+    rates = rules.rates(state)
+    balances = rules.balances_at(state, now, rates)
+    keys = rules.tier_keys
+    scores = rules.scores(state, now)
+    return {
+        "player_id": state.player_id,
+        "revision": state.revision,
+        "server_time": now,
+        "online": state.online,
+        "balances": dict(zip(keys, balances, strict=True)),
+        "rates": dict(zip(keys, rates, strict=True)),
+        "farm_value": rules.value_of(balances),
+        "value_per_second": scores["rate"],
+        "run_value": rules.run_value(state, now),
+        "lifetime_value": scores["lifetime"],
+        "weekly_value": scores["weekly"],
+        "buildings": {k: state.buildings.get(k, 0) for k in rules.buildings},
+        "upgrades": list(state.upgrades),
+        "soul_shears": state.soul_shears,
+        "prestige_count": state.prestige_count,
+        "achievements": dict(state.achievements),
+        "discovered_tiers": [k for k in keys if k in state.discovered],
+        "click_power": rules.click_power(state),
+        "shear_tokens": rules.shear_tokens_at(state, now),
+        "play_time_s": state.play_time_s + (now - state.anchor_time if state.online and now > state.anchor_time else 0.0),
+        "stats": state.stats.to_dict(),
+        "created_at": state.created_at,
+    }
+
+
+def tick_message(
+    rules: Rules,
+    state: FarmState,
+    now: float,
+    keys: Sequence[str],
+    balances: Sequence[float],
+    with_rates: bool,
+) -> str:
+    """One serialised tick per farm, shared by all of its connections."""
+    data: dict[str, Any] = {
+        "server_time": now,
+        "revision": state.revision,
+        "balances": dict(zip(keys, balances, strict=True)),
+    }
+    if with_rates:
+        data["rates"] = dict(zip(keys, rules.rates(state), strict=True))
+    return orjson.dumps({"type": "tick", "data": data}).decode()

@@ -1,0 +1,113 @@
+"""Structured JSON logs (structlog) and Prometheus metrics with bounded labels.
+
+Each server gets its own `CollectorRegistry` so several servers can run in one
+test process. No metric carries a per-player label.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REDACTED_KEYS = frozenset(
+    {"password", "token", "access_token", "refresh_token", "authorization", "jwt_secret", "secret", "cookie"}
+)
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Never let a secret reach a log line, whoever logged it."""
+    for key in list(event):
+        if key.lower() in REDACTED_KEYS:
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "json", region: str = "local") -> None:
+    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.dict_tracebacks,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    structlog.contextvars.bind_contextvars(region=region)
+    # aiohttp's own access log is replaced by our middleware's structured line.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Metrics:
+    """Every metric the server exports (names are part of the operations contract)."""
+
+    def __init__(self, region: str = "local") -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.info = Gauge("llamawool_build_info", "Build and placement", ["version", "region"], registry=r)
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.ws_active = Gauge("websocket_connections_active", "Open WebSocket connections", registry=r)
+        self.ws_messages = Counter(
+            "websocket_messages_total", "WebSocket messages", ["direction", "type"], registry=r
+        )
+        self.tick_duration = Histogram(
+            "llamawool_tick_duration_seconds",
+            "Time to compute one engine tick and hand out its payloads",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.tick_overruns = Counter(
+            "llamawool_tick_overruns_total", "Ticks that started later than one interval after schedule", registry=r
+        )
+        self.farms_resident = Gauge("llamawool_farms_resident", "Farms held in the engine", registry=r)
+        self.players_online = Gauge("llamawool_players_online", "Farms online on this replica", registry=r)
+        self.actions = Counter("llamawool_actions_total", "Player actions", ["action", "outcome"], registry=r)
+        self.commit_batch = Histogram(
+            "llamawool_commit_batch_size",
+            "Farms per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "llamawool_store_commit_duration_seconds",
+            "Duration of one group commit",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+        self.store_errors = Counter("llamawool_store_errors_total", "Storage operations that failed", registry=r)
+        self.offline_credits = Counter(
+            "llamawool_offline_credits_total", "Offline absences credited on return", registry=r
+        )
+        self.offline_credited_seconds = Counter(
+            "llamawool_offline_credited_seconds_total", "Seconds of absence credited", registry=r
+        )
+        self.auth = Counter("llamawool_auth_total", "Authentication attempts", ["kind", "outcome"], registry=r)
+        self.info.labels(version=_version(), region=region).set(1)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,154 @@
+"""Settings: defaults < config file < `LLAMAWOOL_*` environment variables.
+
+Validated once at start; a bad value stops the server with a message naming
+the field. The game's own numbers live in `config/game.toml` (balance tables)
+and `config/game-config.json` (the seed ConfigMap's block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .game import BalanceError, Rules, parse_balance, parse_game_config
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_DIR = PACKAGE_DIR.parent / "config"
+DEV_JWT_SECRET = "llamawool-dev-secret-do-not-use-in-production"  # noqa: S105 - the refused default
+MIN_PRODUCTION_SECRET_LEN = 32
+
+
+class SettingsError(ValueError):
+    """Settings are invalid; the message names the field."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: Literal["development", "test", "staging", "production"] = "development"
+    region: str = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    game_config_file: Path | None = Field(None, description="the ConfigMap's game-config.json; default config_dir/")
+    balance_file: Path | None = Field(None, description="balance tables; default config_dir/game.toml")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_secret_file: Path | None = None
+    access_token_ttl_s: int = Field(900, gt=0)
+    refresh_token_ttl_s: int = Field(30 * 24 * 3600, gt=0)
+
+    tick_interval_s: float = Field(1.0, gt=0, le=60)
+    commit_max_batch: int = Field(512, gt=0)
+    snapshot_history: int = Field(50, gt=0, description="snapshots kept per farm")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    max_body_bytes: int = Field(64 * 1024, gt=0)
+    ws_max_message_bytes: int = Field(4096, gt=0)
+    ws_auth_timeout_s: float = Field(5.0, gt=0)
+    ws_heartbeat_s: float = Field(30.0, gt=0)
+    ws_send_queue: int = Field(64, gt=0)
+    drain_grace_s: float = Field(25.0, gt=0)
+
+    mongodb_uri: str | None = None
+    redis_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_secret(self) -> Settings:
+        if self.env == "production":
+            secret = self.resolved_jwt_secret()
+            if secret == DEV_JWT_SECRET or len(secret) < MIN_PRODUCTION_SECRET_LEN:
+                raise ValueError(
+                    "jwt_secret: production refuses to start with the default or a short secret "
+                    f"(set JWT_SECRET or LLAMAWOOL_JWT_SECRET_FILE, at least {MIN_PRODUCTION_SECRET_LEN} characters)"
+                )
+        return self
+
+    def resolved_jwt_secret(self) -> str:
+        if self.jwt_secret_file is not None:
+            try:
+                return self.jwt_secret_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"jwt_secret_file: cannot read {self.jwt_secret_file}: {exc.strerror}") from None
+        return self.jwt_secret
+
+    @property
+    def game_config_path(self) -> Path:
+        return self.game_config_file or self.config_dir / "game-config.json"
+
+    @property
+    def balance_path(self) -> Path:
+        return self.balance_file or self.config_dir / "game.toml"
+
+
+# Names the deployment files use, beside the LLAMAWOOL_* spelling.
+ENV_ALIASES = {"JWT_SECRET": "jwt_secret", "MONGODB_URI": "mongodb_uri", "REDIS_URI": "redis_uri", "PORT": "port"}
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    environ = dict(os.environ if environ is None else environ)
+    out: dict[str, Any] = {}
+    for name, field in ENV_ALIASES.items():
+        if environ.get(name):
+            out[field] = environ[name]
+    for name, value in environ.items():
+        if name.startswith("LLAMAWOOL_"):
+            key = name.removeprefix("LLAMAWOOL_").lower()
+            if key in Settings.model_fields:
+                out[key] = value
+    return out
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    settings_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Defaults < settings file (TOML or JSON) < environment < explicit overrides (CLI flags)."""
+    merged: dict[str, Any] = {}
+    if settings_file is not None:
+        merged.update(_read_file(settings_file))
+    merged.update(settings_from_env(environ))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(
+            "; ".join(f"settings: {'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        ) from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected an object at the top level")
+    return data
+
+
+def load_rules(settings: Settings | None = None) -> Rules:
+    """Read and validate the balance tables and the ConfigMap block."""
+    settings = settings or Settings()
+    balance = _read_file(settings.balance_path)
+    config = _read_file(settings.game_config_path)
+    try:
+        return Rules(
+            parse_balance(balance, str(settings.balance_path)),
+            parse_game_config(config, str(settings.game_config_path)),
+        )
+    except BalanceError as exc:
+        raise SettingsError(str(exc)) from None

@@ -1,0 +1,159 @@
+"""The storage port: records and the interface every adapter implements.
+
+Callers (auth, engine, api) depend on `Store` only; `sqlite.py` is the embedded
+default and a MongoDB adapter implements the same contract
+(`tests/contract/test_store_contract.py` runs on every adapter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class StoreError(Exception):
+    """Base class for storage failures callers can act on."""
+
+
+class StorageUnavailable(StoreError):
+    """The backend cannot be reached or cannot write (disk full, network down).
+
+    Nothing was committed; the API answers 503 with Retry-After.
+    """
+
+
+class DuplicateKey(StoreError):
+    """A unique field (email, username, device) is already taken."""
+
+    def __init__(self, field_name: str) -> None:
+        super().__init__(f"{field_name} already taken")
+        self.field = field_name
+
+
+@dataclass(slots=True)
+class PlayerRecord:
+    id: str
+    username: str
+    created_at: float
+    role: str = "player"
+    is_guest: bool = True
+    email: str | None = None
+    password_hash: str | None = None
+    device_id: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RefreshTokenRecord:
+    token_hash: str
+    family_id: str
+    player_id: str
+    issued_at: float
+    expires_at: float
+    spent_at: float | None = None
+    revoked: bool = False
+
+
+@dataclass(slots=True)
+class SpendResult:
+    """Outcome of spending a refresh token: `record` when it was fresh;
+    `reused` when it had been spent or revoked already (its family is revoked now)."""
+
+    record: RefreshTokenRecord | None
+    reused: bool = False
+
+
+@dataclass(slots=True)
+class StoredFarm:
+    player_id: str
+    revision: int
+    doc: dict[str, Any]
+    last_active: float
+
+
+@dataclass(slots=True)
+class Snapshot:
+    player_id: str
+    revision: int
+    taken_at: float
+    farm_value: float
+    doc: dict[str, Any]
+
+
+@dataclass(slots=True)
+class IdempotencyRecord:
+    player_id: str
+    key: str
+    request_hash: str
+    status: int
+    body: bytes
+    created_at: float
+
+
+@dataclass(slots=True)
+class FarmCommit:
+    """One farm's change in a group commit.
+
+    `expected_revision` None means "create": it fails if the farm exists.
+    The idempotency record and snapshot, when given, commit atomically with it.
+    """
+
+    player_id: str
+    expected_revision: int | None
+    revision: int
+    doc: dict[str, Any]
+    last_active: float
+    idempotency: IdempotencyRecord | None = None
+    snapshot: Snapshot | None = None
+
+
+class Store(Protocol):
+    """Durable storage. Every method is a coroutine and safe to call concurrently."""
+
+    name: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None:
+        """Raise StorageUnavailable when the backend cannot serve."""
+
+    # players and credentials
+    async def create_player(self, player: PlayerRecord) -> PlayerRecord:
+        """Insert; with a device_id, return the existing player of that device instead."""
+
+    async def get_player(self, player_id: str) -> PlayerRecord | None: ...
+    async def find_player(
+        self, *, email: str | None = None, username: str | None = None, device_id: str | None = None
+    ) -> PlayerRecord | None: ...
+    async def update_player(self, player: PlayerRecord) -> None:
+        """Replace the record; DuplicateKey when email or username is taken."""
+
+    async def delete_player(self, player_id: str) -> None:
+        """Erase the player and everything of theirs (farm, snapshots, tokens, keys)."""
+
+    async def count_players(self) -> int: ...
+
+    # refresh-token families
+    async def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
+    async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult: ...
+    async def revoke_family(self, family_id: str) -> None: ...
+    async def revoke_player_tokens(self, player_id: str) -> None: ...
+
+    # farms
+    async def load_farm(self, player_id: str) -> StoredFarm | None: ...
+    async def commit(self, batch: list[FarmCommit]) -> list[bool]:
+        """Apply every commit whose expected revision matches, in one transaction.
+
+        Returns, per item, whether it was applied (False: revision conflict).
+        Raises StorageUnavailable when nothing could be written.
+        """
+
+    async def touch_farms(self, items: list[tuple[str, float]]) -> None:
+        """Record last-activity times (no revision change)."""
+
+    async def add_snapshots(self, snapshots: list[Snapshot]) -> None:
+        """Record history; keeps the newest `snapshot_history` per farm."""
+
+    async def list_snapshots(self, player_id: str, limit: int) -> list[Snapshot]: ...
+    async def get_snapshot(self, player_id: str, revision: int) -> Snapshot | None: ...
+    async def get_idempotency(self, player_id: str, key: str) -> IdempotencyRecord | None: ...

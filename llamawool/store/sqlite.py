@@ -1,0 +1,448 @@
+"""Embedded storage on SQLite (stdlib sqlite3, WAL), kept off the event loop.
+
+Writes run on one dedicated thread with one connection, so a group commit is
+one transaction and one fsync for many farms. Reads run on a small pool of
+threads with their own connections (WAL lets them read while a write runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from .base import (
+    DuplicateKey,
+    FarmCommit,
+    IdempotencyRecord,
+    PlayerRecord,
+    RefreshTokenRecord,
+    Snapshot,
+    SpendResult,
+    StorageUnavailable,
+    StoredFarm,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS players (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    email TEXT UNIQUE COLLATE NOCASE,
+    password_hash TEXT,
+    role TEXT NOT NULL DEFAULT 'player',
+    is_guest INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    player_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS devices_by_player ON devices(player_id);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family_id TEXT NOT NULL,
+    player_id TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    spent_at REAL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS refresh_by_family ON refresh_tokens(family_id);
+CREATE INDEX IF NOT EXISTS refresh_by_player ON refresh_tokens(player_id);
+CREATE TABLE IF NOT EXISTS farms (
+    player_id TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    last_active REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    player_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    taken_at REAL NOT NULL,
+    farm_value REAL NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (player_id, revision)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    player_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (player_id, key)
+);
+"""
+
+PLAYER_COLUMNS = "id, username, email, password_hash, role, is_guest, created_at, settings"
+
+
+def _player(row: tuple[Any, ...] | None, device_id: str | None = None) -> PlayerRecord | None:
+    if row is None:
+        return None
+    return PlayerRecord(
+        id=row[0],
+        username=row[1],
+        email=row[2],
+        password_hash=row[3],
+        role=row[4],
+        is_guest=bool(row[5]),
+        created_at=row[6],
+        settings=orjson.loads(row[7]),
+        device_id=device_id,
+    )
+
+
+def _duplicate(exc: sqlite3.IntegrityError) -> DuplicateKey:
+    msg = str(exc)
+    for name in ("email", "username", "device_id"):
+        if name in msg:
+            return DuplicateKey(name)
+    return DuplicateKey("id")
+
+
+class SQLiteStore:
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", snapshot_history: int = 50) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.snapshot_history = snapshot_history
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._write_conn: sqlite3.Connection | None = None
+
+    # ---- plumbing ---------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            assert self._write_conn is not None, "store not open"
+            conn = self._write_conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                out = fn(conn)
+                conn.execute("COMMIT")
+                return out
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        except sqlite3.IntegrityError as exc:
+            raise _duplicate(exc) from None
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            return fn(self._reader())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        except sqlite3.DatabaseError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def setup() -> None:
+            self._write_conn = self._connect()
+            self._write_conn.executescript(SCHEMA)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer, setup)
+        except sqlite3.DatabaseError as exc:
+            raise StorageUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        def close_writer() -> None:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._writer, close_writer)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # ---- players ---------------------------------------------------------------------
+
+    async def create_player(self, player: PlayerRecord) -> PlayerRecord:
+        def run(c: sqlite3.Connection) -> PlayerRecord:
+            if player.device_id is not None:
+                row = c.execute("SELECT player_id FROM devices WHERE device_id = ?", (player.device_id,)).fetchone()
+                if row is not None:
+                    existing = c.execute(f"SELECT {PLAYER_COLUMNS} FROM players WHERE id = ?", (row[0],)).fetchone()
+                    found = _player(existing, player.device_id)
+                    if found is not None:
+                        return found
+            c.execute(
+                f"INSERT INTO players ({PLAYER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    player.id,
+                    player.username,
+                    player.email,
+                    player.password_hash,
+                    player.role,
+                    int(player.is_guest),
+                    player.created_at,
+                    orjson.dumps(player.settings).decode(),
+                ),
+            )
+            if player.device_id is not None:
+                c.execute("INSERT INTO devices (device_id, player_id) VALUES (?, ?)", (player.device_id, player.id))
+            return player
+
+        return await self._write(run)
+
+    async def get_player(self, player_id: str) -> PlayerRecord | None:
+        def run(c: sqlite3.Connection) -> PlayerRecord | None:
+            row = c.execute(f"SELECT {PLAYER_COLUMNS} FROM players WHERE id = ?", (player_id,)).fetchone()
+            dev = c.execute("SELECT device_id FROM devices WHERE player_id = ? LIMIT 1", (player_id,)).fetchone()
+            return _player(row, dev[0] if dev else None)
+
+        return await self._read(run)
+
+    async def find_player(
+        self, *, email: str | None = None, username: str | None = None, device_id: str | None = None
+    ) -> PlayerRecord | None:
+        def run(c: sqlite3.Connection) -> PlayerRecord | None:
+            if device_id is not None:
+                row = c.execute(
+                    f"SELECT {PLAYER_COLUMNS} FROM players WHERE id = "
+                    "(SELECT player_id FROM devices WHERE device_id = ?)",
+                    (device_id,),
+                ).fetchone()
+                return _player(row, device_id)
+            if email is not None:
+                row = c.execute(f"SELECT {PLAYER_COLUMNS} FROM players WHERE email = ?", (email,)).fetchone()
+            elif username is not None:
+                row = c.execute(f"SELECT {PLAYER_COLUMNS} FROM players WHERE username = ?", (username,)).fetchone()
+            else:
+                return None
+            return _player(row)
+
+        return await self._read(run)
+
+    async def update_player(self, player: PlayerRecord) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE players SET username = ?, email = ?, password_hash = ?, role = ?, is_guest = ?, "
+                "settings = ? WHERE id = ?",
+                (
+                    player.username,
+                    player.email,
+                    player.password_hash,
+                    player.role,
+                    int(player.is_guest),
+                    orjson.dumps(player.settings).decode(),
+                    player.id,
+                ),
+            )
+
+        await self._write(run)
+
+    async def delete_player(self, player_id: str) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            for table, column in (
+                ("players", "id"),
+                ("devices", "player_id"),
+                ("refresh_tokens", "player_id"),
+                ("farms", "player_id"),
+                ("snapshots", "player_id"),
+                ("idempotency", "player_id"),
+            ):
+                c.execute(f"DELETE FROM {table} WHERE {column} = ?", (player_id,))  # noqa: S608 - fixed names
+
+        await self._write(run)
+
+    async def count_players(self) -> int:
+        return await self._read(lambda c: int(c.execute("SELECT COUNT(*) FROM players").fetchone()[0]))
+
+    # ---- refresh tokens ------------------------------------------------------------------
+
+    async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.token_hash,
+                    record.family_id,
+                    record.player_id,
+                    record.issued_at,
+                    record.expires_at,
+                    record.spent_at,
+                    int(record.revoked),
+                ),
+            )
+
+        await self._write(run)
+
+    async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
+        def run(c: sqlite3.Connection) -> SpendResult:
+            row = c.execute(
+                "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+                "FROM refresh_tokens WHERE token_hash = ?",
+                (token_hash,),
+            ).fetchone()
+            if row is None:
+                return SpendResult(None)
+            rec = RefreshTokenRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+            if rec.spent_at is not None or rec.revoked:
+                c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (rec.family_id,))
+                return SpendResult(rec, reused=True)
+            c.execute("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?", (now, token_hash))
+            rec.spent_at = now
+            return SpendResult(rec)
+
+        return await self._write(run)
+
+    async def revoke_family(self, family_id: str) -> None:
+        await self._write(lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (family_id,)))
+
+    async def revoke_player_tokens(self, player_id: str) -> None:
+        await self._write(lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE player_id = ?", (player_id,)))
+
+    # ---- farms -------------------------------------------------------------------------------
+
+    async def load_farm(self, player_id: str) -> StoredFarm | None:
+        def run(c: sqlite3.Connection) -> StoredFarm | None:
+            row = c.execute(
+                "SELECT revision, doc, last_active FROM farms WHERE player_id = ?", (player_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return StoredFarm(player_id, row[0], orjson.loads(row[1]), row[2])
+
+        return await self._read(run)
+
+    async def commit(self, batch: list[FarmCommit]) -> list[bool]:
+        keep = self.snapshot_history
+
+        def run(c: sqlite3.Connection) -> list[bool]:
+            applied = []
+            for item in batch:
+                doc = orjson.dumps(item.doc)
+                if item.expected_revision is None:
+                    cur = c.execute(
+                        "INSERT OR IGNORE INTO farms (player_id, revision, doc, last_active) VALUES (?, ?, ?, ?)",
+                        (item.player_id, item.revision, doc, item.last_active),
+                    )
+                else:
+                    cur = c.execute(
+                        "UPDATE farms SET revision = ?, doc = ?, last_active = ? WHERE player_id = ? AND revision = ?",
+                        (item.revision, doc, item.last_active, item.player_id, item.expected_revision),
+                    )
+                ok = cur.rowcount == 1
+                applied.append(ok)
+                if not ok:
+                    continue
+                if item.idempotency is not None:
+                    idem = item.idempotency
+                    c.execute(
+                        "INSERT OR REPLACE INTO idempotency (player_id, key, request_hash, status, body, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (idem.player_id, idem.key, idem.request_hash, idem.status, idem.body, idem.created_at),
+                    )
+                if item.snapshot is not None:
+                    _insert_snapshot(c, item.snapshot, keep)
+            return applied
+
+        return await self._write(run)
+
+    async def touch_farms(self, items: list[tuple[str, float]]) -> None:
+        if not items:
+            return
+
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE farms SET last_active = MAX(last_active, ?) WHERE player_id = ?",
+                [(t, pid) for pid, t in items],
+            )
+
+        await self._write(run)
+
+    async def add_snapshots(self, snapshots: list[Snapshot]) -> None:
+        if not snapshots:
+            return
+        keep = self.snapshot_history
+
+        def run(c: sqlite3.Connection) -> None:
+            for snap in snapshots:
+                _insert_snapshot(c, snap, keep)
+
+        await self._write(run)
+
+    async def list_snapshots(self, player_id: str, limit: int) -> list[Snapshot]:
+        def run(c: sqlite3.Connection) -> list[Snapshot]:
+            rows = c.execute(
+                "SELECT revision, taken_at, farm_value, doc FROM snapshots WHERE player_id = ? "
+                "ORDER BY revision DESC LIMIT ?",
+                (player_id, limit),
+            ).fetchall()
+            return [Snapshot(player_id, r[0], r[1], r[2], orjson.loads(r[3])) for r in rows]
+
+        return await self._read(run)
+
+    async def get_snapshot(self, player_id: str, revision: int) -> Snapshot | None:
+        def run(c: sqlite3.Connection) -> Snapshot | None:
+            r = c.execute(
+                "SELECT revision, taken_at, farm_value, doc FROM snapshots WHERE player_id = ? AND revision = ?",
+                (player_id, revision),
+            ).fetchone()
+            return Snapshot(player_id, r[0], r[1], r[2], orjson.loads(r[3])) if r else None
+
+        return await self._read(run)
+
+    async def get_idempotency(self, player_id: str, key: str) -> IdempotencyRecord | None:
+        def run(c: sqlite3.Connection) -> IdempotencyRecord | None:
+            r = c.execute(
+                "SELECT request_hash, status, body, created_at FROM idempotency WHERE player_id = ? AND key = ?",
+                (player_id, key),
+            ).fetchone()
+            return IdempotencyRecord(player_id, key, r[0], r[1], bytes(r[2]), r[3]) if r else None
+
+        return await self._read(run)
+
+
+def _insert_snapshot(c: sqlite3.Connection, snap: Snapshot, keep: int) -> None:
+    c.execute(
+        "INSERT OR REPLACE INTO snapshots (player_id, revision, taken_at, farm_value, doc) VALUES (?, ?, ?, ?, ?)",
+        (snap.player_id, snap.revision, snap.taken_at, snap.farm_value, orjson.dumps(snap.doc)),
+    )
+    c.execute(
+        "DELETE FROM snapshots WHERE player_id = ? AND revision NOT IN "
+        "(SELECT revision FROM snapshots WHERE player_id = ? ORDER BY revision DESC LIMIT ?)",
+        (snap.player_id, snap.player_id, keep),
+    )
