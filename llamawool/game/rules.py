@@ -165,8 +165,8 @@ class Rules:
             return state.weekly_value if state.week == iso_week(now) else 0.0
         start = week_start(now)
         if state.week == iso_week(now):
-            return state.weekly_value + value_rate * (now - state.anchor_time)
-        return value_rate * (now - max(start, state.anchor_time))
+            return state.weekly_value + value_rate * max(0.0, now - state.anchor_time)
+        return value_rate * max(0.0, now - max(start, state.anchor_time))
 
     def _discover(self, s: FarmState, produced: list[float], now: float) -> list[Event]:
         events: list[Event] = []

@@ -756,6 +756,15 @@ def test_the_four_leaderboard_scores(rules: Rules) -> None:
     assert moved.weekly_value == pytest.approx(scores["weekly"])
 
 
+def test_scores_at_an_instant_before_the_anchor_do_not_go_back(rules: Rules) -> None:
+    # A view computed with a slightly stale `now` shows the anchored values, never less.
+    s = farm(rules, buildings={"barn": 10}, lifetime_value=100.0, weekly_value=100.0)
+    scores = rules.scores(s, T0 - 10.0)
+    assert scores["lifetime"] == 100.0
+    assert scores["weekly"] == 100.0
+    assert rules.balances_at(s, T0 - 10.0) == s.balances
+
+
 def test_an_offline_farm_scores_no_growth(rules: Rules) -> None:
     off = rules.go_offline(farm(rules, buildings={"barn": 10}, lifetime_value=500.0, weekly_value=50.0), T0).state
     scores = rules.scores(off, T0 + 3600.0)

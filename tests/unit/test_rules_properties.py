@@ -55,7 +55,11 @@ def farms(draw: st.DrawFn, online: bool | None = None) -> FarmState:
     s.lifetime_value = RULES.value_of(s.run_produced) + draw(amounts)
     s.weekly_value = draw(st.floats(min_value=0.0, max_value=1e6))
     s.buildings = draw(
-        st.dictionaries(st.sampled_from(BUILDINGS), st.integers(min_value=0, max_value=RULES.max_level), max_size=8)
+        st.dictionaries(
+            st.sampled_from(BUILDINGS),
+            st.one_of(st.integers(min_value=0, max_value=30), st.integers(min_value=0, max_value=RULES.max_level)),
+            max_size=8,
+        )
     )
     s.upgrades = draw(st.lists(st.sampled_from(UPGRADES), unique=True, max_size=len(UPGRADES)))
     s.achievements = {k: T0 for k in draw(st.lists(st.sampled_from(ACHIEVEMENTS), unique=True))}
@@ -69,7 +73,7 @@ def farms(draw: st.DrawFn, online: bool | None = None) -> FarmState:
 quantities = st.one_of(st.just("max"), st.integers(min_value=-1, max_value=RULES.max_bulk + 1))
 actions = st.one_of(
     st.builds(Shear, st.integers(min_value=-1, max_value=RULES.shear_rules.max_per_request + 2)),
-    st.builds(BuyBuilding, st.sampled_from([*BUILDINGS, "windmill"]), quantities),
+    st.builds(BuyBuilding, st.sampled_from([*BUILDINGS, "barn", "barn", "shears", "windmill"]), quantities),
     st.builds(BuyUpgrade, st.sampled_from([*UPGRADES, "rocket_boots"])),
     st.builds(Prestige, st.booleans(), st.one_of(st.none(), st.integers(min_value=0, max_value=8))),
     st.sampled_from(["go_offline", "come_online"]),
@@ -125,15 +129,19 @@ def test_a_refused_action_leaves_the_state_unchanged(
         try:
             state = apply_action(rules, state, action, now).state
         except GameError as exc:
-            assert exc.code in {"INSUFFICIENT_RESOURCES", "REQUIREMENT_NOT_MET", "NOT_FOUND", "CONFLICT", "VALIDATION_ERROR"}
+            assert exc.code in {
+                "INSUFFICIENT_RESOURCES",
+                "REQUIREMENT_NOT_MET",
+                "NOT_FOUND",
+                "CONFLICT",
+                "VALIDATION_ERROR",
+            }
             assert state.to_doc() == before
 
 
 @FAST
 @given(shears=st.lists(st.tuples(gaps, st.integers(min_value=1, max_value=20)), min_size=1, max_size=40))
-def test_the_bucket_never_admits_more_than_capacity_plus_refill(
-    rules: Rules, shears: list[tuple[float, int]]
-) -> None:
+def test_the_bucket_never_admits_more_than_capacity_plus_refill(rules: Rules, shears: list[tuple[float, int]]) -> None:
     state, now, admitted = rules.new_farm("p", T0), T0, 0
     for gap, count in shears:
         now += gap
@@ -283,9 +291,7 @@ def test_advance_is_additive(rules: Rules, start: FarmState, t1: float, extra: f
     assert sorted(two_step.discovered) == sorted(direct.discovered)
     assert sorted(e["tier"] for e in events1 + events2) == sorted(e["tier"] for e in events)
     # The closed form agrees with re-anchoring.
-    assert all(
-        close(a, b) for a, b in zip(rules.balances_at(start, T0 + t1 + extra), direct.balances, strict=True)
-    )
+    assert all(close(a, b) for a, b in zip(rules.balances_at(start, T0 + t1 + extra), direct.balances, strict=True))
     # Leaderboard scores do not depend on where the farm was last anchored.
     t2 = T0 + t1 + extra
     for board in ("lifetime", "prestige", "rate", "weekly"):

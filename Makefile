@@ -1,0 +1,37 @@
+# llamawool: the two commands are `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: serve test lint types unit install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+## Start the server on embedded defaults (SQLite in ./data, in-process coordination).
+serve: $(STAMP)
+	$(PY) -m llamawool serve
+
+## Lint, types and the whole test suite, against real servers the tests start.
+test: $(STAMP) lint types unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llamawool tests
+	$(VENV)/bin/ruff format --check llamawool tests
+
+types: $(STAMP)
+	$(VENV)/bin/mypy llamawool
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data

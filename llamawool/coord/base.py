@@ -1,0 +1,133 @@
+"""The coordination port: what replicas share that is not durable game state.
+
+Rate limits and violation counts, leaderboards, the hidden (flagged) set, the
+weekly rollover marker and fan-out of messages to every replica. `local.py`
+serves one process (embedded mode); a Redis adapter serves many and passes the
+same contract tests (`tests/contract/test_coord_contract.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+BOARDS = ("lifetime", "prestige", "rate", "weekly")
+
+
+class CoordinationUnavailable(Exception):
+    """The coordination backend cannot be reached; callers degrade (local limits, stale boards)."""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this server did not issue (or no longer understands)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitResult:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float  # until the window has room again for one more
+    retry_after_s: float  # 0 when allowed
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreUpdate:
+    player_id: str
+    score: float
+    tiebreak: float = 0.0  # a secondary score (prestige board: lifetime value)
+    at: float = 0.0  # when this score was reached; ties rank the earlier first
+
+
+@dataclass(frozen=True, slots=True)
+class BoardEntry:
+    rank: int
+    player_id: str
+    score: float
+    reached_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BoardPage:
+    board: str
+    period: str
+    entries: list[BoardEntry]
+    next_cursor: str | None
+    prev_cursor: str | None
+    total: int
+    as_of: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Points into a frozen view of a board: `view` id and an offset into it.
+
+    Pages read through one cursor chain come from the same frozen view, so
+    paging forward then back returns the same rows while live scores move.
+    When the view has expired, `after` (the last row's ordering key) lets the
+    next page continue from the live board without repeating rows.
+    """
+
+    view: str
+    offset: int
+    after: tuple[float, float, float, str] | None = None
+
+    def encode(self) -> str:
+        raw = orjson.dumps({"v": self.view, "o": self.offset, "a": self.after})
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            d = orjson.loads(raw)
+            after = d.get("a")
+            key = None
+            if after is not None:
+                key = (float(after[0]), float(after[1]), float(after[2]), str(after[3]))
+            offset = int(d["o"])
+            if offset < 0:
+                raise ValueError("negative offset")
+            return cls(str(d["v"]), offset, key)
+        except (ValueError, KeyError, TypeError, IndexError, binascii.Error, orjson.JSONDecodeError):
+            raise BadCursor("cursor is not valid") from None
+
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class Coordinator(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    # rate limits: a sliding window of `limit` hits per `window_s`
+    async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult: ...
+    async def count_violation(self, player_id: str, now: float, window_s: float) -> int:
+        """Record one violation; return how many fall within the window."""
+
+    # leaderboards
+    async def push_scores(self, board: str, period: str, updates: list[ScoreUpdate]) -> None: ...
+    async def page(
+        self, board: str, period: str, limit: int, cursor: Cursor | None, now: float
+    ) -> BoardPage: ...
+    async def rank(self, board: str, period: str, player_id: str) -> BoardEntry | None:
+        """The player's rank among visible players (plus themselves when hidden)."""
+
+    async def around(self, board: str, period: str, player_id: str, radius: int) -> list[BoardEntry]: ...
+    async def set_hidden(self, player_id: str, hidden: bool) -> None: ...
+    async def remove_player(self, player_id: str) -> None: ...
+    async def periods(self, board: str) -> list[str]: ...
+    async def claim_rollover(self, period: str) -> bool:
+        """True exactly once per period across all replicas and restarts."""
+
+    # fan-out to every replica (a replica also hears its own messages)
+    async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+    def subscribe(self, listener: Listener) -> None: ...

@@ -1,0 +1,293 @@
+"""Coordination inside one process (embedded mode).
+
+Limits and violation counts live in memory (they only matter for minutes);
+leaderboards live in memory as sorted lists and are persisted to a small
+SQLite file beside the game data, so boards, the hidden set and the weekly
+rollover marker survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from .base import BadCursor, BoardEntry, BoardPage, Cursor, LimitResult, Listener, ScoreUpdate
+
+Key = tuple[float, float, float, str]  # (-score, -tiebreak, reached_at, player_id): ascending = best first
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (
+    board TEXT NOT NULL, period TEXT NOT NULL, player_id TEXT NOT NULL,
+    score REAL NOT NULL, tiebreak REAL NOT NULL, reached_at REAL NOT NULL,
+    PRIMARY KEY (board, period, player_id)
+);
+CREATE TABLE IF NOT EXISTS hidden (player_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS rollovers (period TEXT PRIMARY KEY);
+"""
+
+
+@dataclass(slots=True)
+class _View:
+    keys: list[Key]
+    created_at: float
+
+
+@dataclass(slots=True)
+class _Board:
+    keys: SortedList = field(default_factory=SortedList)
+    by_player: dict[str, Key] = field(default_factory=dict)
+    views: dict[str, _View] = field(default_factory=dict)
+    latest_view: str | None = None
+
+
+def _key(u: ScoreUpdate, reached_at: float) -> Key:
+    return (-u.score, -u.tiebreak, reached_at, u.player_id)
+
+
+class LocalCoordinator:
+    name = "local"
+
+    def __init__(self, path: Path | None, *, view_ttl_s: float = 300.0, view_refresh_s: float = 5.0) -> None:
+        self.path = path
+        self.view_ttl_s = view_ttl_s
+        self.view_refresh_s = view_refresh_s
+        self._windows: dict[str, deque[float]] = {}
+        self._boards: dict[tuple[str, str], _Board] = {}
+        self._hidden: set[str] = set()
+        self._rollovers: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._db: sqlite3.Connection | None = None
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="coord-local")
+        self._hits = 0
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def load() -> tuple[list[tuple[Any, ...]], list[str], list[str]]:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            rows = self._db.execute("SELECT board, period, player_id, score, tiebreak, reached_at FROM scores").fetchall()
+            hidden = [r[0] for r in self._db.execute("SELECT player_id FROM hidden")]
+            rolled = [r[0] for r in self._db.execute("SELECT period FROM rollovers")]
+            return rows, hidden, rolled
+
+        rows, hidden, rolled = await asyncio.get_running_loop().run_in_executor(self._io, load)
+        for board, period, pid, score, tiebreak, reached_at in rows:
+            b = self._board(board, period)
+            key = (-score, -tiebreak, reached_at, pid)
+            b.by_player[pid] = key
+            b.keys.add(key)
+        self._hidden = set(hidden)
+        self._rollovers = set(rolled)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._io, close)
+        self._io.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        return None
+
+    async def _persist(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if self._db is None or not rows:
+            return
+        db = self._db
+
+        def run() -> None:
+            db.execute("BEGIN")
+            db.executemany(sql, rows)
+            db.execute("COMMIT")
+
+        await asyncio.get_running_loop().run_in_executor(self._io, run)
+
+    # ---- limits ------------------------------------------------------------------
+
+    def _window(self, key: str, window_s: float, now: float) -> deque[float]:
+        hits = self._windows.get(key)
+        if hits is None:
+            hits = self._windows[key] = deque()
+        while hits and hits[0] <= now - window_s:
+            hits.popleft()
+        self._hits += 1
+        if self._hits % 10_000 == 0:
+            self._sweep(now)
+        return hits
+
+    def _sweep(self, now: float) -> None:
+        # Keys are created per player/IP; drop the ones whose windows are empty.
+        for key in [k for k, v in self._windows.items() if not v or v[-1] < now - 3600]:
+            del self._windows[key]
+
+    async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
+        hits = self._window(key, window_s, now)
+        if len(hits) >= limit:
+            retry = max(0.0, hits[0] + window_s - now)
+            return LimitResult(False, limit, 0, retry, retry)
+        hits.append(now)
+        reset = hits[0] + window_s - now
+        return LimitResult(True, limit, limit - len(hits), reset, 0.0)
+
+    async def count_violation(self, player_id: str, now: float, window_s: float) -> int:
+        hits = self._window("violations:" + player_id, window_s, now)
+        hits.append(now)
+        return len(hits)
+
+    # ---- leaderboards ---------------------------------------------------------------
+
+    def _board(self, board: str, period: str) -> _Board:
+        b = self._boards.get((board, period))
+        if b is None:
+            b = self._boards[(board, period)] = _Board()
+        return b
+
+    async def push_scores(self, board: str, period: str, updates: list[ScoreUpdate]) -> None:
+        b = self._board(board, period)
+        changed = []
+        for u in updates:
+            old = b.by_player.get(u.player_id)
+            if old is not None and old[0] == -u.score and old[1] == -u.tiebreak:
+                continue  # an unchanged score keeps its place (and its reached_at)
+            key = _key(u, u.at)
+            if old is not None:
+                b.keys.remove(old)
+            b.keys.add(key)
+            b.by_player[u.player_id] = key
+            changed.append((board, period, u.player_id, u.score, u.tiebreak, u.at))
+        await self._persist("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", changed)
+
+    def _visible(self, key: Key) -> bool:
+        return key[3] not in self._hidden
+
+    def _view(self, board: str, period: str, b: _Board, now: float) -> tuple[str, _View]:
+        for vid in [v for v, view in b.views.items() if now - view.created_at > self.view_ttl_s]:
+            del b.views[vid]
+        latest = b.views.get(b.latest_view) if b.latest_view else None
+        if latest is not None and now - latest.created_at < self.view_refresh_s:
+            assert b.latest_view is not None
+            return b.latest_view, latest
+        vid = uuid.uuid4().hex[:12]
+        view = _View([k for k in b.keys if self._visible(k)], now)
+        b.views[vid] = view
+        b.latest_view = vid
+        return vid, view
+
+    def _entries(self, keys: list[Key], first_rank: int) -> list[BoardEntry]:
+        return [BoardEntry(first_rank + i, k[3], -k[0], k[2]) for i, k in enumerate(keys)]
+
+    async def page(self, board: str, period: str, limit: int, cursor: Cursor | None, now: float) -> BoardPage:
+        b = self._board(board, period)
+        view: _View | None = None
+        vid = ""
+        offset = 0
+        if cursor is not None:
+            view = b.views.get(cursor.view)
+            if view is not None:
+                vid, offset = cursor.view, cursor.offset
+            elif cursor.after is None:
+                if cursor.offset != 0:
+                    raise BadCursor("this cursor has expired; start again from the top")
+            else:
+                # The frozen view expired: continue after the last row seen, on a fresh view.
+                vid, view = self._view(board, period, b, now)
+                import bisect
+
+                offset = bisect.bisect_right(view.keys, cursor.after)
+        if view is None:
+            vid, view = self._view(board, period, b, now)
+        rows = view.keys[offset : offset + limit]
+        end = offset + len(rows)
+        next_c = Cursor(vid, end, rows[-1] if rows else None).encode() if end < len(view.keys) else None
+        prev_c = Cursor(vid, max(0, offset - limit)).encode() if offset > 0 else None
+        return BoardPage(board, period, self._entries(rows, offset + 1), next_c, prev_c, len(view.keys), view.created_at)
+
+    def _visible_rank(self, b: _Board, key: Key) -> int:
+        idx = b.keys.index(key)
+        hidden_before = sum(1 for pid in self._hidden if (k := b.by_player.get(pid)) is not None and k < key)
+        return idx - hidden_before + 1
+
+    async def rank(self, board: str, period: str, player_id: str) -> BoardEntry | None:
+        b = self._board(board, period)
+        key = b.by_player.get(player_id)
+        if key is None:
+            return None
+        return BoardEntry(self._visible_rank(b, key), player_id, -key[0], key[2])
+
+    async def around(self, board: str, period: str, player_id: str, radius: int) -> list[BoardEntry]:
+        b = self._board(board, period)
+        key = b.by_player.get(player_id)
+        if key is None:
+            return []
+        rank = self._visible_rank(b, key)
+        idx = b.keys.index(key)
+        above: list[Key] = []
+        i = idx - 1
+        while i >= 0 and len(above) < radius:
+            k = b.keys[i]
+            if self._visible(k):
+                above.append(k)
+            i -= 1
+        below: list[Key] = []
+        i = idx + 1
+        while i < len(b.keys) and len(below) < radius:
+            k = b.keys[i]
+            if self._visible(k):
+                below.append(k)
+            i += 1
+        above.reverse()
+        return self._entries([*above, key, *below], rank - len(above))
+
+    async def set_hidden(self, player_id: str, hidden: bool) -> None:
+        if hidden:
+            self._hidden.add(player_id)
+            await self._persist("INSERT OR IGNORE INTO hidden VALUES (?)", [(player_id,)])
+        else:
+            self._hidden.discard(player_id)
+            await self._persist("DELETE FROM hidden WHERE player_id = ?", [(player_id,)])
+        for b in self._boards.values():
+            b.latest_view = None  # the next first page reflects the change
+
+    async def remove_player(self, player_id: str) -> None:
+        for b in self._boards.values():
+            key = b.by_player.pop(player_id, None)
+            if key is not None:
+                b.keys.remove(key)
+            b.latest_view = None
+        self._hidden.discard(player_id)
+        await self._persist("DELETE FROM scores WHERE player_id = ?", [(player_id,)])
+        await self._persist("DELETE FROM hidden WHERE player_id = ?", [(player_id,)])
+
+    async def periods(self, board: str) -> list[str]:
+        return sorted((p for (bd, p), b in self._boards.items() if bd == board and b.by_player), reverse=True)
+
+    async def claim_rollover(self, period: str) -> bool:
+        if period in self._rollovers:
+            return False
+        self._rollovers.add(period)
+        await self._persist("INSERT OR IGNORE INTO rollovers VALUES (?)", [(period,)])
+        return True
+
+    # ---- fan-out --------------------------------------------------------------------
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            listener(channel, message)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
