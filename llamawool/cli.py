@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.write("configuration ok\n")
         return 0
+    loop_factory = None
     try:
         import uvloop
 
-        runner = uvloop.run
+        loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - Windows
-        runner = asyncio.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(settings))
+        pass
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings))
     return 0

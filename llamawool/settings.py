@@ -48,7 +48,24 @@ class Settings(BaseModel):
 
     tick_interval_s: float = Field(1.0, gt=0, le=60)
     commit_max_batch: int = Field(512, gt=0)
-    snapshot_history: int = Field(50, gt=0, description="snapshots kept per farm")
+    snapshot_history: int = Field(50, gt=0, description="newest snapshots kept per farm")
+    snapshot_daily_days: int = Field(30, ge=0, description="plus the first snapshot of each day for this many days")
+    save_secret: str | None = Field(None, description="HMAC key for cloud saves; derived from the JWT secret if unset")
+
+    leaderboard_push_s: float = Field(5.0, gt=0, le=10, description="how often online farms' scores are pushed")
+    leaderboard_view_refresh_s: float = Field(5.0, ge=0, description="first pages reuse a frozen view this young")
+    leaderboard_max_page: int = Field(100, gt=0)
+
+    # anti-cheat limits beyond the ConfigMap's antiCheat block (all per window)
+    shear_requests_per_minute: int = Field(1200, gt=0)
+    login_failures_per_window: int = Field(10, gt=0, description="failed logins per IP+login per window")
+    login_failure_window_s: float = Field(900, gt=0)
+    guests_per_ip_per_hour: int = Field(30, gt=0)
+    registrations_per_ip_per_hour: int = Field(20, gt=0)
+    violation_window_s: float = Field(3600, gt=0)
+    flag_decay_s: float = Field(86400, gt=0)
+    ws_violations_before_close: int = Field(10, gt=0, description="limit errors on one socket within a minute")
+    trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
     max_body_bytes: int = Field(64 * 1024, gt=0)
@@ -80,6 +97,25 @@ class Settings(BaseModel):
                 raise ValueError(f"jwt_secret_file: cannot read {self.jwt_secret_file}: {exc.strerror}") from None
         return self.jwt_secret
 
+    @model_validator(mode="after")
+    def _proxies_are_networks(self) -> Settings:
+        import ipaddress
+
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {cidr!r} is not an IP network") from None
+        return self
+
+    def resolved_save_secret(self) -> bytes:
+        import hashlib
+        import hmac
+
+        if self.save_secret:
+            return self.save_secret.encode()
+        return hmac.new(self.resolved_jwt_secret().encode(), b"llamawool-saves", hashlib.sha256).digest()
+
     @property
     def game_config_path(self) -> Path:
         return self.game_config_file or self.config_dir / "game-config.json"
@@ -102,7 +138,9 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     for name, value in environ.items():
         if name.startswith("LLAMAWOOL_"):
             key = name.removeprefix("LLAMAWOOL_").lower()
-            if key in Settings.model_fields:
+            if key == "trusted_proxies":
+                out[key] = [v.strip() for v in value.split(",") if v.strip()]
+            elif key in Settings.model_fields:
                 out[key] = value
     return out
 

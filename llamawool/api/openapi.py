@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -35,8 +35,10 @@ def openapi_document() -> dict[str, Any]:
         for m in (r.body, r.response):
             if m is not None:
                 models.add(m)
-    keyed = [(m, "validation") for m in models if m in {r.body for r in ROUTES}]
-    keyed += [(m, "serialization") for m in models if m not in {r.body for r in ROUTES}]
+    bodies = {r.body for r in ROUTES}
+    keyed: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (m, "validation" if m in bodies else "serialization") for m in models
+    ]
     _, defs = models_json_schema(sorted(keyed, key=lambda x: x[0].__name__), ref_template=REF)
     schemas = defs.get("$defs", {})
 

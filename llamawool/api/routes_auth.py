@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import Auth, TokenPair
+from ..auth import Auth, AuthError, TokenPair
 from ..store import DuplicateKey, PlayerRecord, Store
 from .context import ctx
 from .errors import ApiError
@@ -172,6 +172,9 @@ async def refresh(request: web.Request) -> web.Response:
     body = await read_body(request, RefreshRequest)
     try:
         player, tokens = await c.auth.refresh(body.refresh_token)
+    except AuthError as exc:
+        c.metrics.auth.labels(kind="refresh", outcome="failed").inc()
+        raise ApiError(exc.code, exc.detail) from None
     except Exception:
         c.metrics.auth.labels(kind="refresh", outcome="failed").inc()
         raise

@@ -60,7 +60,7 @@ async def get_production(request: web.Request) -> web.Response:
         "revision": state.revision,
         "server_time": now,
         "tiers": tiers,
-        "value_per_second": rules.value_of([t["rate"] for t in tiers]),
+        "value_per_second": rules.value_of([t.rate for t in rules.production(state)]),
         "click_power": rules.click_power(state),
         "offline_efficiency": rules.offline_efficiency(state),
         "offline_cap_s": rules.offline_cap_s(state),

@@ -110,6 +110,9 @@ class Coordinator(Protocol):
 
     # rate limits: a sliding window of `limit` hits per `window_s`
     async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult: ...
+    async def peek(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
+        """Like `hit`, without recording one."""
+
     async def count_violation(self, player_id: str, now: float, window_s: float) -> int:
         """Record one violation; return how many fall within the window."""
 

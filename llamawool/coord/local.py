@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sortedcontainers import SortedList
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from .base import BadCursor, BoardEntry, BoardPage, Cursor, LimitResult, Listener, ScoreUpdate
 
@@ -71,12 +71,13 @@ class LocalCoordinator:
     # ---- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        if self.path is None:
+        path = self.path
+        if path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
 
         def load() -> tuple[list[tuple[Any, ...]], list[str], list[str]]:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
             rows = self._db.execute("SELECT board, period, player_id, score, tiebreak, reached_at FROM scores").fetchall()
@@ -142,6 +143,14 @@ class LocalCoordinator:
             return LimitResult(False, limit, 0, retry, retry)
         hits.append(now)
         reset = hits[0] + window_s - now
+        return LimitResult(True, limit, limit - len(hits), reset, 0.0)
+
+    async def peek(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
+        hits = self._window(key, window_s, now)
+        if len(hits) >= limit:
+            retry = max(0.0, hits[0] + window_s - now)
+            return LimitResult(False, limit, 0, retry, retry)
+        reset = (hits[0] + window_s - now) if hits else window_s
         return LimitResult(True, limit, limit - len(hits), reset, 0.0)
 
     async def count_violation(self, player_id: str, now: float, window_s: float) -> int:
@@ -218,7 +227,7 @@ class LocalCoordinator:
         return BoardPage(board, period, self._entries(rows, offset + 1), next_c, prev_c, len(view.keys), view.created_at)
 
     def _visible_rank(self, b: _Board, key: Key) -> int:
-        idx = b.keys.index(key)
+        idx = int(b.keys.index(key))
         hidden_before = sum(1 for pid in self._hidden if (k := b.by_player.get(pid)) is not None and k < key)
         return idx - hidden_before + 1
 

@@ -26,6 +26,8 @@ from ..game import Action, Event, FarmState, Outcome, Rules, apply_action
 from ..observability import Metrics
 from ..settings import Settings
 from ..store import FarmCommit, IdempotencyRecord, Snapshot, StorageUnavailable, Store
+from ..coord import Coordinator, LocalCoordinator
+from .boards import BoardFeed
 from .commit import GroupCommitter
 from .table import FarmTable
 from .views import farm_view, tick_message
@@ -83,6 +85,7 @@ class Resident:
     ticked_revision: int = -1
     evicted: bool = False
     busy: bool = False  # a settle/offline task is queued for this farm
+    ranks: dict[str, int] = field(default_factory=dict)  # last rank told to its connections
 
 
 class Engine:
@@ -93,6 +96,7 @@ class Engine:
         settings: Settings,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        coord: Coordinator | None = None,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -102,7 +106,7 @@ class Engine:
         self.table = FarmTable(rules)
         self.committer = GroupCommitter(store, metrics, settings.commit_max_batch)
         self.residents: dict[str, Resident] = {}
-        self._row_owner: list[Resident | None] = []
+        self.row_owners: list[Resident | None] = []
         self._loading: dict[str, asyncio.Future[Resident]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
@@ -110,6 +114,8 @@ class Engine:
         self.online_window_s = rules.online_window_s
         self.autosave_s = rules.config.production.autoSaveInterval / 1000.0
         self.tick_listeners: list[Callable[[float], None]] = []
+        self.coord: Coordinator = coord if coord is not None else LocalCoordinator(None)
+        self.boards = BoardFeed(self, self.coord, store, settings.leaderboard_push_s)
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -118,6 +124,7 @@ class Engine:
         self._last_autosave = self.clock()
         if tick:
             self._tick_task = asyncio.create_task(self._tick_loop(), name="engine-tick")
+            self.boards.start()
 
     async def stop(self) -> None:
         """Stop ticking, write every resident farm's snapshot, flush commits."""
@@ -128,8 +135,13 @@ class Engine:
             except asyncio.CancelledError:
                 pass
             self._tick_task = None
+        await self.boards.stop()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        try:
+            await self.boards.push()
+        except Exception as exc:  # boards are rebuilt by the next push; never block shutdown on them
+            log.warning("engine.final_push_failed", error=str(exc))
         try:
             await self.autosave(force=True)
         except StorageUnavailable as exc:
@@ -187,9 +199,9 @@ class Engine:
                 state = self.rules.go_offline(state, state.last_active + self.online_window_s).state
         res = Resident(player_id, state, -1, snapshot_revision=state.revision)
         res.row = self.table.add(state)
-        if res.row >= len(self._row_owner):
-            self._row_owner.extend([None] * (self.table.capacity - len(self._row_owner)))
-        self._row_owner[res.row] = res
+        if res.row >= len(self.row_owners):
+            self.row_owners.extend([None] * (self.table.capacity - len(self.row_owners)))
+        self.row_owners[res.row] = res
         self.residents[player_id] = res
         self._gauge()
         return res
@@ -198,7 +210,7 @@ class Engine:
         res.evicted = True
         self.residents.pop(res.player_id, None)
         self.table.remove(res.row)
-        self._row_owner[res.row] = None
+        self.row_owners[res.row] = None
         self._gauge()
 
     def _gauge(self) -> None:
@@ -415,7 +427,7 @@ class Engine:
         started = time.perf_counter()
         now = self.clock()
         result = self.table.tick(now, self.online_window_s)
-        owners = self._row_owner
+        owners = self.row_owners
         for row in result.settle_rows.tolist():
             res = owners[row]
             if res is not None and not res.busy:
@@ -473,6 +485,7 @@ class Engine:
                     return
                 outcome = self.rules.go_offline(res.state, at)
                 await self._commit(res, outcome, snapshot=True)
+                await self.boards.push_state(res.state, at)
                 self._evict(res)
                 log.info("farm.offline", player_id=res.player_id, at=at)
         except (StorageUnavailable, FarmConflict) as exc:

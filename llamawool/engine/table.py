@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ..game import FarmState, Rules
+from ..game import FarmState, Rules, week_start_of
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -58,6 +58,11 @@ class FarmTable:
             "used": np.zeros(capacity, dtype=bool),
             "connections": np.zeros(capacity, dtype=np.int32),
             "undiscovered": np.zeros(capacity, dtype=bool),
+            # leaderboard inputs
+            "soul_shears": np.zeros(capacity),
+            "weekly": np.zeros(capacity),
+            "week_start": np.zeros(capacity),
+            "score_dirty": np.zeros(capacity, dtype=bool),
         }
         if old is not None:
             for name, arr in cols.items():
@@ -86,6 +91,10 @@ class FarmTable:
     used: BOOL
     connections: npt.NDArray[np.int32]
     undiscovered: BOOL
+    soul_shears: F64
+    weekly: F64
+    week_start: F64
+    score_dirty: BOOL
 
     def add(self, state: FarmState) -> int:
         if self._free:
@@ -126,6 +135,10 @@ class FarmTable:
         )
         self.next_lifetime[row] = self._next(state, "lifetime_value", 1.0)
         self.next_play[row] = self._next(state, "play_hours", 3600.0)
+        self.soul_shears[row] = state.soul_shears
+        self.weekly[row] = state.weekly_value
+        self.week_start[row] = week_start_of(state.week)
+        self.score_dirty[row] = True
 
     def _next(self, state: FarmState, metric: str, scale: float) -> float:
         """The smallest locked threshold of a time-driven metric (inf when none)."""
@@ -135,6 +148,22 @@ class FarmTable:
             if a.metric == metric and a.key not in state.achievements
         ]
         return min(locked, default=math.inf)
+
+    def scores(self, now: float, week_start: float) -> tuple[I64, F64, F64, F64, F64]:
+        """Board scores of every farm that is online or changed since the last call:
+        rows, lifetime, soul shears, rate, weekly (value produced since `week_start`)."""
+        n = self.size
+        rows = np.flatnonzero(self.used[:n] & (self.online[:n] | self.score_dirty[:n]))
+        self.score_dirty[:n] = False
+        online = self.online[rows]
+        anchor = self.anchor_time[rows]
+        value_rate = self.value_rate[rows]
+        dt = np.maximum(now - anchor, 0.0) * online
+        lifetime = self.lifetime[rows] + value_rate * dt
+        same_week = self.week_start[rows] == week_start
+        fresh = value_rate * np.maximum(now - np.maximum(anchor, week_start), 0.0) * online
+        weekly = np.where(same_week, self.weekly[rows] + value_rate * dt, fresh)
+        return rows, lifetime, self.soul_shears[rows].copy(), value_rate.copy(), weekly
 
     def tick(self, now: float, online_window_s: float) -> TickResult:
         """Closed-form balances and threshold checks for every resident farm.

@@ -17,6 +17,7 @@ from .rules import (
     apply_action,
     iso_week,
     week_start,
+    week_start_of,
 )
 from .state import FarmState, OfflineReport
 
@@ -45,4 +46,5 @@ __all__ = [
     "parse_balance",
     "parse_game_config",
     "week_start",
+    "week_start_of",
 ]

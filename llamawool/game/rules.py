@@ -557,3 +557,10 @@ def apply_action(rules: Rules, state: FarmState, action: Action, now: float) -> 
         case Prestige(confirm, expected_gain):
             return rules.prestige(state, confirm, expected_gain, now)
     raise InvalidAction(f"unknown action {action!r}")
+
+
+def week_start_of(week: str) -> float:
+    """Monday 00:00 UTC of an ISO week given as "2026-W48"."""
+    year, _, num = week.partition("-W")
+    monday = dt.datetime.fromisocalendar(int(year), int(num), 1).replace(tzinfo=dt.UTC)
+    return monday.timestamp()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..settings import Settings
 from .base import (
+    AuditRecord,
     DuplicateKey,
     FarmCommit,
     IdempotencyRecord,
@@ -25,10 +26,12 @@ def open_store(settings: Settings) -> Store:
         settings.data_dir / "llamawool.sqlite3",
         synchronous=settings.sqlite_synchronous,
         snapshot_history=settings.snapshot_history,
+        snapshot_daily_days=settings.snapshot_daily_days,
     )
 
 
 __all__ = [
+    "AuditRecord",
     "DuplicateKey",
     "FarmCommit",
     "IdempotencyRecord",

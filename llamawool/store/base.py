@@ -41,6 +41,11 @@ class PlayerRecord:
     password_hash: str | None = None
     device_id: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # anti-cheat: a flag hides the player from public boards until it decays
+    flagged_at: float | None = None
+    flag_reason: str | None = None
+    last_violation_at: float | None = None
+    violations_total: int = 0
 
 
 @dataclass(slots=True)
@@ -91,6 +96,17 @@ class IdempotencyRecord:
 
 
 @dataclass(slots=True)
+class AuditRecord:
+    """One admin action, kept for accountability."""
+
+    at: float
+    admin_id: str
+    action: str
+    target: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class FarmCommit:
     """One farm's change in a group commit.
 
@@ -132,6 +148,8 @@ class Store(Protocol):
         """Erase the player and everything of theirs (farm, snapshots, tokens, keys)."""
 
     async def count_players(self) -> int: ...
+    async def usernames(self, player_ids: list[str]) -> dict[str, str]: ...
+    async def list_flagged(self) -> list[PlayerRecord]: ...
 
     # refresh-token families
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
@@ -157,3 +175,7 @@ class Store(Protocol):
     async def list_snapshots(self, player_id: str, limit: int) -> list[Snapshot]: ...
     async def get_snapshot(self, player_id: str, revision: int) -> Snapshot | None: ...
     async def get_idempotency(self, player_id: str, key: str) -> IdempotencyRecord | None: ...
+
+    # admin audit log
+    async def add_audit(self, record: AuditRecord) -> None: ...
+    async def list_audit(self, limit: int) -> list[AuditRecord]: ...

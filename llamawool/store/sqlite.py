@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .base import (
+    AuditRecord,
     DuplicateKey,
     FarmCommit,
     IdempotencyRecord,
@@ -40,7 +41,20 @@ CREATE TABLE IF NOT EXISTS players (
     role TEXT NOT NULL DEFAULT 'player',
     is_guest INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    settings TEXT NOT NULL DEFAULT '{}'
+    settings TEXT NOT NULL DEFAULT '{}',
+    flagged_at REAL,
+    flag_reason TEXT,
+    last_violation_at REAL,
+    violations_total INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS players_flagged ON players(flagged_at) WHERE flagged_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    admin_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    details TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
@@ -83,7 +97,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
-PLAYER_COLUMNS = "id, username, email, password_hash, role, is_guest, created_at, settings"
+PLAYER_COLUMNS = (
+    "id, username, email, password_hash, role, is_guest, created_at, settings, "
+    "flagged_at, flag_reason, last_violation_at, violations_total"
+)
 
 
 def _player(row: tuple[Any, ...] | None, device_id: str | None = None) -> PlayerRecord | None:
@@ -99,6 +116,10 @@ def _player(row: tuple[Any, ...] | None, device_id: str | None = None) -> Player
         created_at=row[6],
         settings=orjson.loads(row[7]),
         device_id=device_id,
+        flagged_at=row[8],
+        flag_reason=row[9],
+        last_violation_at=row[10],
+        violations_total=row[11],
     )
 
 
@@ -113,9 +134,12 @@ def _duplicate(exc: sqlite3.IntegrityError) -> DuplicateKey:
 class SQLiteStore:
     name = "sqlite"
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL", snapshot_history: int = 50) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", snapshot_history: int = 50, snapshot_daily_days: int = 30
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.retention = (snapshot_history, snapshot_daily_days)
         self.snapshot_history = snapshot_history
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
@@ -207,7 +231,7 @@ class SQLiteStore:
                     if found is not None:
                         return found
             c.execute(
-                f"INSERT INTO players ({PLAYER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO players ({PLAYER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     player.id,
                     player.username,
@@ -217,6 +241,10 @@ class SQLiteStore:
                     int(player.is_guest),
                     player.created_at,
                     orjson.dumps(player.settings).decode(),
+                    player.flagged_at,
+                    player.flag_reason,
+                    player.last_violation_at,
+                    player.violations_total,
                 ),
             )
             if player.device_id is not None:
@@ -250,7 +278,11 @@ class SQLiteStore:
                 row = c.execute(f"SELECT {PLAYER_COLUMNS} FROM players WHERE username = ?", (username,)).fetchone()
             else:
                 return None
-            return _player(row)
+            if row is None:
+                return None
+            # The same record get_player returns, device included.
+            dev = c.execute("SELECT device_id FROM devices WHERE player_id = ? LIMIT 1", (row[0],)).fetchone()
+            return _player(row, dev[0] if dev else None)
 
         return await self._read(run)
 
@@ -258,7 +290,8 @@ class SQLiteStore:
         def run(c: sqlite3.Connection) -> None:
             c.execute(
                 "UPDATE players SET username = ?, email = ?, password_hash = ?, role = ?, is_guest = ?, "
-                "settings = ? WHERE id = ?",
+                "settings = ?, flagged_at = ?, flag_reason = ?, last_violation_at = ?, violations_total = ? "
+                "WHERE id = ?",
                 (
                     player.username,
                     player.email,
@@ -266,6 +299,10 @@ class SQLiteStore:
                     player.role,
                     int(player.is_guest),
                     orjson.dumps(player.settings).decode(),
+                    player.flagged_at,
+                    player.flag_reason,
+                    player.last_violation_at,
+                    player.violations_total,
                     player.id,
                 ),
             )
@@ -288,6 +325,24 @@ class SQLiteStore:
 
     async def count_players(self) -> int:
         return await self._read(lambda c: int(c.execute("SELECT COUNT(*) FROM players").fetchone()[0]))
+
+    async def usernames(self, player_ids: list[str]) -> dict[str, str]:
+        if not player_ids:
+            return {}
+
+        def run(c: sqlite3.Connection) -> dict[str, str]:
+            marks = ", ".join("?" * len(player_ids))
+            rows = c.execute(f"SELECT id, username FROM players WHERE id IN ({marks})", player_ids)  # noqa: S608
+            return {r[0]: r[1] for r in rows}
+
+        return await self._read(run)
+
+    async def list_flagged(self) -> list[PlayerRecord]:
+        def run(c: sqlite3.Connection) -> list[PlayerRecord]:
+            rows = c.execute(f"SELECT {PLAYER_COLUMNS} FROM players WHERE flagged_at IS NOT NULL").fetchall()
+            return [p for r in rows if (p := _player(r)) is not None]
+
+        return await self._read(run)
 
     # ---- refresh tokens ------------------------------------------------------------------
 
@@ -348,7 +403,7 @@ class SQLiteStore:
         return await self._read(run)
 
     async def commit(self, batch: list[FarmCommit]) -> list[bool]:
-        keep = self.snapshot_history
+        keep = self.retention
 
         def run(c: sqlite3.Connection) -> list[bool]:
             applied = []
@@ -396,7 +451,7 @@ class SQLiteStore:
     async def add_snapshots(self, snapshots: list[Snapshot]) -> None:
         if not snapshots:
             return
-        keep = self.snapshot_history
+        keep = self.retention
 
         def run(c: sqlite3.Connection) -> None:
             for snap in snapshots:
@@ -436,13 +491,36 @@ class SQLiteStore:
         return await self._read(run)
 
 
-def _insert_snapshot(c: sqlite3.Connection, snap: Snapshot, keep: int) -> None:
+    async def add_audit(self, record: AuditRecord) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO audit_log (at, admin_id, action, target, details) VALUES (?, ?, ?, ?, ?)",
+                (record.at, record.admin_id, record.action, record.target, orjson.dumps(record.details).decode()),
+            )
+        )
+
+    async def list_audit(self, limit: int) -> list[AuditRecord]:
+        def run(c: sqlite3.Connection) -> list[AuditRecord]:
+            rows = c.execute(
+                "SELECT at, admin_id, action, target, details FROM audit_log ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [AuditRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
+
+        return await self._read(run)
+
+
+def _insert_snapshot(c: sqlite3.Connection, snap: Snapshot, keep: tuple[int, int]) -> None:
+    """Insert, then apply the retention policy: the newest `keep[0]` snapshots,
+    plus the first snapshot of each UTC day for the last `keep[1]` days."""
+    last, days = keep
     c.execute(
         "INSERT OR REPLACE INTO snapshots (player_id, revision, taken_at, farm_value, doc) VALUES (?, ?, ?, ?, ?)",
         (snap.player_id, snap.revision, snap.taken_at, snap.farm_value, orjson.dumps(snap.doc)),
     )
     c.execute(
-        "DELETE FROM snapshots WHERE player_id = ? AND revision NOT IN "
-        "(SELECT revision FROM snapshots WHERE player_id = ? ORDER BY revision DESC LIMIT ?)",
-        (snap.player_id, snap.player_id, keep),
+        "DELETE FROM snapshots WHERE player_id = ? "
+        "AND revision NOT IN (SELECT revision FROM snapshots WHERE player_id = ? ORDER BY revision DESC LIMIT ?) "
+        "AND revision NOT IN (SELECT MIN(revision) FROM snapshots WHERE player_id = ? AND taken_at >= ? "
+        "GROUP BY CAST(taken_at / 86400 AS INTEGER))",
+        (snap.player_id, snap.player_id, last, snap.player_id, snap.taken_at - days * 86400.0),
     )

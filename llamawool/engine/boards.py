@@ -1,0 +1,199 @@
+"""Leaderboard feed: the engine pushes resident farms' scores in batches.
+
+Scores are computed for every online (or changed) farm at once from the numpy
+columns, then handed to the coordinator, which keeps the boards. After each
+push, connected players hear `rank_changed` when their rank moved, and
+subscribers of a board's live top 10 get it when it changed. The weekly board
+rolls over at Monday 00:00 UTC; the coordinator's marker makes that happen
+exactly once per week across replicas and restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from prometheus_client import Counter
+
+from ..coord import BOARDS, BoardEntry, CoordinationUnavailable, Coordinator, ScoreUpdate
+from ..game import FarmState, Rules, iso_week, week_start
+from ..store import Store
+
+if TYPE_CHECKING:
+    from .engine import Engine, Sink
+
+log = structlog.get_logger("llamawool.boards")
+
+ALL_TIME = "all"
+TOP_LIVE = 10
+
+
+def period_of(board: str, now: float) -> str:
+    return iso_week(now) if board == "weekly" else ALL_TIME
+
+
+class BoardFeed:
+    def __init__(self, engine: Engine, coord: Coordinator, store: Store, push_s: float) -> None:
+        self.engine = engine
+        self.rules: Rules = engine.rules
+        self.coord = coord
+        self.store = store
+        self.push_s = push_s
+        self.clock: Callable[[], float] = engine.clock
+        self.week: str | None = None
+        self.subscribers: dict[str, set[Sink]] = {b: set() for b in BOARDS}
+        self._last_top: dict[str, bytes] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.stale = False
+        registry = engine.metrics.registry
+        self.rollovers = Counter(
+            "llamawool_leaderboard_rollovers_total", "Weekly board rollovers performed", registry=registry
+        )
+        self.push_errors = Counter(
+            "llamawool_leaderboard_push_errors_total", "Score pushes that failed", registry=registry
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="board-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.push()
+            except CoordinationUnavailable as exc:
+                self.stale = True
+                self.push_errors.inc()
+                log.warning("boards.push_failed", error=str(exc))
+            except Exception:
+                self.push_errors.inc()
+                log.exception("boards.push_crashed")
+            await asyncio.sleep(self.push_s)
+
+    async def check_rollover(self, now: float) -> bool:
+        week = iso_week(now)
+        if week == self.week:
+            return False
+        performed = await self.coord.claim_rollover(week)
+        self.week = week
+        if performed:
+            self.rollovers.inc()
+            log.info("leaderboard.weekly_reset", week=week)
+        return performed
+
+    async def push(self) -> None:
+        """One batch: every online or changed resident farm's four scores."""
+        now = self.clock()
+        await self.check_rollover(now)
+        table = self.engine.table
+        rows, lifetime, shears, rate, weekly = table.scores(now, week_start(now))
+        if rows.size:
+            owners = self.engine.row_owners
+            ids = [owners[r].player_id if owners[r] is not None else "" for r in rows.tolist()]
+            batches: dict[str, list[ScoreUpdate]] = {b: [] for b in BOARDS}
+            for pid, lv, ss, rv, wv in zip(
+                ids, lifetime.tolist(), shears.tolist(), rate.tolist(), weekly.tolist(), strict=True
+            ):
+                if not pid:
+                    continue
+                batches["lifetime"].append(ScoreUpdate(pid, lv, 0.0, now))
+                batches["prestige"].append(ScoreUpdate(pid, ss, lv, now))
+                batches["rate"].append(ScoreUpdate(pid, rv, 0.0, now))
+                batches["weekly"].append(ScoreUpdate(pid, wv, 0.0, now))
+            for board, updates in batches.items():
+                await self.coord.push_scores(board, period_of(board, now), updates)
+        self.stale = False
+        await self._notify_ranks(now)
+        await self._notify_tops(now)
+
+    async def push_state(self, state: FarmState, now: float) -> None:
+        """Push one farm's final scores (it is leaving memory)."""
+        s = self.rules.scores(state, now)
+        pid = state.player_id
+        try:
+            await self.coord.push_scores("lifetime", ALL_TIME, [ScoreUpdate(pid, s["lifetime"], 0.0, now)])
+            await self.coord.push_scores(
+                "prestige", ALL_TIME, [ScoreUpdate(pid, s["prestige"], s["lifetime"], now)]
+            )
+            await self.coord.push_scores("rate", ALL_TIME, [ScoreUpdate(pid, s["rate"], 0.0, now)])
+            await self.coord.push_scores("weekly", iso_week(now), [ScoreUpdate(pid, s["weekly"], 0.0, now)])
+        except CoordinationUnavailable as exc:
+            self.push_errors.inc()
+            log.warning("boards.push_failed", error=str(exc), player_id=pid)
+
+    async def _notify_ranks(self, now: float) -> None:
+        for res in list(self.engine.residents.values()):
+            if not res.sinks:
+                continue
+            for board in BOARDS:
+                entry = await self.coord.rank(board, period_of(board, now), res.player_id)
+                if entry is None:
+                    continue
+                before = res.ranks.get(board)
+                res.ranks[board] = entry.rank
+                if before is not None and before != entry.rank:
+                    msg = orjson.dumps(
+                        {
+                            "type": "event",
+                            "data": {
+                                "type": "rank_changed",
+                                "board": board,
+                                "rank": entry.rank,
+                                "previous_rank": before,
+                                "score": entry.score,
+                            },
+                        }
+                    ).decode()
+                    for sink in res.sinks:
+                        sink.send(msg)
+
+    async def top_message(self, board: str, now: float) -> bytes:
+        page = await self.coord.page(board, period_of(board, now), TOP_LIVE, None, now)
+        entries = await self.named(page.entries)
+        return orjson.dumps(
+            {"type": "event", "data": {"type": "leaderboard", "board": board, "period": page.period, "entries": entries}}
+        )
+
+    async def _notify_tops(self, now: float) -> None:
+        for board, sinks in self.subscribers.items():
+            if not sinks:
+                continue
+            msg = await self.top_message(board, now)
+            if self._last_top.get(board) == msg:
+                continue
+            self._last_top[board] = msg
+            text = msg.decode()
+            for sink in list(sinks):
+                sink.send(text)
+
+    async def subscribe(self, board: str, sink: Sink) -> None:
+        self.subscribers[board].add(sink)
+        sink.send((await self.top_message(board, self.clock())).decode())
+
+    def unsubscribe(self, sink: Sink, board: str | None = None) -> None:
+        for b, sinks in self.subscribers.items():
+            if board is None or b == board:
+                sinks.discard(sink)
+
+    async def named(self, entries: list[BoardEntry]) -> list[dict[str, Any]]:
+        names = await self.store.usernames([e.player_id for e in entries])
+        return [
+            {
+                "rank": e.rank,
+                "player_id": e.player_id,
+                "username": names.get(e.player_id, "(deleted)"),
+                "score": e.score,
+                "reached_at": e.reached_at,
+            }
+            for e in entries
+        ]

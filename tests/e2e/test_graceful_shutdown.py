@@ -1,0 +1,191 @@
+"""SIGTERM drains a real server process without losing an acknowledged action.
+
+The sequence under test (ARCHITECTURE.md, "Many replicas"): `/ready` fails at
+once, new sockets are refused, open ones are closed with 1012 so clients
+reconnect elsewhere, every acknowledged action is already committed, and the
+process exits inside `drain_grace_s`. Kubernetes relies on all of it: the
+Deployment's preStop pause and terminationGracePeriodSeconds are sized from
+the same grace period.
+
+One extra socket (the "holder") deliberately stops reading, so its close
+handshake keeps the drain open for as long as the test needs to look at the
+server mid-drain. It also proves that one unresponsive client does not hold
+back the 1012 of everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.helpers import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+API = "/api/v1"
+GRACE_S = 10.0
+PLAYERS = 6
+WINDOW = 4  # actions a client keeps in flight, so some are mid-commit at SIGTERM
+CLOSE_RESTART = 1012
+
+
+@dataclass
+class Player:
+    token: str
+    player_id: str
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    sent: set[int] = field(default_factory=set)
+    acked: dict[int, dict[str, Any]] = field(default_factory=dict)
+    refused: int = 0
+    close_code: int | None = None
+    closed_at: float | None = None
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WINDOW))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def last_ack(self) -> dict[str, Any]:
+        return max(self.acked.values(), key=lambda farm: farm["revision"])
+
+
+async def _guest(http: aiohttp.ClientSession, url: str) -> Player:
+    async with http.post(f"{url}{API}/auth/guest", json={"device_id": f"drain-{uuid.uuid4().hex}"}) as resp:
+        assert resp.status in (200, 201), await resp.text()
+        body = await resp.json()
+    return Player(token=body["access_token"], player_id=body["player"]["id"])
+
+
+async def _connect(http: aiohttp.ClientSession, url: str, player: Player) -> aiohttp.ClientWebSocketResponse:
+    ws = await http.ws_connect(f"{url}{API}/ws", headers=player.headers, heartbeat=None)
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.TEXT and orjson.loads(msg.data)["type"] == "welcome", msg
+    return ws
+
+
+async def _read(player: Player) -> None:
+    """Collect acknowledgements until the server closes the socket."""
+    assert player.ws is not None
+    async for msg in player.ws:
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            continue
+        obj = orjson.loads(msg.data)
+        if obj["type"] == "result":
+            player.acked[obj["id"]] = obj["data"]["farm"]
+            player.slots.release()
+        elif obj["type"] == "error" and obj.get("id") is not None:
+            player.refused += 1
+            player.slots.release()
+    player.close_code = player.ws.close_code
+    player.closed_at = time.monotonic()
+
+
+async def _act(player: Player, ids: itertools.count[int]) -> None:
+    """A steady stream of shears with up to WINDOW unacknowledged at any moment."""
+    assert player.ws is not None
+    with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+        while not player.ws.closed:
+            await player.slots.acquire()
+            if player.ws.closed:
+                return
+            msg_id = next(ids)
+            player.sent.add(msg_id)
+            await player.ws.send_str(orjson.dumps({"type": "action", "id": msg_id, "data": {"action": "shear"}}).decode())
+            await asyncio.sleep(0.005)
+
+
+async def _ready_status(http: aiohttp.ClientSession, url: str) -> int | None:
+    try:
+        async with http.get(f"{url}/ready", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            return resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_sigterm_drains_sockets_commits_every_ack_and_exits_within_grace(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"LLAMAWOOL_DRAIN_GRACE_S": str(GRACE_S), "LLAMAWOOL_TICK_INTERVAL_S": "0.2"}
+    server = ServerProcess(data, env=env).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            players = [await _guest(http, server.url) for _ in range(PLAYERS)]
+            holder = await _guest(http, server.url)
+            for p in players:
+                p.ws = await _connect(http, server.url, p)
+            holder.ws = await _connect(http, server.url, holder)  # and from now on never reads
+
+            ids = itertools.count(1)
+            readers = [asyncio.create_task(_read(p)) for p in players]
+            streams = [asyncio.create_task(_act(p, ids)) for p in players]
+            await _wait_for(lambda: all(len(p.acked) >= 5 for p in players), 10, "a few acks per player")
+            assert await _ready_status(http, server.url) == 200
+
+            assert server.proc is not None
+            signalled = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+
+            # /ready fails at once (and stays failing), not merely when the listener goes away.
+            status = 200
+            while status == 200 and time.monotonic() - signalled < 2:
+                status = await _ready_status(http, server.url) or 0
+            assert status == 503, f"/ready answered {status} after SIGTERM"
+            assert time.monotonic() - signalled < 1.0
+
+            # New sockets are refused while draining.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"{server.url}{API}/ws", headers=players[0].headers)
+            assert refused.value.status == 503
+
+            # Every responsive socket is told to reconnect elsewhere, without waiting on the holder.
+            await _wait_for(lambda: all(p.closed_at is not None for p in players), 5, "1012 on every socket")
+            assert [p.close_code for p in players] == [CLOSE_RESTART] * PLAYERS
+            assert await _ready_status(http, server.url) == 503, "the drain should still be waiting on the holder"
+
+            # The holder reads at last: its close is a 1012 as well, and the drain can finish.
+            msg = await holder.ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == CLOSE_RESTART, msg
+            await asyncio.gather(*readers)
+            for s in streams:
+                s.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+
+            code = await asyncio.to_thread(server.proc.wait, GRACE_S + 5)
+            took = time.monotonic() - signalled
+            assert code == 0, server.log_path.read_text()[-2000:]
+            assert took < GRACE_S, f"exit took {took:.1f}s, beyond the {GRACE_S}s grace"
+        events = [line.get("event") for line in server.logs()]
+        assert "server.draining" in events
+        assert "server.drain_timeout" not in events
+
+        # Restart on the same data: everything acknowledged is there, nothing unsent is.
+        server = ServerProcess(data, env=env).start()
+        async with aiohttp.ClientSession() as http:
+            for p in players:
+                async with http.get(f"{server.url}{API}/farm", headers=p.headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                    farm = await resp.json()
+                acked = p.last_ack()
+                unacked = len(p.sent) - len(p.acked) - p.refused
+                assert farm["revision"] >= acked["revision"], (farm["revision"], acked["revision"])
+                assert farm["stats"]["shears"] >= acked["stats"]["shears"], "an acknowledged shear was lost"
+                assert farm["stats"]["shears"] <= acked["stats"]["shears"] + unacked, "a shear nobody sent appeared"
+    finally:
+        server.kill()
