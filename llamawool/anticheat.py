@@ -99,10 +99,7 @@ class AntiCheat:
 
     async def check_action(self, player_id: str, kind: ActionKind = "action") -> LimitResult:
         """Count one attempt; raise RateLimited (and count a violation) past the limit."""
-        if kind == "shear":
-            limit = self.settings.shear_requests_per_minute
-        else:
-            limit = self.actions_per_minute
+        limit = self.settings.shear_requests_per_minute if kind == "shear" else self.actions_per_minute
         if not self.enabled:
             return LimitResult(True, limit, limit, MINUTE, 0.0)
         result = await self._hit(f"{kind}:{player_id}", limit, MINUTE)

@@ -27,7 +27,7 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
-    bound = [s.getsockname() for s in (runner.server and site._server.sockets or [])]  # type: ignore[union-attr]
+    bound = [s.getsockname() for s in ((runner.server and site._server.sockets) or [])]  # type: ignore[union-attr]
     log.info("server.listening", addresses=[f"{a[0]}:{a[1]}" for a in bound], data_dir=str(settings.data_dir))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -43,6 +43,58 @@ async def serve(settings: Settings) -> None:
         log.error("server.drain_timeout", grace_s=settings.drain_grace_s)
 
 
+async def create_admin(settings: Settings, username: str, email: str, password_env: str) -> int:
+    import getpass
+    import os
+    import time
+    import uuid
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from .api.schemas import Email, Password, Username
+    from .auth import Auth
+    from .store import PlayerRecord, open_store
+
+    password = os.environ.get(password_env) or getpass.getpass("admin password: ")
+    try:
+        TypeAdapter(Username).validate_python(username)
+        email = TypeAdapter(Email).validate_python(email)
+        TypeAdapter(Password).validate_python(password)
+    except ValidationError as exc:
+        sys.stderr.write(f"llamawool: {exc.errors()[0]['msg']}\n")
+        return 2
+    store = open_store(settings)
+    await store.open()
+    try:
+        auth = Auth(store, settings)
+        password_hash = await auth.hash_password(password)
+        player = await store.find_player(username=username) or await store.find_player(email=email)
+        if player is None:
+            player = PlayerRecord(
+                id=uuid.uuid4().hex,
+                username=username,
+                email=email,
+                password_hash=password_hash,
+                role="admin",
+                is_guest=False,
+                created_at=time.time(),
+            )
+            await store.create_player(player)
+            verb = "created"
+        else:
+            player.role = "admin"
+            player.is_guest = False
+            player.email = email
+            player.username = username
+            player.password_hash = password_hash
+            await store.update_player(player)
+            verb = "promoted"
+        sys.stdout.write(f"admin {username} {verb} (id {player.id})\n")
+        return 0
+    finally:
+        await store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llamawool", description="Llama Wool Farm game server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--config", type=Path)
     p_check.add_argument("--settings", type=Path)
     sub.add_parser("openapi", help="print the OpenAPI document")
+    p_admin = sub.add_parser("admin", help="operator tasks")
+    admin_sub = p_admin.add_subparsers(dest="admin_command", required=True)
+    p_create = admin_sub.add_parser("create-admin", help="create an admin account (or promote an existing one)")
+    p_create.add_argument("--username", required=True)
+    p_create.add_argument("--email", required=True)
+    p_create.add_argument(
+        "--password-env",
+        default="LLAMAWOOL_ADMIN_PASSWORD",
+        help="environment variable holding the password (default LLAMAWOOL_ADMIN_PASSWORD); prompted if unset",
+    )
+    p_create.add_argument("--data-dir", type=Path)
+    p_create.add_argument("--settings", type=Path)
     args = parser.parse_args(argv)
 
     try:
@@ -79,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.write("configuration ok\n")
         return 0
+    if args.command == "admin":
+        return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
     loop_factory = None
     try:
         import uvloop

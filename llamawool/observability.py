@@ -54,9 +54,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.info = Gauge("llamawool_build_info", "Build and placement", ["version", "region"], registry=r)
-        self.http_requests = Counter(
-            "http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
-        )
+        self.http_requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r)
         self.http_duration = Histogram(
             "http_request_duration_seconds",
             "HTTP request latency",
@@ -65,9 +63,7 @@ class Metrics:
             registry=r,
         )
         self.ws_active = Gauge("websocket_connections_active", "Open WebSocket connections", registry=r)
-        self.ws_messages = Counter(
-            "websocket_messages_total", "WebSocket messages", ["direction", "type"], registry=r
-        )
+        self.ws_messages = Counter("websocket_messages_total", "WebSocket messages", ["direction", "type"], registry=r)
         self.tick_duration = Histogram(
             "llamawool_tick_duration_seconds",
             "Time to compute one engine tick and hand out its payloads",

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
+from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
+from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordinator
 from ..engine import Engine, FarmConflict, IdempotencyMismatch, PlayerGone
 from ..game import GameError, Rules
 from ..observability import Metrics
 from ..settings import Settings, load_rules
 from ..store import StorageUnavailable, Store, open_store
-from . import routes_auth, routes_farm, routes_meta, routes_players, ws  # noqa: F401 - registers routes
+from . import (  # noqa: F401 - importing registers the routes
+    routes_admin,
+    routes_auth,
+    routes_farm,
+    routes_leaderboards,
+    routes_meta,
+    routes_players,
+    routes_saves,
+    ws,
+)
 from .context import CTX, AppContext
 from .errors import ApiError, problem_response
 from .http import API_PREFIX, ROUTES, Handler, Route, authenticate
@@ -64,12 +78,27 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise ApiError(exc.code, exc.detail, **exc.extra) from None
         except StorageUnavailable:
             raise ApiError(
-                "UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", headers={"Retry-After": "5"}
+                "UNAVAILABLE",
+                "storage is unavailable; nothing was applied, retry shortly",
+                headers={"Retry-After": "5"},
             ) from None
         except FarmConflict:
             raise ApiError("UNAVAILABLE", "the farm moved; retry", headers={"Retry-After": "1"}) from None
         except PlayerGone:
             raise ApiError("INVALID_TOKEN", "the account no longer exists") from None
+        except RateLimited as exc:
+            raise ApiError(
+                "RATE_LIMITED",
+                f"too many {exc.scope} requests; retry in {exc.retry_after}s",
+                headers=limit_headers(exc.result),
+                retry_after=exc.retry_after,
+            ) from None
+        except BadCursor as exc:
+            raise ApiError("VALIDATION_ERROR", str(exc), errors=[{"field": "cursor", "message": str(exc)}]) from None
+        except CoordinationUnavailable:
+            raise ApiError(
+                "UNAVAILABLE", "coordination is unavailable; retry shortly", headers={"Retry-After": "5"}
+            ) from None
         except IdempotencyMismatch:
             raise ApiError("CONFLICT", "this Idempotency-Key was used for a different request") from None
         except web.HTTPException as exc:
@@ -119,14 +148,19 @@ def create_app(
     rules: Rules | None = None,
     clock: Callable[[], float] = time.time,
     tick: bool = True,
+    coord: Coordinator | None = None,
 ) -> web.Application:
     rules = rules or load_rules(settings)
     store = store or open_store(settings)
+    coord = coord or open_coordinator(settings, rules.config.cache.leaderboardTTL)
     metrics = Metrics(settings.region)
-    engine = Engine(rules, store, settings, metrics, clock)
+    engine = Engine(rules, store, settings, metrics, clock, coord=coord)
     auth = Auth(store, settings)
+    anticheat = AntiCheat(coord, store, settings, rules, metrics, clock)
+    trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies]
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
-    app[CTX] = AppContext(settings, rules, store, engine, auth, metrics)
+    app[CTX] = AppContext(settings, rules, store, engine, auth, metrics, coord, anticheat, trusted)
+    coord.subscribe(lambda channel, message: _on_fanout(app, channel, message))
 
     for r in ROUTES:
         app.router.add_route(r.method, API_PREFIX + r.path, _wrap(r))
@@ -137,14 +171,22 @@ def create_app(
         app.router.add_get("/", _index)
         app.router.add_static("/static/", WEB_DIR, show_index=False)
 
+    sweeper: list[asyncio.Task[None]] = []
+
     async def startup(app: web.Application) -> None:
         await store.open()
+        await coord.open()
         await engine.start(tick=tick)
-        log.info("server.started", store=store.name, region=settings.region, env=settings.env)
+        if tick:
+            sweeper.append(asyncio.create_task(_sweep_flags(anticheat)))
+        log.info("server.started", store=store.name, coord=coord.name, region=settings.region, env=settings.env)
 
     async def cleanup(app: web.Application) -> None:
         await drain(app)
+        for task in sweeper:
+            task.cancel()
         await engine.stop()
+        await coord.close()
         await store.close()
         log.info("server.stopped")
 
@@ -152,6 +194,25 @@ def create_app(
     app.on_cleanup.append(cleanup)
     app.on_response_prepare.append(_server_header)
     return app
+
+
+FLAG_SWEEP_S = 60.0
+
+
+async def _sweep_flags(anticheat: AntiCheat) -> None:
+    while True:
+        await asyncio.sleep(FLAG_SWEEP_S)
+        try:
+            await anticheat.sweep()
+        except Exception:
+            log.exception("anticheat.sweep_failed")
+
+
+def _on_fanout(app: web.Application, channel: str, message: dict[str, Any]) -> None:
+    """Messages every replica hears (admin broadcasts)."""
+    if channel == "broadcast":
+        c = app[CTX]
+        c.engine.broadcast(orjson.dumps({"type": "event", "data": {"type": "broadcast", **message}}).decode())
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..anticheat import AntiCheat
 from ..auth import Auth
+from ..coord import Coordinator
 from ..engine import Engine
 from ..game import Rules
 from ..observability import Metrics
@@ -26,6 +29,9 @@ class AppContext:
     engine: Engine
     auth: Auth
     metrics: Metrics
+    coord: Coordinator
+    anticheat: AntiCheat
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     sessions: set[WsSession] = field(default_factory=set)
     draining: bool = False
 

@@ -7,6 +7,7 @@ routes and writes the OpenAPI document, so the two cannot drift.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -179,3 +180,24 @@ def idempotency_key(request: web.Request) -> str | None:
     if not IDEMPOTENCY_KEY.match(key):
         raise ApiError("VALIDATION_ERROR", "Idempotency-Key must be 1..200 printable ASCII characters", errors=[])
     return key
+
+
+def client_ip(request: web.Request, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: the peer, or (only when the peer is a trusted proxy)
+    the right-most untrusted address in X-Forwarded-For."""
+    peer = request.remote or "unknown"
+    if not trusted or not _in(peer, trusted):
+        return peer
+    forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+    for addr in reversed(forwarded):
+        if not _in(addr, trusted):
+            return addr
+    return forwarded[0] if forwarded else peer
+
+
+def _in(addr: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -75,9 +75,7 @@ def openapi_document() -> dict[str, Any]:
         if r.body is not None:
             content = {"application/json": {"schema": {"$ref": REF.format(model=r.body.__name__)}}}
             if r.form:
-                content["application/x-www-form-urlencoded"] = {
-                    "schema": {"$ref": REF.format(model=r.body.__name__)}
-                }
+                content["application/x-www-form-urlencoded"] = {"schema": {"$ref": REF.format(model=r.body.__name__)}}
             op["requestBody"] = {"required": True, "content": content}
         statuses = [r.status, *r.extra_statuses]
         for st in statuses:

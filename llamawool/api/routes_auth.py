@@ -14,6 +14,7 @@ from .context import ctx
 from .errors import ApiError
 from .http import (
     authenticate,
+    client_ip,
     json_response,
     read_body,
     route,
@@ -70,6 +71,7 @@ async def guest(request: web.Request) -> web.Response:
     existing = await c.store.find_player(device_id=body.device_id)
     status = 200
     if existing is None:
+        await c.anticheat.check_auth("guest", client_ip(request, c.trusted))
         pid = uuid.uuid4().hex
         candidate = PlayerRecord(
             id=pid,
@@ -98,6 +100,7 @@ async def register(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_body(request, RegisterRequest)
     caller = authenticate(request, c.auth.decode_access, "public")
+    await c.anticheat.check_auth("register", client_ip(request, c.trusted))
     password_hash = await c.auth.hash_password(body.password)
     try:
         if caller is not None:
@@ -148,9 +151,12 @@ async def _find_login(store: Store, login: str) -> PlayerRecord | None:
 async def login(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_body(request, LoginRequest, form=True)
+    ip = client_ip(request, c.trusted)
+    await c.anticheat.check_login(ip, body.login)
     player = await _find_login(c.store, body.login)
     ok = await c.auth.verify_password(player.password_hash if player else None, body.password)
     if player is None or not ok:
+        await c.anticheat.login_failed(ip, body.login)
         c.metrics.auth.labels(kind="login", outcome="failed").inc()
         raise ApiError("INVALID_CREDENTIALS", "wrong login or password")
     c.metrics.auth.labels(kind="login", outcome="ok").inc()

@@ -2,28 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
+from ..anticheat import ActionKind, limit_headers
 from ..engine import IdempotentRequest, farm_view
-from ..game import Action, BuyBuilding, BuyUpgrade, Prestige, Shear
+from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from .context import ctx
 from .errors import ApiError
 from .http import idempotency_key, json_response, principal, raw_json_response, read_body, route
 from .schemas import ActionResponse, BuyBuildingRequest, BuyUpgradeRequest, FarmView, PrestigeRequest, ShearRequest
+
+M = TypeVar("M", bound=BaseModel)
+# Refusals that a well-behaved client never causes count as anti-cheat violations;
+# INSUFFICIENT_RESOURCES and REQUIREMENT_NOT_MET happen to honest, slightly stale clients.
+VIOLATION_CODES = frozenset({"VALIDATION_ERROR", "INVALID_JSON", "NOT_FOUND"})
 
 
 def _etag(revision: int) -> dict[str, str]:
     return {"ETag": f'"{revision}"'}
 
 
-async def _act(request: web.Request, action: Action) -> web.Response:
+async def _act(
+    request: web.Request,
+    kind: ActionKind,
+    model: type[M],
+    make: Callable[[M], Action],
+) -> web.Response:
+    """The path of every REST action: authenticated (by the route wrapper), then
+    metered (every attempt counts, applied or refused), then validated, then the
+    engine's single entry point. Malformed or impossible actions are violations."""
     c = ctx(request)
     who = principal(request)
-    key = idempotency_key(request)
-    reply = await c.engine.submit(who.player_id, action, IdempotentRequest.of(key, action) if key else None)
-    headers = _etag(reply.revision)
+    limit = await c.anticheat.check_action(who.player_id, kind)
+    try:
+        body = await read_body(request, model)
+        action = make(body)
+        key = idempotency_key(request)
+        reply = await c.engine.submit(who.player_id, action, IdempotentRequest.of(key, action) if key else None)
+    except ApiError as exc:
+        if exc.code in VIOLATION_CODES:
+            await c.anticheat.violation(who.player_id, "malformed_action", exc.detail[:200])
+        raise
+    except GameError as exc:
+        if exc.code in VIOLATION_CODES:
+            await c.anticheat.violation(who.player_id, "impossible_action", exc.detail[:200])
+        raise
+    headers = {**_etag(reply.revision), **limit_headers(limit)}
     if reply.replayed:
         headers["Idempotent-Replayed"] = "true"
     return raw_json_response(reply.body, reply.status, headers)
@@ -93,13 +121,15 @@ async def get_buildings(request: web.Request) -> web.Response:
                 "unlocked": rules.building_requirements_met(state, b),
             }
         )
-    return json_response({"revision": state.revision, "server_time": now, "buildings": out}, headers=_etag(state.revision))
+    return json_response(
+        {"revision": state.revision, "server_time": now, "buildings": out}, headers=_etag(state.revision)
+    )
 
 
 @route(
     "POST",
     "/farm/buildings/{key}/purchase",
-    summary="Buy building levels: quantity 1..100 or \"max\"",
+    summary='Buy building levels: quantity 1..100 or "max"',
     tag="farm",
     body=BuyBuildingRequest,
     response=ActionResponse,
@@ -107,8 +137,8 @@ async def get_buildings(request: web.Request) -> web.Response:
     params={"key": "building key"},
 )
 async def buy_building(request: web.Request) -> web.Response:
-    body = await read_body(request, BuyBuildingRequest)
-    return await _act(request, BuyBuilding(request.match_info["key"], body.quantity))
+    key = request.match_info["key"]
+    return await _act(request, "action", BuyBuildingRequest, lambda b: BuyBuilding(key, b.quantity))
 
 
 @route("GET", "/farm/upgrades", summary="Upgrades with cost, effects, requirements, owned", tag="farm")
@@ -128,7 +158,9 @@ async def get_upgrades(request: web.Request) -> web.Response:
                 "missing_requirements": rules.upgrade_missing(state, u),
             }
         )
-    return json_response({"revision": state.revision, "server_time": now, "upgrades": out}, headers=_etag(state.revision))
+    return json_response(
+        {"revision": state.revision, "server_time": now, "upgrades": out}, headers=_etag(state.revision)
+    )
 
 
 @route(
@@ -142,8 +174,8 @@ async def get_upgrades(request: web.Request) -> web.Response:
     params={"key": "upgrade key"},
 )
 async def buy_upgrade(request: web.Request) -> web.Response:
-    await read_body(request, BuyUpgradeRequest)
-    return await _act(request, BuyUpgrade(request.match_info["key"]))
+    key = request.match_info["key"]
+    return await _act(request, "action", BuyUpgradeRequest, lambda _: BuyUpgrade(key))
 
 
 @route(
@@ -156,8 +188,7 @@ async def buy_upgrade(request: web.Request) -> web.Response:
     idempotency=True,
 )
 async def shear(request: web.Request) -> web.Response:
-    body = await read_body(request, ShearRequest)
-    return await _act(request, Shear(body.count))
+    return await _act(request, "shear", ShearRequest, lambda b: Shear(b.count))
 
 
 @route("GET", "/farm/prestige", summary="Prestige preview: gain and whether it is allowed", tag="farm")
@@ -179,14 +210,13 @@ async def prestige_preview(request: web.Request) -> web.Response:
     idempotency=True,
 )
 async def prestige(request: web.Request) -> web.Response:
-    body = await read_body(request, PrestigeRequest)
-    return await _act(request, Prestige(body.confirm, body.expected_gain))
+    return await _act(request, "action", PrestigeRequest, lambda b: Prestige(b.confirm, b.expected_gain))
 
 
-@route("GET", "/farm/offline-report", summary="The last \"while you were away\" report", tag="farm")
+@route("GET", "/farm/offline-report", summary='The last "while you were away" report', tag="farm")
 async def offline_report(request: web.Request) -> web.Response:
     c = ctx(request)
-    state, now = await c.engine.touch(principal(request).player_id)
+    state, _ = await c.engine.touch(principal(request).player_id)
     if state.offline_report is None:
         raise ApiError("NOT_FOUND", "no offline report yet: this farm has not been away")
     return json_response(state.offline_report.to_dict(), headers=_etag(state.revision))

@@ -29,9 +29,7 @@ class RegisterRequest(Request):
 
 
 class LoginRequest(Request):
-    login: Annotated[str, StringConstraints(min_length=1, max_length=254)] = Field(
-        description="email or username"
-    )
+    login: Annotated[str, StringConstraints(min_length=1, max_length=254)] = Field(description="email or username")
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 

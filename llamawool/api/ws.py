@@ -20,7 +20,9 @@ import structlog
 from aiohttp import WSMsgType, web
 from pydantic import TypeAdapter, ValidationError
 
+from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
+from ..coord import BOARDS
 from ..engine import IdempotencyMismatch, PlayerGone
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
@@ -28,6 +30,7 @@ from .context import AppContext, ctx
 from .errors import CODES
 from .http import route
 from .routes_auth import player_view
+from .routes_farm import VIOLATION_CODES
 from .schemas import WsAction, WsBuyBuilding, WsBuyUpgrade, WsEnvelope, WsPrestige, WsShear
 
 log = structlog.get_logger("llamawool.ws")
@@ -64,6 +67,7 @@ class WsSession:
         self._limit = c.settings.ws_send_queue
         self._writer: asyncio.Task[None] | None = None
         self.closing = False
+        self.limit_errors: deque[float] = deque()
 
     # -- Sink --
     def send(self, message: str) -> None:
@@ -130,9 +134,9 @@ def _token_from_request(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
-async def _await_auth_message(ws: web.WebSocketResponse, timeout: float) -> str | None:
+async def _await_auth_message(ws: web.WebSocketResponse, wait_s: float) -> str | None:
     try:
-        msg = await ws.receive(timeout=timeout)
+        msg = await ws.receive(timeout=wait_s)
     except TimeoutError:
         return None
     if msg.type != WSMsgType.TEXT:
@@ -171,6 +175,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         session.closing = True
         c.sessions.discard(session)
         c.metrics.ws_active.set(len(c.sessions))
+        c.engine.boards.unsubscribe(session)
         if session.player_id is not None:
             c.engine.detach(session.player_id, session)
         await session.flush_and_stop_writer()
@@ -252,25 +257,50 @@ async def _handle_text(c: AppContext, session: WsSession, who: Principal, text: 
     elif env.type == "auth":
         session.error("VALIDATION_ERROR", "already authenticated", env.id)
     elif env.type in ("subscribe", "unsubscribe"):
-        session.error("NOT_FOUND", "leaderboard subscriptions are not available on this server yet", env.id)
+        await _handle_subscription(c, session, env)
     else:
         session.error("VALIDATION_ERROR", f"unknown message type {env.type!r}", env.id)
 
 
+async def _handle_subscription(c: AppContext, session: WsSession, env: WsEnvelope) -> None:
+    board = (env.data or {}).get("board")
+    if board not in BOARDS:
+        session.error("VALIDATION_ERROR", f"data.board must be one of {', '.join(BOARDS)}", env.id)
+        return
+    if env.type == "subscribe":
+        session.send_obj({"type": "result", "id": env.id, "data": {"subscribed": board}})
+        await c.engine.boards.subscribe(board, session)
+    else:
+        c.engine.boards.unsubscribe(session, board)
+        session.send_obj({"type": "result", "id": env.id, "data": {"unsubscribed": board}})
+
+
 async def _handle_action(c: AppContext, session: WsSession, who: Principal, env: WsEnvelope) -> None:
+    kind: ActionKind = "shear" if (env.data or {}).get("action") == "shear" else "action"
+    try:
+        await c.anticheat.check_action(who.player_id, kind)
+    except RateLimited as exc:
+        session.error("RATE_LIMITED", f"too many {exc.scope} requests; slow down", env.id, retry_after=exc.retry_after)
+        await _count_socket_violation(c, session)
+        return
     try:
         parsed = _ACTION.validate_python(env.data or {})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
         session.error("VALIDATION_ERROR", fields, env.id)
+        await c.anticheat.violation(who.player_id, "malformed_action", fields[:200])
         return
     try:
         reply = await c.engine.submit(who.player_id, _to_action(parsed))
     except GameError as exc:
         session.error(exc.code, exc.detail, env.id, **_json_safe(exc.extra))
+        if exc.code in VIOLATION_CODES:
+            await c.anticheat.violation(who.player_id, "impossible_action", exc.detail[:200])
         return
     except StorageUnavailable:
-        session.error("UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", env.id, retry_after=5)
+        session.error(
+            "UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", env.id, retry_after=5
+        )
         return
     except PlayerGone:
         await session.close(CLOSE_AUTH, "account no longer exists")
@@ -279,6 +309,16 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
         session.error("CONFLICT", "idempotency key reused", env.id)
         return
     session.send('{"type":"result","id":' + orjson.dumps(env.id).decode() + ',"data":' + reply.body.decode() + "}")
+
+
+async def _count_socket_violation(c: AppContext, session: WsSession) -> None:
+    """A socket that keeps hitting limits is closed with 4408."""
+    now = c.engine.clock()
+    session.limit_errors.append(now)
+    while session.limit_errors and session.limit_errors[0] <= now - 60.0:
+        session.limit_errors.popleft()
+    if len(session.limit_errors) >= c.settings.ws_violations_before_close:
+        await session.close(CLOSE_VIOLATIONS, "too many limit violations")
 
 
 def _json_safe(extra: dict[str, Any]) -> dict[str, Any]:

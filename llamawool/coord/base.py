@@ -118,9 +118,7 @@ class Coordinator(Protocol):
 
     # leaderboards
     async def push_scores(self, board: str, period: str, updates: list[ScoreUpdate]) -> None: ...
-    async def page(
-        self, board: str, period: str, limit: int, cursor: Cursor | None, now: float
-    ) -> BoardPage: ...
+    async def page(self, board: str, period: str, limit: int, cursor: Cursor | None, now: float) -> BoardPage: ...
     async def rank(self, board: str, period: str, player_id: str) -> BoardEntry | None:
         """The player's rank among visible players (plus themselves when hidden)."""
 

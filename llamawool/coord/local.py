@@ -9,6 +9,7 @@ rollover marker survive restarts.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import sqlite3
 import uuid
 from collections import deque
@@ -80,7 +81,9 @@ class LocalCoordinator:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
-            rows = self._db.execute("SELECT board, period, player_id, score, tiebreak, reached_at FROM scores").fetchall()
+            rows = self._db.execute(
+                "SELECT board, period, player_id, score, tiebreak, reached_at FROM scores"
+            ).fetchall()
             hidden = [r[0] for r in self._db.execute("SELECT player_id FROM hidden")]
             rolled = [r[0] for r in self._db.execute("SELECT period FROM rollovers")]
             return rows, hidden, rolled
@@ -188,8 +191,7 @@ class LocalCoordinator:
         for vid in [v for v, view in b.views.items() if now - view.created_at > self.view_ttl_s]:
             del b.views[vid]
         latest = b.views.get(b.latest_view) if b.latest_view else None
-        if latest is not None and now - latest.created_at < self.view_refresh_s:
-            assert b.latest_view is not None
+        if latest is not None and b.latest_view and now - latest.created_at < self.view_refresh_s:
             return b.latest_view, latest
         vid = uuid.uuid4().hex[:12]
         view = _View([k for k in b.keys if self._visible(k)], now)
@@ -215,8 +217,6 @@ class LocalCoordinator:
             else:
                 # The frozen view expired: continue after the last row seen, on a fresh view.
                 vid, view = self._view(board, period, b, now)
-                import bisect
-
                 offset = bisect.bisect_right(view.keys, cursor.after)
         if view is None:
             vid, view = self._view(board, period, b, now)
@@ -224,7 +224,9 @@ class LocalCoordinator:
         end = offset + len(rows)
         next_c = Cursor(vid, end, rows[-1] if rows else None).encode() if end < len(view.keys) else None
         prev_c = Cursor(vid, max(0, offset - limit)).encode() if offset > 0 else None
-        return BoardPage(board, period, self._entries(rows, offset + 1), next_c, prev_c, len(view.keys), view.created_at)
+        return BoardPage(
+            board, period, self._entries(rows, offset + 1), next_c, prev_c, len(view.keys), view.created_at
+        )
 
     def _visible_rank(self, b: _Board, key: Key) -> int:
         idx = int(b.keys.index(key))

@@ -1,6 +1,27 @@
 """The live engine: resident farms as numpy columns, the tick loop, the action path."""
 
-from .engine import Engine, FarmConflict, IdempotencyMismatch, IdempotentRequest, PlayerGone, Reply, Sink
+from .engine import (
+    Engine,
+    FarmConflict,
+    IdempotencyMismatch,
+    IdempotentRequest,
+    PlayerGone,
+    Reply,
+    SaveRejected,
+    SaveStale,
+    Sink,
+)
 from .views import farm_view
 
-__all__ = ["Engine", "FarmConflict", "IdempotencyMismatch", "IdempotentRequest", "PlayerGone", "Reply", "Sink", "farm_view"]
+__all__ = [
+    "Engine",
+    "FarmConflict",
+    "IdempotencyMismatch",
+    "IdempotentRequest",
+    "PlayerGone",
+    "Reply",
+    "SaveRejected",
+    "SaveStale",
+    "Sink",
+    "farm_view",
+]

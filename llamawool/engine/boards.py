@@ -122,9 +122,7 @@ class BoardFeed:
         pid = state.player_id
         try:
             await self.coord.push_scores("lifetime", ALL_TIME, [ScoreUpdate(pid, s["lifetime"], 0.0, now)])
-            await self.coord.push_scores(
-                "prestige", ALL_TIME, [ScoreUpdate(pid, s["prestige"], s["lifetime"], now)]
-            )
+            await self.coord.push_scores("prestige", ALL_TIME, [ScoreUpdate(pid, s["prestige"], s["lifetime"], now)])
             await self.coord.push_scores("rate", ALL_TIME, [ScoreUpdate(pid, s["rate"], 0.0, now)])
             await self.coord.push_scores("weekly", iso_week(now), [ScoreUpdate(pid, s["weekly"], 0.0, now)])
         except CoordinationUnavailable as exc:
@@ -161,7 +159,10 @@ class BoardFeed:
         page = await self.coord.page(board, period_of(board, now), TOP_LIVE, None, now)
         entries = await self.named(page.entries)
         return orjson.dumps(
-            {"type": "event", "data": {"type": "leaderboard", "board": board, "period": page.period, "entries": entries}}
+            {
+                "type": "event",
+                "data": {"type": "leaderboard", "board": board, "period": page.period, "entries": entries},
+            }
         )
 
     async def _notify_tops(self, now: float) -> None:

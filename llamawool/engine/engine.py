@@ -13,6 +13,7 @@ observability; never `api`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -22,11 +23,12 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from ..coord import Coordinator, LocalCoordinator
 from ..game import Action, Event, FarmState, Outcome, Rules, apply_action
+from ..game.saves import ClaimedFarm, apply_save, check_save
 from ..observability import Metrics
 from ..settings import Settings
 from ..store import FarmCommit, IdempotencyRecord, Snapshot, StorageUnavailable, Store
-from ..coord import Coordinator, LocalCoordinator
 from .boards import BoardFeed
 from .commit import GroupCommitter
 from .table import FarmTable
@@ -47,6 +49,22 @@ class PlayerGone(Exception):
 
 class IdempotencyMismatch(Exception):
     """An Idempotency-Key was reused with a different request."""
+
+
+class SaveStale(Exception):
+    """The upload's base revision is older than the farm's last player change."""
+
+    def __init__(self, current_revision: int) -> None:
+        super().__init__(current_revision)
+        self.current_revision = current_revision
+
+
+class SaveRejected(Exception):
+    """The upload is implausible; `reasons` says why, item by item."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
 
 
 class FarmConflict(Exception):
@@ -130,10 +148,8 @@ class Engine:
         """Stop ticking, write every resident farm's snapshot, flush commits."""
         if self._tick_task is not None:
             self._tick_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
-            except asyncio.CancelledError:
-                pass
             self._tick_task = None
         await self.boards.stop()
         if self._tasks:
@@ -335,6 +351,7 @@ class Engine:
             outcome.state.last_active = now
             revision = res.state.revision + 1
             outcome.state.revision = revision
+            outcome.state.content_revision = revision
             body = orjson.dumps(
                 {"result": outcome.result, "events": outcome.events, "farm": farm_view(self.rules, outcome.state, now)}
             )
@@ -344,6 +361,80 @@ class Engine:
             await self._commit(res, outcome, idempotency=record)
             self.metrics.actions.labels(action=name, outcome="applied").inc()
             return Reply(200, body, revision)
+        finally:
+            res.lock.release()
+
+    # ---- saves and restores ------------------------------------------------------------
+
+    async def current_snapshot(self, player_id: str) -> Snapshot:
+        """A snapshot of the farm's current revision (written now if missing)."""
+        res = await self._locked(player_id)
+        try:
+            await self._come_online(res, self.clock())
+            snap = await self.store.get_snapshot(player_id, res.state.revision)
+            if snap is None:
+                snap = self._snapshot(res.state)
+                await self.store.add_snapshots([snap])
+                res.snapshot_revision = max(res.snapshot_revision, res.state.revision)
+            return snap
+        finally:
+            res.lock.release()
+
+    async def upload_save(
+        self, player_id: str, base_revision: int, verify: Callable[[Snapshot], bool], claimed: ClaimedFarm
+    ) -> Reply:
+        """Accept a client's offline play if plausible. Raises SaveStale, SaveRejected."""
+        res = await self._locked(player_id)
+        try:
+            now = self.clock()
+            state = res.state
+            if state.content_revision > base_revision or base_revision > state.revision:
+                raise SaveStale(state.revision)
+            base_snap = await self.store.get_snapshot(player_id, base_revision)
+            if base_snap is None:
+                raise SaveStale(state.revision)
+            if not verify(base_snap):
+                raise SaveRejected(["signature: the base save does not match the server's save of that revision"])
+            base = FarmState.from_doc(base_snap.doc, base_revision)
+            check = check_save(self.rules, base, claimed, now)
+            if not check.plausible:
+                raise SaveRejected(check.reasons)
+            outcome = apply_save(self.rules, base, state, claimed, check, now)
+            revision = state.revision + 1
+            outcome.state.revision = revision
+            outcome.state.content_revision = revision
+            outcome.state.report_unseen = False
+            body = orjson.dumps(
+                {"result": outcome.result, "events": outcome.events, "farm": farm_view(self.rules, outcome.state, now)}
+            )
+            await self._commit(res, outcome, snapshot=True)
+            return Reply(200, body, revision)
+        finally:
+            res.lock.release()
+
+    async def restore(self, player_id: str, revision: int) -> FarmState:
+        """Make an old snapshot the farm again, as a new revision (history is never rewritten)."""
+        res = await self._locked(player_id)
+        try:
+            snap = await self.store.get_snapshot(player_id, revision)
+            if snap is None:
+                raise KeyError(revision)
+            now = self.clock()
+            old = FarmState.from_doc(snap.doc, revision)
+            s = res.state.clone()
+            # Restore what the player owns; keep lifetime totals, achievements and stats monotone.
+            s.balances = list(old.balances)
+            s.buildings = dict(old.buildings)
+            s.upgrades = list(old.upgrades)
+            s.soul_shears = old.soul_shears
+            s.prestige_count = old.prestige_count
+            s.run_produced = list(old.run_produced)
+            s.anchor_time = now
+            s.online = True
+            s.last_active = now
+            s.content_revision = s.revision + 1
+            await self._commit(res, Outcome(s), snapshot=True)
+            return res.state
         finally:
             res.lock.release()
 

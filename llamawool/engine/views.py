@@ -36,7 +36,8 @@ def farm_view(rules: Rules, state: FarmState, now: float) -> dict[str, Any]:
         "discovered_tiers": [k for k in keys if k in state.discovered],
         "click_power": rules.click_power(state),
         "shear_tokens": rules.shear_tokens_at(state, now),
-        "play_time_s": state.play_time_s + (now - state.anchor_time if state.online and now > state.anchor_time else 0.0),
+        "play_time_s": state.play_time_s
+        + (now - state.anchor_time if state.online and now > state.anchor_time else 0.0),
         "stats": state.stats.to_dict(),
         "created_at": state.created_at,
     }

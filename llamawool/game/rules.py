@@ -70,12 +70,7 @@ class Rules:
     # ---- production -------------------------------------------------------
 
     def _effects(self, state: FarmState, kind: str) -> list[tuple[str | None, float]]:
-        return [
-            (e.target, e.value)
-            for key in state.upgrades
-            for e in self.upgrades[key].effects
-            if e.kind == kind
-        ]
+        return [(e.target, e.value) for key in state.upgrades for e in self.upgrades[key].effects if e.kind == kind]
 
     def _product(self, state: FarmState, kind: str, target: str | None = None) -> float:
         out = 1.0
@@ -240,7 +235,7 @@ class Rules:
             return 0
         g = b.growth
         first = b.base_cost * g**level
-        q = int(math.floor(math.log1p(budget * (g - 1.0) / first) / math.log(g)))
+        q = math.floor(math.log1p(budget * (g - 1.0) / first) / math.log(g))
         q = max(0, min(q, room))
         if q > 0 and self.bulk_cost(b, level, q) > budget:
             q -= 1
@@ -254,7 +249,7 @@ class Rules:
     def buy_building(self, state: FarmState, key: str, quantity: Quantity, now: float) -> Outcome:
         b = self.building(key)
         if quantity != "max" and not (1 <= quantity <= self.max_bulk):
-            raise InvalidAction(f"quantity must be 1..{self.max_bulk} or \"max\"", field="quantity")
+            raise InvalidAction(f'quantity must be 1..{self.max_bulk} or "max"', field="quantity")
         s, events = self.advance(state, now)
         if not self.building_requirements_met(s, b):
             needs = ", ".join(f"{k} >= {n}" for k, n in b.requires.items())
@@ -303,9 +298,7 @@ class Rules:
 
     def upgrade_missing(self, state: FarmState, u: Upgrade) -> list[str]:
         missing = [f"upgrade {k}" for k in u.requires.upgrades if k not in state.upgrades]
-        missing += [
-            f"{k} >= {n}" for k, n in u.requires.buildings.items() if state.buildings.get(k, 0) < n
-        ]
+        missing += [f"{k} >= {n}" for k, n in u.requires.buildings.items() if state.buildings.get(k, 0) < n]
         if state.prestige_count < u.requires.prestiges:
             missing.append(f"prestiges >= {u.requires.prestiges}")
         return missing
@@ -343,7 +336,7 @@ class Rules:
             raise InvalidAction(f"count must be 1..{self.shear_rules.max_per_request}", field="count")
         s, events = self.advance(state, now)
         tokens = self.shear_tokens_at(s, now)
-        admitted = min(count, int(math.floor(tokens)))
+        admitted = min(count, math.floor(tokens))
         s.shear_tokens = tokens - admitted
         s.shear_tokens_at = now
         wool = admitted * self.click_power(s)
@@ -432,7 +425,7 @@ class Rules:
         ratio = run_value / self.balance.prestige.divisor
         if ratio < 10.0:
             return 0
-        return max(0, int(math.floor(math.log10(ratio))))
+        return max(0, math.floor(math.log10(ratio)))
 
     def prestige_preview(self, state: FarmState, now: float) -> dict[str, Any]:
         rv = self.run_value(state, now)

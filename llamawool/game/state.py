@@ -100,6 +100,9 @@ class FarmState:
     stats: FarmStats = field(default_factory=FarmStats)
     offline_report: OfflineReport | None = None
     report_unseen: bool = False
+    # the revision of the last change a player made (action, save upload,
+    # restore); system re-anchors (offline, return, unlocks) leave it alone
+    content_revision: int = 0
 
     def clone(self) -> FarmState:
         return FarmState(
@@ -126,6 +129,7 @@ class FarmState:
             stats=FarmStats(**self.stats.to_dict()),
             offline_report=self.offline_report,
             report_unseen=self.report_unseen,
+            content_revision=self.content_revision,
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -154,6 +158,7 @@ class FarmState:
             "stats": self.stats.to_dict(),
             "offline_report": self.offline_report.to_dict() if self.offline_report else None,
             "report_unseen": self.report_unseen,
+            "content_revision": self.content_revision,
         }
 
     @classmethod
@@ -183,4 +188,5 @@ class FarmState:
             stats=FarmStats(**d.get("stats", {})),
             offline_report=OfflineReport.from_dict(report) if report else None,
             report_unseen=bool(d.get("report_unseen", False)),
+            content_revision=int(d.get("content_revision", 0)),
         )

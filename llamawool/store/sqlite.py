@@ -164,8 +164,9 @@ class SQLiteStore:
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
-            assert self._write_conn is not None, "store not open"
             conn = self._write_conn
+            if conn is None:
+                raise sqlite3.OperationalError("store is not open")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 out = fn(conn)
@@ -319,7 +320,7 @@ class SQLiteStore:
                 ("snapshots", "player_id"),
                 ("idempotency", "player_id"),
             ):
-                c.execute(f"DELETE FROM {table} WHERE {column} = ?", (player_id,))  # noqa: S608 - fixed names
+                c.execute(f"DELETE FROM {table} WHERE {column} = ?", (player_id,))
 
         await self._write(run)
 
@@ -332,7 +333,7 @@ class SQLiteStore:
 
         def run(c: sqlite3.Connection) -> dict[str, str]:
             marks = ", ".join("?" * len(player_ids))
-            rows = c.execute(f"SELECT id, username FROM players WHERE id IN ({marks})", player_ids)  # noqa: S608
+            rows = c.execute(f"SELECT id, username FROM players WHERE id IN ({marks})", player_ids)
             return {r[0]: r[1] for r in rows}
 
         return await self._read(run)
@@ -349,8 +350,9 @@ class SQLiteStore:
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
         def run(c: sqlite3.Connection) -> None:
             c.execute(
-                "INSERT INTO refresh_tokens (token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO refresh_tokens "
+                "(token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.token_hash,
                     record.family_id,
@@ -384,18 +386,20 @@ class SQLiteStore:
         return await self._write(run)
 
     async def revoke_family(self, family_id: str) -> None:
-        await self._write(lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (family_id,)))
+        await self._write(
+            lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (family_id,))
+        )
 
     async def revoke_player_tokens(self, player_id: str) -> None:
-        await self._write(lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE player_id = ?", (player_id,)))
+        await self._write(
+            lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE player_id = ?", (player_id,))
+        )
 
     # ---- farms -------------------------------------------------------------------------------
 
     async def load_farm(self, player_id: str) -> StoredFarm | None:
         def run(c: sqlite3.Connection) -> StoredFarm | None:
-            row = c.execute(
-                "SELECT revision, doc, last_active FROM farms WHERE player_id = ?", (player_id,)
-            ).fetchone()
+            row = c.execute("SELECT revision, doc, last_active FROM farms WHERE player_id = ?", (player_id,)).fetchone()
             if row is None:
                 return None
             return StoredFarm(player_id, row[0], orjson.loads(row[1]), row[2])
@@ -489,7 +493,6 @@ class SQLiteStore:
             return IdempotencyRecord(player_id, key, r[0], r[1], bytes(r[2]), r[3]) if r else None
 
         return await self._read(run)
-
 
     async def add_audit(self, record: AuditRecord) -> None:
         await self._write(

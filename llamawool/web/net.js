@@ -326,8 +326,24 @@ export class Connection {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000, "client leaving");
+    this._drop(1000, "client leaving");
     this._setState("offline");
+  }
+
+  /** Forget the current socket (closing it) and fail the requests waiting on it. */
+  _drop(code, reason) {
+    const ws = this.ws;
+    this.ws = null;
+    this.welcomed = false;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(code, reason);
+    }
+    for (const { reject, timer } of this.pending.values()) {
+      clearTimeout(timer);
+      reject(new ApiError(0, { code: "CONNECTION_LOST", detail: "the connection closed before the reply" }));
+    }
+    this.pending.clear();
   }
 
   restart() {
@@ -352,6 +368,7 @@ export class Connection {
       return;
     }
     if (this.stopped) return;
+    this._drop(1000, "replaced");
     const ws = new WebSocket(this.url);
     this.ws = ws;
     this.welcomed = false;
@@ -398,13 +415,7 @@ export class Connection {
 
   _closed(ws, code, reason) {
     if (ws !== this.ws) return;
-    this.ws = null;
-    this.welcomed = false;
-    for (const { reject, timer } of this.pending.values()) {
-      clearTimeout(timer);
-      reject(new ApiError(0, { code: "CONNECTION_LOST", detail: "the connection closed before the reply" }));
-    }
-    this.pending.clear();
+    this._drop(code, reason);
     if (this.stopped) return;
     if (code === CLOSE_AUTH) {
       // The access token was refused: refresh (or start again as this device's guest), then retry.
@@ -455,10 +466,7 @@ export class Connection {
     if (!this.isOpen) return;
     // Ticks arrive every tick interval: a long silence means a dead link.
     const silence = performance.now() - this.lastMessageAt;
-    if (silence > Math.max(15000, this.tickInterval * 5000)) {
-      this.ws.close(4000, "no ticks");
-      this._closed(this.ws, 4000, "no ticks");
-    }
+    if (silence > Math.max(15000, this.tickInterval * 5000)) this._closed(this.ws, 4000, "no ticks");
   }
 
   send(obj) {

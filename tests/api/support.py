@@ -78,6 +78,14 @@ async def take_offline(client: TestClient, player_id: str, max_ticks: int = 10) 
     raise AssertionError(f"farm {player_id} is still resident after {max_ticks} ticks")
 
 
+async def run_ticks(client: TestClient, n: int) -> None:
+    """Run `n` engine ticks by hand, awaiting the tasks each one spawns."""
+    engine = engine_of(client)
+    for _ in range(n):
+        engine.tick()
+        await asyncio.gather(*list(engine._tasks))
+
+
 async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = WS_TIMEOUT) -> dict[str, Any]:
     msg = await ws.receive(timeout=timeout)
     assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)

@@ -1,0 +1,163 @@
+"""Operator tools (admin role): look up, clear a flag, restore, broadcast, audit.
+
+Every admin call is written to the audit log before it answers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ..engine import farm_view
+from ..store import AuditRecord, PlayerRecord
+from .context import AppContext, ctx
+from .errors import ApiError
+from .http import json_response, principal, read_body, route
+from .routes_auth import player_view
+
+
+class RestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int = Field(ge=1)
+
+
+class BroadcastRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    level: Literal["info", "warning", "maintenance"] = "info"
+
+
+class EmptyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+async def _audit(c: AppContext, request: web.Request, action: str, target: str | None, **details: Any) -> None:
+    await c.store.add_audit(AuditRecord(time.time(), principal(request).player_id, action, target, details))
+
+
+async def _player(c: AppContext, ident: str) -> PlayerRecord:
+    player = await c.store.get_player(ident)
+    if player is None:
+        player = await c.store.find_player(username=ident)
+    if player is None and "@" in ident:
+        player = await c.store.find_player(email=ident.lower())
+    if player is None:
+        raise ApiError("NOT_FOUND", f"no player {ident!r} (id, username or email)")
+    return player
+
+
+def _admin_view(p: PlayerRecord) -> dict[str, Any]:
+    view = player_view(p)
+    view.update(
+        flagged=p.flagged_at is not None,
+        flagged_at=p.flagged_at,
+        flag_reason=p.flag_reason,
+        last_violation_at=p.last_violation_at,
+        violations_total=p.violations_total,
+        device_id=p.device_id,
+    )
+    return view
+
+
+@route(
+    "GET",
+    "/admin/players/{player}",
+    summary="Look up a player (id, username or email) with flags and farm",
+    access="admin",
+    tag="admin",
+    params={"player": "id, username or email"},
+)
+async def admin_get_player(request: web.Request) -> web.Response:
+    c = ctx(request)
+    player = await _player(c, request.match_info["player"])
+    await _audit(c, request, "player.lookup", player.id)
+    stored = await c.store.load_farm(player.id)
+    farm = None
+    state = c.engine.resident_state(player.id)
+    if state is not None:
+        farm = farm_view(c.rules, state, c.engine.clock())
+    elif stored is not None:
+        farm = {"revision": stored.revision, "doc": stored.doc, "last_active": stored.last_active}
+    snaps = await c.store.list_snapshots(player.id, 20)
+    return json_response(
+        {
+            "player": _admin_view(player),
+            "farm": farm,
+            "saves": [{"revision": s.revision, "taken_at": s.taken_at, "farm_value": s.farm_value} for s in snaps],
+        }
+    )
+
+
+@route(
+    "POST",
+    "/admin/players/{player}/clear-flag",
+    summary="Clear a player's anti-cheat flag",
+    access="admin",
+    tag="admin",
+    body=EmptyRequest,
+    params={"player": "id, username or email"},
+)
+async def admin_clear_flag(request: web.Request) -> web.Response:
+    c = ctx(request)
+    await read_body(request, EmptyRequest)
+    player = await _player(c, request.match_info["player"])
+    cleared = await c.anticheat.clear_flag(player.id)
+    await _audit(c, request, "player.clear_flag", player.id, cleared=cleared)
+    return json_response({"player_id": player.id, "cleared": cleared})
+
+
+@route(
+    "POST",
+    "/admin/players/{player}/restore",
+    summary="Restore a snapshot as a new revision (history is kept)",
+    access="admin",
+    tag="admin",
+    body=RestoreRequest,
+    params={"player": "id, username or email"},
+)
+async def admin_restore(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_body(request, RestoreRequest)
+    player = await _player(c, request.match_info["player"])
+    try:
+        state = await c.engine.restore(player.id, body.revision)
+    except KeyError:
+        raise ApiError("NOT_FOUND", f"no snapshot at revision {body.revision}") from None
+    await _audit(c, request, "farm.restore", player.id, from_revision=body.revision, new_revision=state.revision)
+    return json_response({"player_id": player.id, "restored_from": body.revision, "revision": state.revision})
+
+
+@route(
+    "POST",
+    "/admin/broadcast",
+    summary="Send a notice to every connected client on every replica",
+    access="admin",
+    tag="admin",
+    body=BroadcastRequest,
+)
+async def admin_broadcast(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_body(request, BroadcastRequest)
+    await _audit(c, request, "broadcast", None, message=body.message, level=body.level)
+    await c.coord.publish("broadcast", {"message": body.message, "level": body.level, "at": time.time()})
+    return json_response({"sent": True})
+
+
+@route("GET", "/admin/audit", summary="The newest admin actions", access="admin", tag="admin")
+async def admin_audit(request: web.Request) -> web.Response:
+    c = ctx(request)
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise ApiError("VALIDATION_ERROR", "limit must be 1..1000", errors=[{"field": "limit"}])
+    records = await c.store.list_audit(int(raw))
+    return json_response(
+        {
+            "entries": [
+                {"at": r.at, "admin_id": r.admin_id, "action": r.action, "target": r.target, "details": r.details}
+                for r in records
+            ]
+        }
+    )
