@@ -75,6 +75,9 @@ class Settings(BaseModel):
     ws_send_queue: int = Field(64, gt=0)
     drain_grace_s: float = Field(25.0, gt=0)
 
+    lease_ttl_s: float = Field(10.0, gt=0, description="farm ownership lease (replicas)")
+    rpc_timeout_s: float = Field(3.0, gt=0, description="how long to wait for a farm's owner to answer")
+
     mongodb_uri: str | None = None
     redis_uri: str | None = None
 

@@ -77,14 +77,14 @@ def openapi_document() -> dict[str, Any]:
             if r.form:
                 content["application/x-www-form-urlencoded"] = {"schema": {"$ref": REF.format(model=r.body.__name__)}}
             op["requestBody"] = {"required": True, "content": content}
-        statuses = [r.status, *r.extra_statuses]
+        statuses = [r.status, *(st for st in r.extra_statuses if st < 400)]
         for st in statuses:
             resp: dict[str, Any] = {"description": _STATUS_TEXT.get(st, "OK")}
             if st != 204:
                 schema = {"$ref": REF.format(model=r.response.__name__)} if r.response else {"type": "object"}
                 resp["content"] = {"application/json": {"schema": schema}}
             op["responses"][str(st)] = resp
-        for st in _error_statuses(r.access, r.body is not None):
+        for st in sorted({*_error_statuses(r.access, r.body is not None), *(s for s in r.extra_statuses if s >= 400)}):
             codes = sorted(c for c, (s, _) in CODES.items() if s == st)
             op["responses"][str(st)] = {
                 "description": ", ".join(codes) or "error",

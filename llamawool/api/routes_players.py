@@ -57,5 +57,8 @@ async def delete_me(request: web.Request) -> web.Response:
         if session.player_id == player.id:
             await session.close(4401, "account deleted")
     c.engine.forget(player.id)
+    # Off every board too (out of memory first, so no push re-adds it); if
+    # coordination is down this answers 503 before the account is erased.
+    await c.coord.remove_player(player.id)
     await c.store.delete_player(player.id)
     return web.Response(status=204)

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..engine import SaveRejected, SaveStale
-from ..engine.saves import SAVE_FORMAT, SAVE_VERSION, signed_save, verify
+from ..engine.saves import SAVE_FORMAT, SAVE_VERSION, signed_save
 from ..game.saves import ClaimedFarm
 from ..store import Snapshot
 from .context import AppContext, ctx
@@ -109,7 +109,6 @@ async def upload_save(request: web.Request) -> web.Response:
     body = await read_body(request, SaveUpload)
     if int(m.group(1)) != body.revision:
         raise ApiError("VALIDATION_ERROR", "If-Match and the save's revision differ", errors=[{"field": "revision"}])
-    key = c.settings.resolved_save_secret()
     claimed = ClaimedFarm(
         balances=dict(body.farm.balances),
         buildings=dict(body.farm.buildings),
@@ -118,9 +117,7 @@ async def upload_save(request: web.Request) -> web.Response:
         prestige_count=body.farm.prestige_count,
     )
     try:
-        reply = await c.engine.upload_save(
-            who.player_id, body.revision, lambda snap: verify(c.rules, key, snap, body.signature), claimed
-        )
+        reply = await c.engine.upload_save(who.player_id, body.revision, body.signature, claimed)
     except SaveStale:
         current = await _current(c, who.player_id)
         raise ApiError(

@@ -103,6 +103,7 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 class Coordinator(Protocol):
     name: str
+    replica_id: str  # this process's identity among replicas
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -132,3 +133,16 @@ class Coordinator(Protocol):
     # fan-out to every replica (a replica also hears its own messages)
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
     def subscribe(self, listener: Listener) -> None: ...
+
+    # farm ownership: one lease holder per farm
+    async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
+        """Take the lease when free (or renew it when ours); False when another replica holds it."""
+
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
+        """Extend our leases; return the farms whose lease is no longer ours."""
+
+    async def release_lease(self, farm_id: str) -> None: ...
+    async def lease_owner(self, farm_id: str) -> str | None: ...
+
+    # point to point: listeners of replica `replica_id` hear it on channel "replica:<id>"
+    async def send(self, replica_id: str, message: dict[str, Any]) -> None: ...

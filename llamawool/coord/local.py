@@ -68,6 +68,8 @@ class LocalCoordinator:
         self._db: sqlite3.Connection | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="coord-local")
         self._hits = 0
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._leases: dict[str, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -302,3 +304,21 @@ class LocalCoordinator:
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    # ---- ownership: one process owns everything ---------------------------------------
+
+    async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
+        return self._leases.setdefault(farm_id, self.replica_id) == self.replica_id
+
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
+        return [f for f in farm_ids if self._leases.get(f, self.replica_id) != self.replica_id]
+
+    async def release_lease(self, farm_id: str) -> None:
+        self._leases.pop(farm_id, None)
+
+    async def lease_owner(self, farm_id: str) -> str | None:
+        return self._leases.get(farm_id)
+
+    async def send(self, replica_id: str, message: dict[str, Any]) -> None:
+        if replica_id == self.replica_id:
+            await self.publish(f"replica:{replica_id}", message)

@@ -17,8 +17,8 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import structlog
@@ -30,11 +30,14 @@ from ..observability import Metrics
 from ..settings import Settings
 from ..store import FarmCommit, IdempotencyRecord, Snapshot, StorageUnavailable, Store
 from .boards import BoardFeed
+from .cluster import Cluster, OwnerUnreachable, RemoteSink, Rerouted, action_from_wire, action_to_wire
 from .commit import GroupCommitter
+from .saves import verify as verify_save
 from .table import FarmTable
 from .views import farm_view, tick_message
 
 log = structlog.get_logger("llamawool.engine")
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -134,6 +137,9 @@ class Engine:
         self.tick_listeners: list[Callable[[float], None]] = []
         self.coord: Coordinator = coord if coord is not None else LocalCoordinator(None)
         self.boards = BoardFeed(self, self.coord, store, settings.leaderboard_push_s)
+        self.cluster = Cluster(self, self.coord, settings.lease_ttl_s, settings.rpc_timeout_s)
+        self.save_key = settings.resolved_save_secret()
+        self._register_handlers()
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -162,6 +168,8 @@ class Engine:
             await self.autosave(force=True)
         except StorageUnavailable as exc:
             log.error("engine.final_save_failed", error=str(exc))
+        for player_id in list(self.residents):
+            await self.cluster.release(player_id)
         await self.committer.stop()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -223,11 +231,14 @@ class Engine:
         return res
 
     def _evict(self, res: Resident) -> None:
+        if res.evicted:  # e.g. forgotten while a commit was in flight: its row is freed already
+            return
         res.evicted = True
         self.residents.pop(res.player_id, None)
         self.table.remove(res.row)
         self.row_owners[res.row] = None
         self._gauge()
+        self._spawn(self.cluster.release(res.player_id))
 
     def _gauge(self) -> None:
         self.metrics.farms_resident.set(len(self.residents))
@@ -294,11 +305,19 @@ class Engine:
         return new
 
     async def _come_online(self, res: Resident, now: float) -> None:
-        res.state.last_active = max(res.state.last_active, now)
-        self.table.last_active[res.row] = res.state.last_active
-        if not res.state.online:
-            outcome = self.rules.come_online(res.state, now)
+        state = res.state
+        events: list[Event] = []
+        if state.online and not res.sinks and state.last_active + self.online_window_s <= now:
+            # Its online window ran out before a tick noticed: it went offline then.
+            lapsed = self.rules.go_offline(state, state.last_active + self.online_window_s)
+            state, events = lapsed.state, lapsed.events
+        if state.online:
+            res.state.last_active = max(res.state.last_active, now)
+            self.table.last_active[res.row] = res.state.last_active
+        else:
+            outcome = self.rules.come_online(state, now)
             outcome.state.last_active = now
+            outcome.events[:0] = events
             await self._commit(res, outcome)
             report = outcome.result["report"]
             self.metrics.offline_credits.inc()
@@ -311,7 +330,7 @@ class Engine:
                 value=report["value_gained"],
             )
 
-    async def touch(self, player_id: str) -> tuple[FarmState, float]:
+    async def _touch_local(self, player_id: str) -> tuple[FarmState, float]:
         """An authenticated request: the farm is online now. Returns its state."""
         res = await self._locked(player_id)
         try:
@@ -321,17 +340,12 @@ class Engine:
         finally:
             res.lock.release()
 
-    async def submit(
+    async def _submit_local(
         self,
         player_id: str,
         action: Action,
         idempotency: IdempotentRequest | None = None,
     ) -> Reply:
-        """Apply a player's action: the single entry point for REST and WebSocket.
-
-        Raises GameError (nothing changed), StorageUnavailable (nothing changed),
-        IdempotencyMismatch.
-        """
         name = type(action).__name__.lower()
         res = await self._locked(player_id)
         try:
@@ -340,7 +354,9 @@ class Engine:
                 if prior is not None:
                     if prior.request_hash != idempotency.fingerprint:
                         raise IdempotencyMismatch(idempotency.key)
-                    return Reply(prior.status, prior.body, res.state.revision, replayed=True)
+                    # The ETag must describe the replayed body's farm, not today's.
+                    first = orjson.loads(prior.body).get("farm", {}).get("revision", res.state.revision)
+                    return Reply(prior.status, prior.body, first, replayed=True)
             now = self.clock()
             await self._come_online(res, now)
             try:
@@ -366,8 +382,7 @@ class Engine:
 
     # ---- saves and restores ------------------------------------------------------------
 
-    async def current_snapshot(self, player_id: str) -> Snapshot:
-        """A snapshot of the farm's current revision (written now if missing)."""
+    async def _current_snapshot_local(self, player_id: str) -> Snapshot:
         res = await self._locked(player_id)
         try:
             await self._come_online(res, self.clock())
@@ -380,10 +395,9 @@ class Engine:
         finally:
             res.lock.release()
 
-    async def upload_save(
-        self, player_id: str, base_revision: int, verify: Callable[[Snapshot], bool], claimed: ClaimedFarm
+    async def _upload_save_local(
+        self, player_id: str, base_revision: int, signature: str, claimed: ClaimedFarm
     ) -> Reply:
-        """Accept a client's offline play if plausible. Raises SaveStale, SaveRejected."""
         res = await self._locked(player_id)
         try:
             now = self.clock()
@@ -393,7 +407,7 @@ class Engine:
             base_snap = await self.store.get_snapshot(player_id, base_revision)
             if base_snap is None:
                 raise SaveStale(state.revision)
-            if not verify(base_snap):
+            if not verify_save(self.rules, self.save_key, base_snap, signature):
                 raise SaveRejected(["signature: the base save does not match the server's save of that revision"])
             base = FarmState.from_doc(base_snap.doc, base_revision)
             check = check_save(self.rules, base, claimed, now)
@@ -412,8 +426,7 @@ class Engine:
         finally:
             res.lock.release()
 
-    async def restore(self, player_id: str, revision: int) -> FarmState:
-        """Make an old snapshot the farm again, as a new revision (history is never rewritten)."""
+    async def _restore_local(self, player_id: str, revision: int) -> FarmState:
         res = await self._locked(player_id)
         try:
             snap = await self.store.get_snapshot(player_id, revision)
@@ -442,7 +455,167 @@ class Engine:
         state, now = await self.touch(player_id)
         return farm_view(self.rules, state, now)
 
+    # ---- the public entry points: local when we own the farm, else the owner's ---------
+
+    async def _routed(self, player_id: str, local: Callable[[], Awaitable[T]], op: str, args: dict[str, Any]) -> Any:
+        """Run `local` when this replica owns the farm (taking a free lease), else
+        ask the owner; when the owner is unreachable, wait for its lease to lapse
+        and take over. A commit refused as stale reloads the farm and runs again."""
+        for _ in range(4):
+            owner = None if player_id in self.residents else await self.cluster.owner_elsewhere(player_id)
+            if owner is None:
+                try:
+                    return await local()
+                except FarmConflict:
+                    continue  # our copy was stale: it was dropped; load the newest and retry
+            try:
+                return await self.cluster.call(owner, op, player_id, args)
+            except Rerouted:
+                continue
+            except OwnerUnreachable:
+                await self.cluster.wait_for_lapse(player_id)
+        raise FarmConflict(player_id)
+
+    async def submit(self, player_id: str, action: Action, idempotency: IdempotentRequest | None = None) -> Reply:
+        """Apply a player's action: the single entry point for REST and WebSocket.
+
+        Raises GameError (nothing changed), StorageUnavailable (nothing changed),
+        IdempotencyMismatch.
+        """
+        args = {
+            "action": action_to_wire(action),
+            "idem": [idempotency.key, idempotency.fingerprint] if idempotency else None,
+        }
+        out = await self._routed(player_id, lambda: self._submit_local(player_id, action, idempotency), "submit", args)
+        return (
+            out
+            if isinstance(out, Reply)
+            else Reply(out["status"], out["body"].encode(), out["revision"], out["replayed"])
+        )
+
+    async def touch(self, player_id: str) -> tuple[FarmState, float]:
+        """An authenticated request: the farm is online now. Returns its state."""
+        out = await self._routed(player_id, lambda: self._touch_local(player_id), "touch", {})
+        return out if isinstance(out, tuple) else (FarmState.from_doc(out["doc"], out["revision"]), out["now"])
+
+    async def current_snapshot(self, player_id: str) -> Snapshot:
+        """A snapshot of the farm's current revision (written now if missing)."""
+        out = await self._routed(player_id, lambda: self._current_snapshot_local(player_id), "snapshot", {})
+        if isinstance(out, Snapshot):
+            return out
+        return Snapshot(player_id, out["revision"], out["taken_at"], out["farm_value"], out["doc"])
+
+    async def upload_save(self, player_id: str, base_revision: int, signature: str, claimed: ClaimedFarm) -> Reply:
+        """Accept a client's offline play if plausible. Raises SaveStale, SaveRejected."""
+        args = {"base": base_revision, "signature": signature, "claimed": asdict(claimed)}
+        out = await self._routed(
+            player_id, lambda: self._upload_save_local(player_id, base_revision, signature, claimed), "upload", args
+        )
+        return out if isinstance(out, Reply) else Reply(out["status"], out["body"].encode(), out["revision"])
+
+    async def restore(self, player_id: str, revision: int) -> FarmState:
+        """Make an old snapshot the farm again, as a new revision (history is never rewritten)."""
+        out = await self._routed(
+            player_id, lambda: self._restore_local(player_id, revision), "restore", {"revision": revision}
+        )
+        return out if isinstance(out, FarmState) else FarmState.from_doc(out["doc"], out["revision"])
+
     async def mark_report_seen(self, player_id: str) -> None:
+        await self._routed(player_id, lambda: self._mark_report_seen_local(player_id), "seen", {})
+
+    async def attach(self, player_id: str, sink: Sink) -> tuple[FarmState, float]:
+        """A WebSocket joined this farm: online now, its ticks and events flow to `sink`
+        (from this replica when it owns the farm, else forwarded by the owner)."""
+
+        async def local() -> tuple[FarmState, float]:
+            self.cluster.watched.get(player_id, set()).discard(sink)
+            return await self._attach_local(player_id, sink)
+
+        out = await self._routed(player_id, local, "attach", {})
+        if isinstance(out, tuple):
+            return out
+        self.cluster.watched.setdefault(player_id, set()).add(sink)
+        self.cluster.heard(player_id)
+        return FarmState.from_doc(out["doc"], out["revision"]), out["now"]
+
+    def detach(self, player_id: str, sink: Sink) -> None:
+        watchers = self.cluster.watched.get(player_id)
+        if watchers is not None and sink in watchers:
+            watchers.discard(sink)
+            if not watchers:
+                del self.cluster.watched[player_id]
+                self._spawn(self._detach_remote(player_id))
+            return
+        self._detach_local(player_id, sink)
+
+    async def _detach_remote(self, player_id: str) -> None:
+        with contextlib.suppress(Exception):
+            owner = await self.coord.lease_owner(player_id)
+            if owner and owner != self.cluster.me:
+                await self.cluster.call(owner, "detach", player_id, {})
+
+    # ---- what the owner does when another replica asks ---------------------------------
+
+    def _register_handlers(self) -> None:
+        async def owned(player_id: str) -> None:
+            if player_id not in self.residents and await self.cluster.owner_elsewhere(player_id) is not None:
+                raise Rerouted(player_id)
+
+        async def submit(pid: str, a: dict[str, Any]) -> dict[str, Any]:
+            await owned(pid)
+            idem = IdempotentRequest(a["idem"][0], a["idem"][1]) if a.get("idem") else None
+            r = await self._submit_local(pid, action_from_wire(dict(a["action"])), idem)
+            return {"status": r.status, "body": r.body.decode(), "revision": r.revision, "replayed": r.replayed}
+
+        async def touch(pid: str, a: dict[str, Any]) -> dict[str, Any]:
+            await owned(pid)
+            state, now = await self._touch_local(pid)
+            return {"doc": state.to_doc(), "revision": state.revision, "now": now}
+
+        async def attach(pid: str, a: dict[str, Any]) -> dict[str, Any]:
+            await owned(pid)
+            state, now = await self._attach_local(pid, RemoteSink(self.cluster, a["_from"], pid))
+            return {"doc": state.to_doc(), "revision": state.revision, "now": now}
+
+        async def detach(pid: str, a: dict[str, Any]) -> None:
+            self._detach_local(pid, RemoteSink(self.cluster, a["_from"], pid))
+
+        async def snapshot(pid: str, a: dict[str, Any]) -> dict[str, Any]:
+            await owned(pid)
+            snap = await self._current_snapshot_local(pid)
+            return {
+                "revision": snap.revision,
+                "taken_at": snap.taken_at,
+                "farm_value": snap.farm_value,
+                "doc": snap.doc,
+            }
+
+        async def upload(pid: str, a: dict[str, Any]) -> dict[str, Any]:
+            await owned(pid)
+            r = await self._upload_save_local(pid, a["base"], a["signature"], ClaimedFarm(**a["claimed"]))
+            return {"status": r.status, "body": r.body.decode(), "revision": r.revision}
+
+        async def restore(pid: str, a: dict[str, Any]) -> dict[str, Any]:
+            await owned(pid)
+            state = await self._restore_local(pid, a["revision"])
+            return {"doc": state.to_doc(), "revision": state.revision}
+
+        async def seen(pid: str, a: dict[str, Any]) -> None:
+            await owned(pid)
+            await self._mark_report_seen_local(pid)
+
+        self.cluster.handlers.update(
+            submit=submit,
+            touch=touch,
+            attach=attach,
+            detach=detach,
+            snapshot=snapshot,
+            upload=upload,
+            restore=restore,
+            seen=seen,
+        )
+
+    async def _mark_report_seen_local(self, player_id: str) -> None:
         res = await self._locked(player_id)
         try:
             if res.state.report_unseen:
@@ -454,8 +627,7 @@ class Engine:
 
     # ---- connections --------------------------------------------------------------------
 
-    async def attach(self, player_id: str, sink: Sink) -> tuple[FarmState, float]:
-        """A WebSocket joined this farm: online now, ticks start flowing to `sink`."""
+    async def _attach_local(self, player_id: str, sink: Sink) -> tuple[FarmState, float]:
         res = await self._locked(player_id)
         try:
             now = self.clock()
@@ -466,7 +638,7 @@ class Engine:
         finally:
             res.lock.release()
 
-    def detach(self, player_id: str, sink: Sink) -> None:
+    def _detach_local(self, player_id: str, sink: Sink) -> None:
         res = self.residents.get(player_id)
         if res is None or sink not in res.sinks:
             return
@@ -486,11 +658,14 @@ class Engine:
                 sink.send(msg)
 
     def broadcast(self, message: str) -> int:
+        """Send to every socket on this replica (every replica does the same)."""
         n = 0
-        for res in self.residents.values():
-            for sink in res.sinks:
-                sink.send(message)
-                n += 1
+        sink_sets = [res.sinks for res in self.residents.values()] + list(self.cluster.watched.values())
+        for sinks in sink_sets:
+            for sink in sinks:
+                if not isinstance(sink, RemoteSink):
+                    sink.send(message)
+                    n += 1
         return n
 
     # ---- the tick ----------------------------------------------------------------------
@@ -519,16 +694,18 @@ class Engine:
         now = self.clock()
         result = self.table.tick(now, self.online_window_s)
         owners = self.row_owners
-        for row in result.settle_rows.tolist():
-            res = owners[row]
-            if res is not None and not res.busy:
-                res.busy = True
-                self._spawn(self._settle(res))
+        # Offline first: a farm whose window ran out must anchor when it went
+        # offline (unlocking what it reached by then), not be settled at `now`.
         for row in result.offline_rows.tolist():
             res = owners[row]
             if res is not None and not res.busy:
                 res.busy = True
                 self._spawn(self._go_offline(res))
+        for row in result.settle_rows.tolist():
+            res = owners[row]
+            if res is not None and not res.busy:
+                res.busy = True
+                self._spawn(self._settle(res))
         if result.connected_rows.size:
             balances = result.balances.tolist()
             keys = self.rules.tier_keys
@@ -546,9 +723,40 @@ class Engine:
         if now - self._last_autosave >= self.autosave_s:
             self._last_autosave = now
             self._spawn(self.autosave())
+        if self.residents and self.cluster.renew_due():
+            self._spawn(self._renew_leases())
+        for player_id in self.cluster.silent_farms(3 * self.settings.tick_interval_s + 2.0):
+            self._spawn(self._rewatch(player_id))
         for listener in self.tick_listeners:
             listener(now)
         self.metrics.tick_duration.observe(time.perf_counter() - started)
+
+    async def _renew_leases(self) -> None:
+        lost = await self.cluster.renew(list(self.residents))
+        for player_id in lost:
+            res = self.residents.get(player_id)
+            if res is None:
+                continue
+            # Another replica owns it now (our renewals failed for a while): hand
+            # our sockets over as watchers and drop our copy without writing.
+            local = [s for s in res.sinks if not isinstance(s, RemoteSink)]
+            log.warning("cluster.lease_lost", player_id=player_id, sockets=len(local))
+            res.sinks.clear()
+            self._evict(res)
+            if local:
+                self.cluster.watched.setdefault(player_id, set()).update(local)
+                self._spawn(self._rewatch(player_id))
+
+    async def _rewatch(self, player_id: str) -> None:
+        """Our sockets of a farm owned elsewhere heard nothing for a while: the
+        owner may be gone. Attach again: to the new owner, or take the farm."""
+        self.cluster.heard(player_id)
+        for sink in list(self.cluster.watched.get(player_id, ())):
+            try:
+                await self.attach(player_id, sink)
+            except Exception as exc:  # keep the socket; the next silence check retries
+                log.warning("cluster.rewatch_failed", player_id=player_id, error=str(exc))
+                return
 
     async def _settle(self, res: Resident) -> None:
         try:

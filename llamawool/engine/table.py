@@ -106,6 +106,8 @@ class FarmTable:
             self.size += 1
         self.used[row] = True
         self.connections[row] = 0
+        # A reused row must not keep its previous farm's activity (sync only moves it forward).
+        self.last_active[row] = state.last_active
         self.sync(row, state)
         return row
 

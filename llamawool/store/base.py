@@ -7,6 +7,7 @@ default and a MongoDB adapter implements the same contract
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,6 +124,37 @@ class FarmCommit:
     snapshot: Snapshot | None = None
 
 
+# One record of a whole-store export, in the canonical order every adapter yields:
+# players by id, refresh tokens by hash, farms by player id, snapshots by (player id,
+# revision), idempotency records by (player id, key), audit entries by (at, insertion).
+# Strings sort by code point (= UTF-8 bytes), as both SQLite and MongoDB compare them.
+Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord
+
+
+def audit_key(record: AuditRecord) -> tuple[Any, ...]:
+    """What makes two audit entries the same entry (audit rows have no natural key):
+    an import skips as many entries of a key as the target already holds, so
+    re-running an interrupted import adds none twice."""
+    import orjson
+
+    return (record.at, record.admin_id, record.action, record.target, orjson.dumps(record.details, option=orjson.OPT_SORT_KEYS))
+
+
+def retained_revisions(seen: list[tuple[int, float]], now: float, history: int, daily_days: int) -> set[int]:
+    """The snapshot retention policy, given a farm's (revision, taken_at) pairs and the
+    newest snapshot's time: the newest `history` revisions, plus the first (lowest)
+    revision of each UTC day whose snapshots were taken at or after `now - daily_days`
+    days. Adapters that cannot say it in their query language call this."""
+    keep = {rev for rev, _ in sorted(seen, reverse=True)[:history]}
+    firsts: dict[int, int] = {}
+    since = now - daily_days * 86400.0
+    for rev, at in seen:
+        if at >= since:
+            day = int(at / 86400)
+            firsts[day] = min(rev, firsts.get(day, rev))
+    return keep | set(firsts.values())
+
+
 class Store(Protocol):
     """Durable storage. Every method is a coroutine and safe to call concurrently."""
 
@@ -179,3 +211,13 @@ class Store(Protocol):
     # admin audit log
     async def add_audit(self, record: AuditRecord) -> None: ...
     async def list_audit(self, limit: int) -> list[AuditRecord]: ...
+
+    # whole-store export and import (backup, restore, migrate between backends)
+    def export_all(self) -> AsyncIterator[Record]:
+        """Every record, in the canonical order of `Record` (so two stores holding the same
+        data export the same sequence). Not a consistent snapshot while writers run."""
+
+    async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
+        """Write records as they are (upsert by natural key; snapshots bypass retention;
+        audit entries already present are not repeated), so re-running an interrupted
+        import is safe. Returns the count read per record type name."""

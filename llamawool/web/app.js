@@ -180,7 +180,6 @@ class App {
     window.addEventListener("online", () => this.conn.retryNow());
     requestAnimationFrame(() => this.frame());
     setInterval(() => this.refresh(), 200);
-    this.loadBoard();
     setInterval(() => {
       if (document.visibilityState === "visible" && this.boardsAvailable) this.loadBoard();
     }, BOARD_REFRESH_MS);
@@ -203,6 +202,7 @@ class App {
   // ---- messages ------------------------------------------------------------------
 
   onWelcome(data) {
+    this.welcomes = (this.welcomes ?? 0) + 1;
     this.player = data.player;
     this.model.loadFarm(data.farm);
     this.shearer.sync(data.farm);
@@ -214,6 +214,9 @@ class App {
       $("#shear-btn").disabled = false;
     }
     if (data.offline_report) this.showOfflineReport(data.offline_report);
+    // After every (re)connect: a restarted server may have gained leaderboards.
+    this.loadBoard();
+    this.subscribeBoard(this.board);
   }
 
   onMessage(msg) {
@@ -253,8 +256,14 @@ class App {
         if (ev.report) this.showOfflineReport(ev.report);
         break;
       case "rank_changed":
-        this.toast(`Your ${ev.board ?? ""} rank is now #${ev.rank ?? "?"}`.replace("  ", " "), "info");
-        if (!ev.board || ev.board === this.board) this.loadBoard();
+        if (ev.board === this.board && ev.rank != null) this.renderMyRank(ev.board, ev.rank, ev.score);
+        if (ev.rank != null && ev.previous_rank != null && ev.rank < ev.previous_rank && ev.rank <= 100) {
+          this.toast(`You climbed to #${ev.rank} on the ${ev.board} board!`, "info");
+        }
+        break;
+      case "leaderboard":
+        // The live top of the board this client subscribed to.
+        if (ev.board === this.board && Array.isArray(ev.entries)) this.renderBoard(ev.board, ev.entries);
         break;
       case "broadcast":
         this.toast(ev.message ?? ev.text ?? "Message from the farm office", "info", null, 10000);
@@ -860,8 +869,17 @@ class App {
 
   // ---- leaderboards ----------------------------------------------------------------------
 
+  /** Live updates of a board's top over the socket (a server without them answers an error: fine). */
+  subscribeBoard(board, previous = null) {
+    if (!this.conn?.isOpen || !this.boardsAvailable) return;
+    if (previous && previous !== board) this.conn.request("unsubscribe", { board: previous }).catch(() => {});
+    this.conn.request("subscribe", { board }).catch(() => {});
+  }
+
   selectBoard(board, focus) {
+    const previous = this.board;
     this.board = board;
+    this.subscribeBoard(board, previous);
     for (const tab of document.querySelectorAll("#board-tabs [role=tab]")) {
       const on = tab.dataset.board === board;
       tab.setAttribute("aria-selected", on ? "true" : "false");
@@ -880,33 +898,9 @@ class App {
     return formatNumber(score);
   }
 
-  async loadBoard() {
-    const board = this.board;
-    const status = $("#board-status");
-    const list = $("#board-list");
-    const me = $("#board-me");
-    let top;
-    try {
-      top = await this.api.get(`/leaderboards/${board}?limit=10`, { auth: false });
-    } catch (err) {
-      if (board !== this.board) return;
-      list.replaceChildren();
-      setText(me, "");
-      if (err.status === 404) {
-        this.boardsAvailable = false;
-        setText(status, "Leaderboards are not available on this server yet.");
-      } else if (err.rateLimited) {
-        setText(status, "Slow down: the leaderboards will refresh shortly.");
-      } else {
-        setText(status, "Leaderboards could not be loaded right now.");
-      }
-      return;
-    }
-    if (board !== this.board) return;
-    this.boardsAvailable = true;
-    const entries = top.entries ?? top.items ?? top.data ?? (Array.isArray(top) ? top : []);
+  renderBoard(board, entries) {
     const myId = this.player?.id ?? this.auth.player?.id;
-    list.replaceChildren(
+    $("#board-list").replaceChildren(
       ...entries.map((e) =>
         el(
           "li",
@@ -917,17 +911,46 @@ class App {
         ),
       ),
     );
-    setText(status, entries.length ? "" : "Nobody on this board yet.");
+    setText($("#board-status"), entries.length ? "" : "Nobody on this board yet.");
+  }
+
+  renderMyRank(board, rank, score) {
+    setText($("#board-me"), rank != null ? `Your rank: #${rank} · ${this._formatScore(board, score ?? 0)}` : "You are not on this board yet.");
+  }
+
+  async loadBoard() {
+    const board = this.board;
+    let mine = null;
     try {
-      const mine = await this.api.get(`/leaderboards/${board}/me`);
-      if (board !== this.board) return;
-      const entry =
-        mine.me ?? mine.entry ?? mine.player ?? (mine.entries ?? []).find((e) => e.player_id === myId) ?? mine;
-      if (entry && entry.rank != null) setText(me, `Your rank: #${entry.rank} · ${this._formatScore(board, entry.score ?? 0)}`);
-      else setText(me, "You are not on this board yet.");
+      // Your own rank first: asking for it puts your newest score on the board.
+      mine = await this.api.get(`/leaderboards/${board}/me`);
     } catch (err) {
-      if (board === this.board) setText(me, err.status === 404 ? "You are not on this board yet." : "");
+      if (err.status !== 404) mine = { failed: true };
     }
+    let top;
+    try {
+      top = await this.api.get(`/leaderboards/${board}?limit=10`, { auth: false });
+    } catch (err) {
+      if (board !== this.board) return;
+      $("#board-list").replaceChildren();
+      setText($("#board-me"), "");
+      if (err.status === 404) {
+        this.boardsAvailable = false;
+        setText($("#board-status"), "Leaderboards are not available on this server yet.");
+      } else if (err.rateLimited) {
+        setText($("#board-status"), "Slow down: the leaderboards will refresh shortly.");
+      } else {
+        setText($("#board-status"), "Leaderboards could not be loaded right now.");
+      }
+      return;
+    }
+    if (board !== this.board) return;
+    const wasAvailable = this.boardsAvailable;
+    this.boardsAvailable = true;
+    if (!wasAvailable) this.subscribeBoard(board);
+    this.renderBoard(board, top.entries ?? top.items ?? (Array.isArray(top) ? top : []));
+    if (mine?.failed) setText($("#board-me"), "");
+    else this.renderMyRank(board, mine?.rank ?? null, mine?.score);
   }
 }
 

@@ -26,9 +26,9 @@ export function formatNumber(n, opts = {}) {
     }
   }
   for (const [unit, suffix] of UNITS) {
-    if (a < unit) continue;
+    // The first unit where the rounded mantissa lands in [1, 1000): 999.999 is "1.00K".
     const s = (a / unit).toFixed(2);
-    if (Number(s) < 1000) return sign + s + suffix;
+    if (Number(s) >= 1 && Number(s) < 1000) return sign + s + suffix;
   }
   const [mantissa, exponent] = a.toExponential(2).split("e");
   return `${sign}${mantissa}e${Number(exponent)}`;

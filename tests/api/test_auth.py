@@ -17,6 +17,8 @@ from tests.helpers import FakeClock
 
 from .support import bearer, expect_problem, get_farm, ok_json, shear
 
+PASSWORD = "correct horse battery"
+
 
 def _unique(prefix: str = "u") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
@@ -41,7 +43,7 @@ async def register(
     *,
     email: str | None = None,
     username: str | None = None,
-    password: str = "correct horse battery",
+    password: str = PASSWORD,
     headers: dict[str, str] | None = None,
     status: int = 201,
 ) -> dict[str, Any]:
@@ -176,9 +178,7 @@ async def test_register_with_a_guest_token_upgrades_the_guest_in_place(frozen: T
     assert after["revision"] == before["revision"]
 
     # The old guest token still names the same player; logging in finds it too.
-    login = await ok_json(
-        await frozen.post(f"{API}/auth/login", json={"login": name, "password": "correct horse battery"})
-    )
+    login = await ok_json(await frozen.post(f"{API}/auth/login", json={"login": name, "password": PASSWORD}))
     assert login["player"]["id"] == gid
 
     # A registered account cannot be "upgraded" again.
@@ -370,7 +370,7 @@ async def test_expired_forged_and_malformed_access_tokens_are_401_invalid_token(
     past = int(time.time()) - 3600
     bad_tokens = {
         "expired": jwt.encode(_claims(pid, iat=past - 900, exp=past), secret, algorithm="HS256"),
-        "bad signature": jwt.encode(_claims(pid), "another-secret-another-secret!!", algorithm="HS256"),
+        "bad signature": jwt.encode(_claims(pid), "another-secret-that-is-long-enough-0123456789", algorithm="HS256"),
         "tampered": valid[:-4] + ("AAAA" if not valid.endswith("AAAA") else "BBBB"),
         "alg none": jwt.encode(_claims(pid), None, algorithm="none"),  # type: ignore[arg-type]
         "no typ": jwt.encode({k: v for k, v in _claims(pid).items() if k != "typ"}, secret, algorithm="HS256"),
@@ -390,7 +390,9 @@ async def test_expired_forged_and_malformed_access_tokens_are_401_invalid_token(
 
 async def test_a_forged_admin_role_needs_the_secret(client: TestClient) -> None:
     guest = await new_guest(client)
-    forged = jwt.encode(_claims(guest["player"]["id"], role="admin"), "not-the-server-secret-at-all!!", "HS256")
+    forged = jwt.encode(
+        _claims(guest["player"]["id"], role="admin"), "not-the-server-secret-but-long-enough-0123456789", "HS256"
+    )
     resp = await client.get(f"{API}/players/me", headers=bearer(forged))
     await expect_problem(resp, 401, "INVALID_TOKEN")
 
@@ -428,9 +430,7 @@ async def test_players_me_get_and_patch(client: TestClient) -> None:
 async def test_players_me_patch_rejects_bad_values_and_taken_names(client: TestClient) -> None:
     a = await new_guest(client)
     b = await new_guest(client)
-    resp = await client.patch(
-        f"{API}/players/me", json={"username": b["player"]["username"]}, headers=a["headers"]
-    )
+    resp = await client.patch(f"{API}/players/me", json={"username": b["player"]["username"]}, headers=a["headers"])
     body = await expect_problem(resp, 409, "CONFLICT")
     assert body["field"] == "username"
 
@@ -485,7 +485,7 @@ async def test_delete_me_frees_the_username_and_email(client: TestClient) -> Non
     name = _unique()
     reg = await register(client, email=f"{name}@example.com", username=name)
     assert (await client.delete(f"{API}/players/me", headers=bearer(reg["access_token"]))).status == 204
-    resp = await client.post(f"{API}/auth/login", json={"login": name, "password": "correct horse battery"})
+    resp = await client.post(f"{API}/auth/login", json={"login": name, "password": PASSWORD})
     await expect_problem(resp, 401, "INVALID_CREDENTIALS")
     again = await register(client, email=f"{name}@example.com", username=name)
     assert again["player"]["id"] != reg["player"]["id"]

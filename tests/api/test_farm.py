@@ -18,20 +18,24 @@ from tests.helpers import FakeClock
 
 from .support import act, expect_problem, get_farm, ok_json, shear, take_offline
 
-TIERS = ["basic", "silver", "golden", "rainbow", "cosmic", "ethereal", "temporal", "dimensional", "celestial", "quantum"]
+TIERS = [
+    "basic",
+    "silver",
+    "golden",
+    "rainbow",
+    "cosmic",
+    "ethereal",
+    "temporal",
+    "dimensional",
+    "celestial",
+    "quantum",
+]
 BUILDINGS = ["barn", "shears", "transport", "factory", "lab", "portal", "time_machine", "dimension_gate"]
 
 
 def barn_cost(level: int, quantity: int) -> float:
     """GAME.md: level n -> n+1 costs 10 x 1.15^n basic."""
     return sum(10 * 1.15**n for n in range(level, level + quantity))
-
-
-async def new_farmer(client: TestClient) -> dict[str, Any]:
-    """A guest whose farm exists from now on (a farm is created on its first request)."""
-    guest = await new_guest(client)
-    await get_farm(client, guest["headers"])
-    return guest
 
 
 async def buy(client: TestClient, key: str, headers: dict[str, str], quantity: Any = 1) -> Any:
@@ -136,10 +140,9 @@ async def test_shear_count_outside_1_to_20_is_422(frozen: TestClient) -> None:
 # ---- buildings -----------------------------------------------------------------------------
 
 
-async def test_buy_a_barn_with_wool_that_accrued(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_buy_a_barn_with_wool_that_accrued(frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]) -> None:
     clock.advance(150)  # 15 basic
-    resp = await buy(frozen, "barn", guest["headers"])
+    resp = await buy(frozen, "barn", farmer["headers"])
     body = await ok_json(resp)
     ActionResponse.model_validate(body)
     assert body["result"]["building"] == "barn"
@@ -155,32 +158,34 @@ async def test_buy_a_barn_with_wool_that_accrued(frozen: TestClient, clock: Fake
     assert resp.headers["ETag"] == f'"{farm["revision"]}"'
 
     clock.advance(10)
-    later = await get_farm(frozen, guest["headers"])
+    later = await get_farm(frozen, farmer["headers"])
     assert later["balances"]["basic"] == pytest.approx(5.0 + 10 * 0.6 * 1.04)
 
 
-async def test_buying_without_enough_wool_is_409_and_changes_nothing(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_buying_without_enough_wool_is_409_and_changes_nothing(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
     clock.advance(50)  # 5 basic, a barn costs 10
-    before = await get_farm(frozen, guest["headers"])
-    resp = await buy(frozen, "barn", guest["headers"])
+    before = await get_farm(frozen, farmer["headers"])
+    resp = await buy(frozen, "barn", farmer["headers"])
     body = await expect_problem(resp, 409, "INSUFFICIENT_RESOURCES")
     assert body["tier"] == "basic"
     assert body["cost"] == pytest.approx(10.0)
     assert body["balance"] == pytest.approx(5.0)
-    after = await get_farm(frozen, guest["headers"])
+    after = await get_farm(frozen, farmer["headers"])
     assert after["revision"] == before["revision"]
     assert after["buildings"]["barn"] == 0
     assert after["balances"] == before["balances"]
 
 
-async def test_buying_a_locked_building_is_409_requirement_not_met(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_buying_a_locked_building_is_409_requirement_not_met(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
     clock.advance(10_000)  # plenty of basic wool for Auto Shears (100)
-    resp = await buy(frozen, "shears", guest["headers"])
+    resp = await buy(frozen, "shears", farmer["headers"])
     body = await expect_problem(resp, 409, "REQUIREMENT_NOT_MET")
     assert body["requires"] == {"barn": 5}
-    farm = await get_farm(frozen, guest["headers"])
+    farm = await get_farm(frozen, farmer["headers"])
     assert farm["buildings"]["shears"] == 0
 
 
@@ -191,27 +196,29 @@ async def test_buying_an_unknown_building_is_404(frozen: TestClient) -> None:
     assert body["building"] == "castle"
 
 
-async def test_buy_quantity_max_buys_the_most_affordable(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_buy_quantity_max_buys_the_most_affordable(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
     clock.advance(1000)  # 100 basic: 6 barns cost 87.5, 7 cost 110.7
-    body = await ok_json(await buy(frozen, "barn", guest["headers"], "max"))
+    body = await ok_json(await buy(frozen, "barn", farmer["headers"], "max"))
     assert body["result"]["bought"] == 6
     assert body["farm"]["buildings"]["barn"] == 6
     assert body["result"]["cost"] == pytest.approx(barn_cost(0, 6))
     assert body["farm"]["balances"]["basic"] == pytest.approx(100.0 - barn_cost(0, 6))
 
     # Nothing affordable now: "max" refuses instead of buying zero.
-    resp = await buy(frozen, "barn", guest["headers"], "max")
+    resp = await buy(frozen, "barn", farmer["headers"], "max")
     await expect_problem(resp, 409, "INSUFFICIENT_RESOURCES")
 
 
-async def test_buy_a_quantity_pays_the_geometric_sum(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_buy_a_quantity_pays_the_geometric_sum(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
     clock.advance(1000)
-    body = await ok_json(await buy(frozen, "barn", guest["headers"], 3))
+    body = await ok_json(await buy(frozen, "barn", farmer["headers"], 3))
     assert body["result"]["bought"] == 3
     assert body["result"]["cost"] == pytest.approx(barn_cost(0, 3))
-    body = await ok_json(await buy(frozen, "barn", guest["headers"], 2))
+    body = await ok_json(await buy(frozen, "barn", farmer["headers"], 2))
     assert body["result"]["level"] == 5
     assert body["result"]["cost"] == pytest.approx(barn_cost(3, 2))
 
@@ -224,10 +231,11 @@ async def test_buy_quantity_must_be_1_to_100_or_max(frozen: TestClient) -> None:
         assert all(e["field"].startswith("quantity") for e in body["errors"]), (quantity, body)
 
 
-async def test_get_buildings_lists_cost_affordability_and_requirements(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_get_buildings_lists_cost_affordability_and_requirements(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
     clock.advance(250)  # 25 basic
-    resp = await frozen.get(f"{API}/farm/buildings", headers=guest["headers"])
+    resp = await frozen.get(f"{API}/farm/buildings", headers=farmer["headers"])
     body = await ok_json(resp)
     assert resp.headers["ETag"] == f'"{body["revision"]}"'
     by_key = {b["key"]: b for b in body["buildings"]}
@@ -247,9 +255,8 @@ async def test_get_buildings_lists_cost_affordability_and_requirements(frozen: T
 # ---- upgrades ---------------------------------------------------------------------------------
 
 
-async def test_upgrades_list_and_purchase(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
-    listing = await ok_json(await frozen.get(f"{API}/farm/upgrades", headers=guest["headers"]))
+async def test_upgrades_list_and_purchase(frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]) -> None:
+    listing = await ok_json(await frozen.get(f"{API}/farm/upgrades", headers=farmer["headers"]))
     by_key = {u["key"]: u for u in listing["upgrades"]}
     assert len(by_key) == 12
     assert by_key["sharp_shears"]["cost"] == {"tier": "basic", "amount": 100.0}
@@ -257,26 +264,26 @@ async def test_upgrades_list_and_purchase(frozen: TestClient, clock: FakeClock) 
     assert by_key["sharp_shears"]["missing_requirements"] == []
     assert by_key["better_tools"]["missing_requirements"] == ["upgrade sharp_shears"]
 
-    resp = await frozen.post(f"{API}/farm/upgrades/sharp_shears/purchase", headers=guest["headers"])
+    resp = await frozen.post(f"{API}/farm/upgrades/sharp_shears/purchase", headers=farmer["headers"])
     body = await expect_problem(resp, 409, "INSUFFICIENT_RESOURCES")
     assert body["cost"] == 100.0
 
     clock.advance(1001)  # 100.1 basic
-    resp = await frozen.post(f"{API}/farm/upgrades/better_tools/purchase", headers=guest["headers"])
+    resp = await frozen.post(f"{API}/farm/upgrades/better_tools/purchase", headers=farmer["headers"])
     await expect_problem(resp, 409, "REQUIREMENT_NOT_MET")
 
-    bought = await act(frozen, "/farm/upgrades/sharp_shears/purchase", guest["headers"])
+    bought = await act(frozen, "/farm/upgrades/sharp_shears/purchase", farmer["headers"])
     assert bought["result"] == {"upgrade": "sharp_shears", "cost": 100.0, "cost_tier": "basic"}
     assert bought["farm"]["upgrades"] == ["sharp_shears"]
     assert bought["farm"]["click_power"] == 2.0
     assert bought["farm"]["balances"]["basic"] == pytest.approx(0.1)
 
-    sheared = await shear(frozen, guest["headers"], 3)
+    sheared = await shear(frozen, farmer["headers"], 3)
     assert sheared["result"]["wool"] == 6.0  # click x2
 
-    again = await frozen.post(f"{API}/farm/upgrades/sharp_shears/purchase", json={}, headers=guest["headers"])
+    again = await frozen.post(f"{API}/farm/upgrades/sharp_shears/purchase", json={}, headers=farmer["headers"])
     await expect_problem(again, 409, "CONFLICT")
-    listing = await ok_json(await frozen.get(f"{API}/farm/upgrades", headers=guest["headers"]))
+    listing = await ok_json(await frozen.get(f"{API}/farm/upgrades", headers=farmer["headers"]))
     owned = {u["key"] for u in listing["upgrades"] if u["owned"]}
     assert owned == {"sharp_shears"}
 
@@ -305,30 +312,29 @@ async def test_prestige_preview_and_refusal_on_a_young_farm(frozen: TestClient) 
     await expect_problem(resp, 409, "REQUIREMENT_NOT_MET")
 
 
-async def test_prestige_with_the_expected_gain(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_prestige_with_the_expected_gain(frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]) -> None:
     clock.advance(1.5e8)  # 0.1/s -> a run value of 1.5e7: gain floor(log10(15)) = 1
-    preview = await ok_json(await frozen.get(f"{API}/farm/prestige", headers=guest["headers"]))
+    preview = await ok_json(await frozen.get(f"{API}/farm/prestige", headers=farmer["headers"]))
     assert preview["run_value"] == pytest.approx(1.5e7)
     assert preview["gain"] == 1
     assert preview["allowed"] is True
     assert preview["soul_shears_after"] == 1
 
     resp = await frozen.post(
-        f"{API}/farm/prestige", json={"confirm": True, "expected_gain": 2}, headers=guest["headers"]
+        f"{API}/farm/prestige", json={"confirm": True, "expected_gain": 2}, headers=farmer["headers"]
     )
     body = await expect_problem(resp, 409, "CONFLICT")
     assert body["gain"] == 1
-    resp = await frozen.post(f"{API}/farm/prestige", json={"confirm": False}, headers=guest["headers"])
+    resp = await frozen.post(f"{API}/farm/prestige", json={"confirm": False}, headers=farmer["headers"])
     await expect_problem(resp, 422, "VALIDATION_ERROR")
-    resp = await frozen.post(f"{API}/farm/prestige", json={"expected_gain": 1}, headers=guest["headers"])
+    resp = await frozen.post(f"{API}/farm/prestige", json={"expected_gain": 1}, headers=farmer["headers"])
     body = await expect_problem(resp, 422, "VALIDATION_ERROR")
     assert body["errors"][0]["field"] == "confirm"
-    untouched = await get_farm(frozen, guest["headers"])
+    untouched = await get_farm(frozen, farmer["headers"])
     assert untouched["soul_shears"] == 0
     assert untouched["balances"]["basic"] == pytest.approx(1.5e7)
 
-    done = await act(frozen, "/farm/prestige", guest["headers"], {"confirm": True, "expected_gain": 1})
+    done = await act(frozen, "/farm/prestige", farmer["headers"], {"confirm": True, "expected_gain": 1})
     assert done["result"] == {"gain": 1, "soul_shears": 1, "prestige_count": 1}
     assert any(e["type"] == "prestige" and e["gain"] == 1 for e in done["events"])
     farm = done["farm"]
@@ -340,7 +346,7 @@ async def test_prestige_with_the_expected_gain(frozen: TestClient, clock: FakeCl
     assert "first_prestige" in farm["achievements"]
     assert farm["click_power"] == pytest.approx(1.1)  # +10 % per soul shear
 
-    after = await ok_json(await frozen.get(f"{API}/farm/prestige", headers=guest["headers"]))
+    after = await ok_json(await frozen.get(f"{API}/farm/prestige", headers=farmer["headers"]))
     assert after["gain"] == 0 and after["allowed"] is False and after["soul_shears"] == 1
 
 
@@ -406,6 +412,23 @@ async def test_offline_credit_is_capped_at_24_hours(frozen: TestClient, clock: F
     assert report["gains"]["basic"] == pytest.approx(0.1 * 1.02 * 0.5 * 24 * 3600)
 
 
+async def test_a_farm_silent_past_the_online_window_is_offline_even_before_a_tick(
+    frozen: TestClient, clock: FakeClock
+) -> None:
+    """No tick noticed the absence (none ran); the next request still credits it
+    as offline from the moment the 120 s window ran out."""
+    guest = await new_guest(frozen)
+    await shear(frozen, guest["headers"], 5)  # rate 0.1 x 1.02 from now
+    t0 = clock.now
+    clock.advance(150)
+    farm = await get_farm(frozen, guest["headers"])
+    report = await ok_json(await frozen.get(f"{API}/farm/offline-report", headers=guest["headers"]))
+    assert report["went_offline_at"] == pytest.approx(t0 + 120)
+    assert report["elapsed_s"] == pytest.approx(30)
+    rate = 0.1 * 1.02
+    assert farm["balances"]["basic"] == pytest.approx(5 + rate * 120 + rate * 0.5 * 30)
+
+
 async def test_an_action_after_an_absence_is_credited_first(frozen: TestClient, clock: FakeClock) -> None:
     guest = await new_guest(frozen)
     await shear(frozen, guest["headers"], 5)
@@ -422,11 +445,10 @@ async def test_an_action_after_an_absence_is_credited_first(frozen: TestClient, 
 # ---- production, achievements, config ------------------------------------------------------------------
 
 
-async def test_production_breakdown(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_farmer(frozen)
+async def test_production_breakdown(frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]) -> None:
     clock.advance(1000)
-    await ok_json(await buy(frozen, "barn", guest["headers"], 4))
-    resp = await frozen.get(f"{API}/farm/production", headers=guest["headers"])
+    await ok_json(await buy(frozen, "barn", farmer["headers"], 4))
+    resp = await frozen.get(f"{API}/farm/production", headers=farmer["headers"])
     body = await ok_json(resp)
     assert resp.headers["ETag"] == f'"{body["revision"]}"'
     tiers = {t["tier"]: t for t in body["tiers"]}
@@ -443,21 +465,22 @@ async def test_production_breakdown(frozen: TestClient, clock: FakeClock) -> Non
     assert body["click_power"] == 1.0
     assert body["offline_efficiency"] == 0.5
     assert body["offline_cap_s"] == 24 * 3600
-    farm = await get_farm(frozen, guest["headers"])
+    farm = await get_farm(frozen, farmer["headers"])
     assert farm["rates"]["basic"] == pytest.approx(basic["rate"])
 
 
-async def test_achievements_with_unlock_time_and_progress(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_guest(frozen)
-    body = await ok_json(await frozen.get(f"{API}/farm/achievements", headers=guest["headers"]))
+async def test_achievements_with_unlock_time_and_progress(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
+    body = await ok_json(await frozen.get(f"{API}/farm/achievements", headers=farmer["headers"]))
     assert len(body["achievements"]) == 16
     assert body["bonus"] == 1.0
     assert all(a["unlocked_at"] is None for a in body["achievements"])
 
-    await shear(frozen, guest["headers"], 10)
+    await shear(frozen, farmer["headers"], 10)
     unlock_time = clock.now
     clock.advance(900)  # 90 more basic: lifetime 100 of 1e3
-    body = await ok_json(await frozen.get(f"{API}/farm/achievements", headers=guest["headers"]))
+    body = await ok_json(await frozen.get(f"{API}/farm/achievements", headers=farmer["headers"]))
     by_key = {a["key"]: a for a in body["achievements"]}
     assert by_key["first_wool"]["unlocked_at"] == unlock_time
     assert by_key["first_wool"]["progress"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from aiohttp.test_utils import TestClient
@@ -100,23 +101,23 @@ async def test_keys_belong_to_their_player(frozen: TestClient) -> None:
     assert (await get_farm(frozen, b["headers"]))["balances"]["basic"] == 2.0
 
 
-async def test_a_keyed_purchase_is_not_bought_twice(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_guest(frozen)
-    await get_farm(frozen, guest["headers"])
+async def test_a_keyed_purchase_is_not_bought_twice(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
     clock.advance(1000)  # 100 basic: enough for several barns
-    h = keyed(guest["headers"], "buy-barn-1")
+    h = keyed(farmer["headers"], "buy-barn-1")
     first = await ok_json(await frozen.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 2}, headers=h))
     second = await frozen.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 2}, headers=h)
     assert second.headers["Idempotent-Replayed"] == "true"
     assert orjson.loads(await second.read()) == first
-    farm = await get_farm(frozen, guest["headers"])
+    farm = await get_farm(frozen, farmer["headers"])
     assert farm["buildings"]["barn"] == 2
 
 
-async def test_a_refused_action_applies_nothing_and_the_key_stays_usable(frozen: TestClient, clock: FakeClock) -> None:
-    guest = await new_guest(frozen)
-    await get_farm(frozen, guest["headers"])
-    h = keyed(guest["headers"], "early-barn")
+async def test_a_refused_action_applies_nothing_and_the_key_stays_usable(
+    frozen: TestClient, clock: FakeClock, farmer: dict[str, Any]
+) -> None:
+    h = keyed(farmer["headers"], "early-barn")
     resp = await frozen.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 1}, headers=h)
     await expect_problem(resp, 409, "INSUFFICIENT_RESOURCES")
     clock.advance(200)

@@ -169,9 +169,8 @@ async def test_an_action_gets_a_result_with_its_id(client: TestClient) -> None:
 
 async def test_buying_over_the_socket(frozen: TestClient, clock: FakeClock) -> None:
     guest = await new_guest(frozen)
-    await get_farm(frozen, guest["headers"])
+    ws, _ = await connect(frozen, guest["access_token"])  # online from now on: the socket is open
     clock.advance(1000)
-    ws, _ = await connect(frozen, guest["access_token"])
     await ws.send_json({"type": "action", "id": "b", "data": {"action": "buy_building", "key": "barn", "quantity": 2}})
     result = await receive_until(ws, is_reply("b"))
     assert result["type"] == "result"
@@ -180,7 +179,9 @@ async def test_buying_over_the_socket(frozen: TestClient, clock: FakeClock) -> N
     result = await receive_until(ws, is_reply("u"))
     assert result["type"] == "error"  # 100 - 21.5 < 100
     assert result["data"]["code"] == "INSUFFICIENT_RESOURCES"
-    await ws.send_json({"type": "action", "id": "m", "data": {"action": "buy_building", "key": "barn", "quantity": "max"}})
+    await ws.send_json(
+        {"type": "action", "id": "m", "data": {"action": "buy_building", "key": "barn", "quantity": "max"}}
+    )
     result = await receive_until(ws, is_reply("m"))
     assert result["data"]["farm"]["buildings"]["barn"] == 6
     await ws.close()

@@ -1,0 +1,691 @@
+"""Production storage on MongoDB through pymongo's `AsyncMongoClient` (not Motor).
+
+Collections (one database, the URI's default database or `llamawool`):
+
+- `players`: `_id` = player id; `username_key` / `email_key` hold the names
+  folded like SQLite's NOCASE (ASCII letters lower-cased) under unique indexes,
+  so lookups are exact index matches and need no collation; `device_id` sits in
+  the player document under a unique partial index, which makes "create, or
+  return the device's player" one atomic insert. Optional fields that carry a
+  partial index (`email`, `device_id`, `flagged_at`) are absent, not null, when
+  unset.
+- `refresh_tokens`: `_id` = token hash; indexes by family and by player.
+- `farms`: `_id` = player id, `revision`, `doc`, `last_active`.
+- `snapshots`: unique (player_id, revision).
+- `idempotency`: unique (player_id, key).
+- `audit_log`: ordered by (at, _id).
+
+Group commit. When the deployment supports multi-document transactions (a
+replica set or a sharded cluster: what production runs) a batch is one
+transaction, so every farm's compare-and-set, its idempotency record and its
+snapshot commit together or not at all, like SQLite. On a standalone server
+(no transactions) the batch falls back to one compare-and-set update per farm,
+in order. Each update is atomic on its own document, and the idempotency record
+is written into the farm document by that same update (`idem`) before it is
+copied to its collection, so an acknowledged action's replay answer can never
+be lost. The trade-offs: the batch is no longer all-or-nothing (a failure in
+the middle leaves the first farms committed; they were not acknowledged, the
+engine's retry sees a revision conflict and reloads the newer state, and a
+client's retry is answered from the idempotency record), a crash between the
+farm update and its snapshot loses that history entry (snapshots only shorten
+reads and keep history), and it costs one round trip per farm instead of one
+per batch.
+
+Every driver failure (unreachable server, timeout, lost primary, write concern
+error) is raised as `StorageUnavailable`; a unique index violation as
+`DuplicateKey(field)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
+from pymongo.write_concern import WriteConcern
+
+from .base import (
+    AuditRecord,
+    DuplicateKey,
+    FarmCommit,
+    IdempotencyRecord,
+    PlayerRecord,
+    Record,
+    RefreshTokenRecord,
+    Snapshot,
+    SpendResult,
+    StorageUnavailable,
+    StoredFarm,
+    audit_key,
+    retained_revisions,
+)
+
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+DEFAULT_DATABASE = "llamawool"
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# Index key -> the field name DuplicateKey reports (what the caller sent).
+_UNIQUE_FIELDS = {"username_key": "username", "email_key": "email", "device_id": "device_id", "_id": "id"}
+# Server error codes that mean "this deployment has no transactions".
+_NO_TRANSACTIONS = {20, 263}
+IMPORT_CHUNK = 500
+
+
+def fold(name: str) -> str:
+    """The case-insensitive key of a username or email: ASCII letters lower-cased,
+    exactly what SQLite's NOCASE compares, so both backends accept the same names."""
+    return name.translate(_ASCII_LOWER)
+
+
+def _duplicate(exc: DuplicateKeyError | BulkWriteError) -> DuplicateKey:
+    details: Doc = exc.details or {}
+    if isinstance(exc, BulkWriteError):
+        errors = details.get("writeErrors") or [{}]
+        details = errors[0]
+    pattern = details.get("keyPattern") or {}
+    for key in pattern:
+        if key in _UNIQUE_FIELDS:
+            return DuplicateKey(_UNIQUE_FIELDS[key])
+    message = str(details.get("errmsg", exc))
+    for key, name in _UNIQUE_FIELDS.items():
+        if key in message:
+            return DuplicateKey(name)
+    return DuplicateKey("id")
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Driver errors -> the port's errors."""
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        raise _duplicate(exc) from None
+    except BulkWriteError as exc:
+        if any(e.get("code") == 11000 for e in (exc.details or {}).get("writeErrors", [])):
+            raise _duplicate(exc) from None
+        raise StorageUnavailable(f"mongodb: {exc}") from exc
+    except PyMongoError as exc:
+        raise StorageUnavailable(f"mongodb: {type(exc).__name__}: {exc}") from exc
+
+
+# ---- documents <-> records ----------------------------------------------------------------
+
+
+def _player_doc(p: PlayerRecord) -> Doc:
+    doc: Doc = {
+        "_id": p.id,
+        "username": p.username,
+        "username_key": fold(p.username),
+        "password_hash": p.password_hash,
+        "role": p.role,
+        "is_guest": p.is_guest,
+        "created_at": p.created_at,
+        "settings": p.settings,
+        "flag_reason": p.flag_reason,
+        "last_violation_at": p.last_violation_at,
+        "violations_total": p.violations_total,
+    }
+    if p.email is not None:
+        doc["email"] = p.email
+        doc["email_key"] = fold(p.email)
+    if p.flagged_at is not None:
+        doc["flagged_at"] = p.flagged_at
+    if p.device_id is not None:
+        doc["device_id"] = p.device_id
+    return doc
+
+
+def _player(d: Doc | None) -> PlayerRecord | None:
+    if d is None:
+        return None
+    return PlayerRecord(
+        id=d["_id"],
+        username=d["username"],
+        created_at=d["created_at"],
+        role=d["role"],
+        is_guest=d["is_guest"],
+        email=d.get("email"),
+        password_hash=d.get("password_hash"),
+        device_id=d.get("device_id"),
+        settings=d.get("settings") or {},
+        flagged_at=d.get("flagged_at"),
+        flag_reason=d.get("flag_reason"),
+        last_violation_at=d.get("last_violation_at"),
+        violations_total=d.get("violations_total", 0),
+    )
+
+
+def _token_doc(r: RefreshTokenRecord) -> Doc:
+    return {
+        "_id": r.token_hash,
+        "family_id": r.family_id,
+        "player_id": r.player_id,
+        "issued_at": r.issued_at,
+        "expires_at": r.expires_at,
+        "spent_at": r.spent_at,
+        "revoked": r.revoked,
+    }
+
+
+def _token(d: Doc) -> RefreshTokenRecord:
+    return RefreshTokenRecord(
+        d["_id"], d["family_id"], d["player_id"], d["issued_at"], d["expires_at"], d.get("spent_at"), d["revoked"]
+    )
+
+
+def _snapshot_doc(s: Snapshot) -> Doc:
+    return {
+        "player_id": s.player_id,
+        "revision": s.revision,
+        "taken_at": s.taken_at,
+        "farm_value": s.farm_value,
+        "doc": s.doc,
+    }
+
+
+def _snapshot(d: Doc) -> Snapshot:
+    return Snapshot(d["player_id"], d["revision"], d["taken_at"], d["farm_value"], d["doc"])
+
+
+def _idem_doc(r: IdempotencyRecord) -> Doc:
+    return {
+        "player_id": r.player_id,
+        "key": r.key,
+        "request_hash": r.request_hash,
+        "status": r.status,
+        "body": r.body,
+        "created_at": r.created_at,
+    }
+
+
+def _idem(d: Doc) -> IdempotencyRecord:
+    return IdempotencyRecord(d["player_id"], d["key"], d["request_hash"], d["status"], bytes(d["body"]), d["created_at"])
+
+
+def _audit_doc(r: AuditRecord) -> Doc:
+    return {"at": r.at, "admin_id": r.admin_id, "action": r.action, "target": r.target, "details": r.details}
+
+
+def _audit(d: Doc) -> AuditRecord:
+    return AuditRecord(d["at"], d["admin_id"], d["action"], d.get("target"), d.get("details") or {})
+
+
+class MongoStore:
+    name = "mongodb"
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        database: str | None = None,
+        pool_size: int = 50,
+        timeout_s: float = 5.0,
+        snapshot_history: int = 50,
+        snapshot_daily_days: int = 30,
+        transactions: bool | None = None,
+    ) -> None:
+        """`transactions` None detects support at open; False forces the per-farm fallback."""
+        self.uri = uri
+        self.database_name = database
+        self.pool_size = pool_size
+        self.timeout_s = timeout_s
+        self.retention = (snapshot_history, snapshot_daily_days)
+        self._want_transactions = transactions
+        self.transactions = False
+        self.replica_set = False
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._db: AsyncDatabase[Doc] | None = None
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    @property
+    def db(self) -> AsyncDatabase[Doc]:
+        if self._db is None:
+            raise StorageUnavailable("mongodb: store is not open")
+        return self._db
+
+    @property
+    def client(self) -> AsyncMongoClient[Doc]:
+        if self._client is None:
+            raise StorageUnavailable("mongodb: store is not open")
+        return self._client
+
+    def _c(self, name: str) -> AsyncCollection[Doc]:
+        return self.db[name]
+
+    async def open(self) -> None:
+        ms = max(1, int(self.timeout_s * 1000))
+        try:
+            client: AsyncMongoClient[Doc] = AsyncMongoClient(
+                self.uri,
+                maxPoolSize=self.pool_size,
+                serverSelectionTimeoutMS=ms,
+                connectTimeoutMS=ms,
+                socketTimeoutMS=ms,
+                retryWrites=True,
+                retryReads=True,
+                appname="llamawool",
+                tz_aware=False,
+            )
+        except (ConfigurationError, ValueError) as exc:
+            raise StorageUnavailable(f"mongodb: bad MONGODB_URI: {exc}") from exc
+        self._client = client
+        try:
+            with _errors():
+                hello: Doc = await client.admin.command("hello")
+                # A replica set (setName) or mongos (msg isdbgrid) runs multi-document
+                # transactions and can acknowledge a write on a majority.
+                self.replica_set = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+                sessions = hello.get("logicalSessionTimeoutMinutes") is not None
+                supported = self.replica_set and sessions
+                want = self._want_transactions
+                self.transactions = supported if want is None else (want and supported)
+                name = self.database_name or client.get_default_database(DEFAULT_DATABASE).name
+                wc = WriteConcern("majority", wtimeout=ms) if self.replica_set else WriteConcern(w=1)
+                self._db = client.get_database(name, write_concern=wc)
+                await self._create_indexes()
+        except BaseException:
+            await client.close()
+            self._client = None
+            self._db = None
+            raise
+
+    async def _create_indexes(self) -> None:
+        string = {"$type": "string"}
+        await self._c("players").create_indexes(
+            [
+                IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
+                IndexModel(
+                    [("email_key", ASCENDING)],
+                    unique=True,
+                    partialFilterExpression={"email_key": string},
+                    name="email_unique",
+                ),
+                IndexModel(
+                    [("device_id", ASCENDING)],
+                    unique=True,
+                    partialFilterExpression={"device_id": string},
+                    name="device_unique",
+                ),
+                IndexModel(
+                    [("flagged_at", ASCENDING)],
+                    partialFilterExpression={"flagged_at": {"$exists": True}},
+                    name="flagged",
+                ),
+            ]
+        )
+        await self._c("refresh_tokens").create_indexes(
+            [
+                IndexModel([("family_id", ASCENDING)], name="by_family"),
+                IndexModel([("player_id", ASCENDING)], name="by_player"),
+            ]
+        )
+        await self._c("snapshots").create_indexes(
+            [IndexModel([("player_id", ASCENDING), ("revision", ASCENDING)], unique=True, name="by_farm_revision")]
+        )
+        await self._c("idempotency").create_indexes(
+            [IndexModel([("player_id", ASCENDING), ("key", ASCENDING)], unique=True, name="by_player_key")]
+        )
+        await self._c("audit_log").create_indexes([IndexModel([("at", ASCENDING), ("_id", ASCENDING)], name="by_time")])
+
+    async def close(self) -> None:
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            with contextlib.suppress(PyMongoError):
+                await client.close()
+
+    async def ping(self) -> None:
+        with _errors():
+            await self.client.admin.command("ping")
+
+    async def _transaction(self, fn: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
+        """Run `fn` in one transaction, retried on transient errors until the timeout.
+
+        Without transaction support `fn` runs once with no session (each write
+        atomic on its own)."""
+        if not self.transactions:
+            return await fn(None)
+        deadline = time.monotonic() + self.timeout_s
+        async with self.client.start_session() as session:
+            while True:
+                try:
+                    await session.start_transaction()
+                    out = await fn(session)
+                    await self._commit_transaction(session, deadline)
+                    return out
+                except PyMongoError as exc:
+                    if session.in_transaction:
+                        with contextlib.suppress(PyMongoError):
+                            await session.abort_transaction()
+                    if isinstance(exc, OperationFailure) and exc.code in _NO_TRANSACTIONS:
+                        # The deployment changed under us (or lied in hello): fall back for good.
+                        self.transactions = False
+                        return await fn(None)
+                    if exc.has_error_label("TransientTransactionError") and time.monotonic() < deadline:
+                        await asyncio.sleep(0.005)
+                        continue
+                    raise
+
+    @staticmethod
+    async def _commit_transaction(session: AsyncClientSession, deadline: float) -> None:
+        while True:
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as exc:
+                if exc.has_error_label("UnknownTransactionCommitResult") and time.monotonic() < deadline:
+                    continue
+                raise
+
+    # ---- players --------------------------------------------------------------------------
+
+    async def create_player(self, player: PlayerRecord) -> PlayerRecord:
+        players = self._c("players")
+        with _errors():
+            if player.device_id is not None:
+                found = _player(await players.find_one({"device_id": player.device_id}))
+                if found is not None:
+                    return found
+            try:
+                await players.insert_one(_player_doc(player))
+            except DuplicateKeyError as exc:
+                dup = _duplicate(exc)
+                if dup.field == "device_id" and player.device_id is not None:
+                    # Another request registered this device a moment ago: theirs wins.
+                    found = _player(await players.find_one({"device_id": player.device_id}))
+                    if found is not None:
+                        return found
+                raise dup from None
+        return player
+
+    async def get_player(self, player_id: str) -> PlayerRecord | None:
+        with _errors():
+            return _player(await self._c("players").find_one({"_id": player_id}))
+
+    async def find_player(
+        self, *, email: str | None = None, username: str | None = None, device_id: str | None = None
+    ) -> PlayerRecord | None:
+        if device_id is not None:
+            query: Doc = {"device_id": device_id}
+        elif email is not None:
+            query = {"email_key": fold(email)}
+        elif username is not None:
+            query = {"username_key": fold(username)}
+        else:
+            return None
+        with _errors():
+            return _player(await self._c("players").find_one(query))
+
+    async def update_player(self, player: PlayerRecord) -> None:
+        doc = _player_doc(player)
+        doc.pop("_id")
+        doc.pop("device_id", None)  # a device stays with the player it was registered to
+        unset = {k: "" for k in ("email", "email_key", "flagged_at") if k not in doc}
+        update: Doc = {"$set": doc}
+        if unset:
+            update["$unset"] = unset
+        with _errors():
+            await self._c("players").update_one({"_id": player.id}, update)
+
+    async def delete_player(self, player_id: str) -> None:
+        async def run(s: AsyncClientSession | None) -> None:
+            for name, key in (
+                ("refresh_tokens", "player_id"),
+                ("snapshots", "player_id"),
+                ("idempotency", "player_id"),
+                ("farms", "_id"),
+                ("players", "_id"),  # last: an interrupted erase is finished by calling again
+            ):
+                await self._c(name).delete_many({key: player_id}, session=s)
+
+        with _errors():
+            await self._transaction(run)
+
+    async def count_players(self) -> int:
+        with _errors():
+            return await self._c("players").count_documents({})
+
+    async def usernames(self, player_ids: list[str]) -> dict[str, str]:
+        if not player_ids:
+            return {}
+        with _errors():
+            cursor = self._c("players").find({"_id": {"$in": player_ids}}, {"username": 1})
+            return {d["_id"]: d["username"] async for d in cursor}
+
+    async def list_flagged(self) -> list[PlayerRecord]:
+        with _errors():
+            cursor = self._c("players").find({"flagged_at": {"$exists": True}})
+            return [p async for d in cursor if (p := _player(d)) is not None]
+
+    # ---- refresh tokens -----------------------------------------------------------------------
+
+    async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
+        with _errors():
+            await self._c("refresh_tokens").insert_one(_token_doc(record))
+
+    async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
+        tokens = self._c("refresh_tokens")
+        with _errors():
+            # One atomic conditional update: of any number of concurrent spends, one wins.
+            fresh = await tokens.find_one_and_update(
+                {"_id": token_hash, "spent_at": None, "revoked": False}, {"$set": {"spent_at": now}}
+            )
+            if fresh is not None:
+                rec = _token(fresh)
+                rec.spent_at = now
+                return SpendResult(rec)
+            seen = await tokens.find_one({"_id": token_hash})
+            if seen is None:
+                return SpendResult(None)
+            await tokens.update_many({"family_id": seen["family_id"]}, {"$set": {"revoked": True}})
+            return SpendResult(_token(seen), reused=True)
+
+    async def revoke_family(self, family_id: str) -> None:
+        with _errors():
+            await self._c("refresh_tokens").update_many({"family_id": family_id}, {"$set": {"revoked": True}})
+
+    async def revoke_player_tokens(self, player_id: str) -> None:
+        with _errors():
+            await self._c("refresh_tokens").update_many({"player_id": player_id}, {"$set": {"revoked": True}})
+
+    # ---- farms ---------------------------------------------------------------------------------
+
+    async def load_farm(self, player_id: str) -> StoredFarm | None:
+        with _errors():
+            d = await self._c("farms").find_one({"_id": player_id}, {"revision": 1, "doc": 1, "last_active": 1})
+        if d is None:
+            return None
+        return StoredFarm(player_id, d["revision"], d["doc"], d["last_active"])
+
+    async def commit(self, batch: list[FarmCommit]) -> list[bool]:
+        if not batch:
+            return []
+
+        async def run(s: AsyncClientSession | None) -> list[bool]:
+            return [await self._commit_one(item, s) for item in batch]
+
+        with _errors():
+            return await self._transaction(run)
+
+    async def _commit_one(self, item: FarmCommit, s: AsyncClientSession | None) -> bool:
+        farms = self._c("farms")
+        fields: Doc = {"revision": item.revision, "doc": item.doc, "last_active": item.last_active}
+        if s is None and item.idempotency is not None:
+            # No transaction: the replay answer rides in the farm's own atomic update.
+            fields["idem"] = _idem_doc(item.idempotency)
+        if item.expected_revision is None:
+            try:
+                r = await farms.update_one({"_id": item.player_id}, {"$setOnInsert": fields}, upsert=True, session=s)
+            except DuplicateKeyError:  # a concurrent create won
+                return False
+            ok = r.upserted_id is not None
+        else:
+            r = await farms.update_one(
+                {"_id": item.player_id, "revision": item.expected_revision}, {"$set": fields}, session=s
+            )
+            ok = r.matched_count == 1
+        if not ok:
+            return False
+        if item.idempotency is not None:
+            idem = item.idempotency
+            await self._c("idempotency").replace_one(
+                {"player_id": idem.player_id, "key": idem.key}, _idem_doc(idem), upsert=True, session=s
+            )
+        if item.snapshot is not None:
+            await self._insert_snapshot(item.snapshot, s)
+        return True
+
+    async def touch_farms(self, items: list[tuple[str, float]]) -> None:
+        if not items:
+            return
+        ops = [UpdateOne({"_id": pid}, {"$max": {"last_active": t}}) for pid, t in items]
+        with _errors():
+            await self._c("farms").bulk_write(ops, ordered=False)
+
+    async def add_snapshots(self, snapshots: list[Snapshot]) -> None:
+        with _errors():
+            for snap in snapshots:
+                await self._insert_snapshot(snap, None)
+
+    async def _insert_snapshot(self, snap: Snapshot, s: AsyncClientSession | None) -> None:
+        """Upsert, then apply the retention policy (`base.retained_revisions`).
+
+        Only revisions this call has seen and judged are deleted, so two writers
+        pruning the same farm at once cannot delete each other's new snapshot."""
+        snaps = self._c("snapshots")
+        await snaps.replace_one(
+            {"player_id": snap.player_id, "revision": snap.revision}, _snapshot_doc(snap), upsert=True, session=s
+        )
+        cursor = snaps.find({"player_id": snap.player_id}, {"_id": 0, "revision": 1, "taken_at": 1}, session=s)
+        seen = [(d["revision"], d["taken_at"]) async for d in cursor]
+        keep = retained_revisions(seen, snap.taken_at, *self.retention)
+        drop = [rev for rev, _ in seen if rev not in keep]
+        if drop:
+            await snaps.delete_many({"player_id": snap.player_id, "revision": {"$in": drop}}, session=s)
+
+    async def list_snapshots(self, player_id: str, limit: int) -> list[Snapshot]:
+        if limit <= 0:
+            return []
+        with _errors():
+            cursor = self._c("snapshots").find({"player_id": player_id}).sort("revision", DESCENDING).limit(limit)
+            return [_snapshot(d) async for d in cursor]
+
+    async def get_snapshot(self, player_id: str, revision: int) -> Snapshot | None:
+        with _errors():
+            d = await self._c("snapshots").find_one({"player_id": player_id, "revision": revision})
+        return _snapshot(d) if d else None
+
+    async def get_idempotency(self, player_id: str, key: str) -> IdempotencyRecord | None:
+        with _errors():
+            d = await self._c("idempotency").find_one({"player_id": player_id, "key": key})
+            if d is None:
+                # A fallback commit's record, should its copy to the collection have been cut short.
+                farm = await self._c("farms").find_one({"_id": player_id, "idem.key": key}, {"idem": 1})
+                d = farm["idem"] if farm else None
+        return _idem(d) if d else None
+
+    # ---- audit -------------------------------------------------------------------------------------
+
+    async def add_audit(self, record: AuditRecord) -> None:
+        with _errors():
+            await self._c("audit_log").insert_one(_audit_doc(record))
+
+    async def list_audit(self, limit: int) -> list[AuditRecord]:
+        if limit <= 0:
+            return []
+        with _errors():
+            cursor = self._c("audit_log").find().sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            return [_audit(d) async for d in cursor]
+
+    # ---- whole-store export / import (backup, restore, migrate) ---------------------------------------
+
+    async def export_all(self) -> AsyncIterator[Record]:
+        """Every record, in the canonical order `base.Record` documents."""
+        with _errors():
+            async for d in self._c("players").find().sort("_id", ASCENDING):
+                p = _player(d)
+                if p is not None:
+                    yield p
+            async for d in self._c("refresh_tokens").find().sort("_id", ASCENDING):
+                yield _token(d)
+            async for d in self._c("farms").find().sort("_id", ASCENDING):
+                yield StoredFarm(d["_id"], d["revision"], d["doc"], d["last_active"])
+            cursor = self._c("snapshots").find().sort([("player_id", ASCENDING), ("revision", ASCENDING)])
+            async for d in cursor:
+                yield _snapshot(d)
+            async for d in self._c("idempotency").find().sort([("player_id", ASCENDING), ("key", ASCENDING)]):
+                yield _idem(d)
+            async for d in self._c("audit_log").find().sort([("at", ASCENDING), ("_id", ASCENDING)]):
+                yield _audit(d)
+
+    async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
+        """Upsert every record by its natural key (safe to re-run); snapshots bypass
+        retention; audit entries already present (same content) are not added twice."""
+        counts: dict[str, int] = {}
+        have: dict[tuple[Any, ...], int] = {}
+        with _errors():
+            async for d in self._c("audit_log").find():
+                k = audit_key(_audit(d))
+                have[k] = have.get(k, 0) + 1
+        pending: dict[str, list[Any]] = {}
+
+        async def flush() -> None:
+            for name, ops in pending.items():
+                if ops:
+                    with _errors():
+                        if name == "audit_log":
+                            await self._c(name).insert_many(ops, ordered=True)
+                        else:
+                            await self._c(name).bulk_write(ops, ordered=True)
+            pending.clear()
+
+        size = 0
+        async for rec in records:
+            name, op = self._import_op(rec, have)
+            counts[type(rec).__name__] = counts.get(type(rec).__name__, 0) + 1
+            if op is None:
+                continue
+            pending.setdefault(name, []).append(op)
+            size += 1
+            if size >= IMPORT_CHUNK:
+                await flush()
+                size = 0
+        await flush()
+        return counts
+
+    @staticmethod
+    def _import_op(rec: Record, have: dict[tuple[Any, ...], int]) -> tuple[str, Any]:
+        if isinstance(rec, PlayerRecord):
+            return "players", ReplaceOne({"_id": rec.id}, _player_doc(rec), upsert=True)
+        if isinstance(rec, RefreshTokenRecord):
+            return "refresh_tokens", ReplaceOne({"_id": rec.token_hash}, _token_doc(rec), upsert=True)
+        if isinstance(rec, StoredFarm):
+            doc = {"_id": rec.player_id, "revision": rec.revision, "doc": rec.doc, "last_active": rec.last_active}
+            return "farms", ReplaceOne({"_id": rec.player_id}, doc, upsert=True)
+        if isinstance(rec, Snapshot):
+            key = {"player_id": rec.player_id, "revision": rec.revision}
+            return "snapshots", ReplaceOne(key, _snapshot_doc(rec), upsert=True)
+        if isinstance(rec, IdempotencyRecord):
+            key = {"player_id": rec.player_id, "key": rec.key}
+            return "idempotency", ReplaceOne(key, _idem_doc(rec), upsert=True)
+        if isinstance(rec, AuditRecord):
+            k = audit_key(rec)
+            if have.get(k, 0) > 0:
+                have[k] -= 1
+                return "audit_log", None
+            return "audit_log", _audit_doc(rec)
+        raise TypeError(f"not a store record: {type(rec).__name__}")

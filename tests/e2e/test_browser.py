@@ -1,0 +1,468 @@
+"""The reference web client (llamawool/web/) in a real browser.
+
+Playwright's Python API drives Debian's `chromium` (never a downloaded browser)
+against real servers started as subprocesses. `make test` installs both
+(`make e2e-deps`); without them these tests skip, except under CI=true where a
+missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO, ServerProcess, in_ci
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "test-artifacts"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+HOUR = 3600.0
+
+
+def _unavailable(what: str) -> None:
+    if in_ci():
+        pytest.fail(f"{what}: CI must run the browser tests (`make e2e-deps` installs it)")
+    pytest.skip(f"{what}; `make test` installs it (via `make e2e-deps`)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+    path = shutil.which("chromium")
+    if path is None:
+        _unavailable("Debian's chromium is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the tests that do not restart it."""
+    s = ServerProcess(tmp_path_factory.mktemp("e2e") / "data").start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server this test may stop, edit the storage of, and start again."""
+    s = ServerProcess(tmp_path / "data").start()
+    yield s
+    s.kill()
+
+
+class Tab:
+    """A browser context (its own localStorage: its own guest) with one page."""
+
+    def __init__(self, browser: Any, url: str, viewport: dict[str, int] = DESKTOP, device_id: str | None = None):
+        self.url = url
+        self.context = browser.new_context(viewport=viewport)
+        if device_id is not None:
+            self.context.add_init_script(f"localStorage.setItem('llamawool.device_id', {json.dumps(device_id)})")
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.sent: list[dict[str, Any]] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        self.page.on("websocket", self._websocket)
+
+    def _console(self, msg: Any) -> None:
+        if msg.type != "error":
+            return
+        where = (msg.location or {}).get("url", "")
+        # Until leaderboards land, the panel's 404 is expected (it says "not available").
+        if "Failed to load resource" in msg.text and "/api/v1/leaderboards/" in where:
+            return
+        self.errors.append(f"console: {msg.text} ({where})")
+
+    def _websocket(self, ws: Any) -> None:
+        def sent(payload: str | bytes) -> None:
+            if isinstance(payload, str):
+                self.sent.append({"at": time.monotonic(), **json.loads(payload)})
+
+        ws.on("framesent", sent)
+
+    def open(self) -> Tab:
+        self.page.goto(self.url)
+        self.wait_online()
+        return self
+
+    def wait_online(self, timeout: float = 15.0) -> None:
+        self.page.wait_for_selector("#conn[data-state=online]", timeout=timeout * 1000)
+        self.page.wait_for_selector("main:not([aria-busy])", timeout=timeout * 1000)
+
+    def js(self, expr: str) -> Any:
+        return self.page.evaluate(expr)
+
+    def wait_for(self, expr: str, timeout: float = 10.0) -> None:
+        self.page.wait_for_function(expr, timeout=timeout * 1000)
+
+    def balance(self, tier: str = "basic") -> float:
+        value = self.page.get_attribute(f"#tiers [data-tier={tier}] .tier-amount", "data-value")
+        assert value is not None
+        return float(value)
+
+    def text(self, selector: str) -> str:
+        return self.page.inner_text(selector)
+
+    def shears_confirmed(self) -> int:
+        return int(self.js("llamawool.model.farm.stats.shears"))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def tab(browser: Any, server: ServerProcess) -> Iterator[Tab]:
+    t = Tab(browser, server.url + "/")
+    yield t
+    t.close()
+
+
+def screenshot(page: Any, name: str, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+# ---- storage surgery (the server is stopped while it happens) ----------------------
+
+
+def edit_farm(data_dir: Path, player_id: str, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite one farm's stored document; the server must be stopped."""
+    db = sqlite3.connect(data_dir / "llamawool.sqlite3")
+    try:
+        row = db.execute("SELECT doc FROM farms WHERE player_id = ?", (player_id,)).fetchone()
+        assert row is not None, f"no stored farm for {player_id}"
+        doc = json.loads(row[0])
+        change(doc)
+        db.execute(
+            "UPDATE farms SET doc = ?, last_active = ? WHERE player_id = ?",
+            (json.dumps(doc).encode(), doc["last_active"], player_id),
+        )
+        db.commit()
+    finally:
+        db.close()
+
+
+def guest_with_farm(server: ServerProcess, device_id: str) -> str:
+    """Create a guest and its farm over REST; returns the player id."""
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
+        req = urllib.request.Request(server.url + "/api/v1" + path, method=method)  # noqa: S310 - loopback
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+            req.data = json.dumps(body).encode()
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read())
+
+    auth = call("POST", "/auth/guest", {"device_id": device_id})
+    farm = call("GET", "/farm", token=auth["access_token"])
+    return str(farm["player_id"])
+
+
+# ---- the tests ---------------------------------------------------------------------------
+
+
+def test_page_loads_without_console_errors(tab: Tab) -> None:
+    tab.open()
+    assert tab.page.title() == "Llama Wool Farm"
+    assert tab.page.is_visible("#tiers [data-tier=basic]")
+    assert "Basic Wool" in tab.text("#tiers")
+    assert tab.page.is_visible("[data-building=barn]")
+    # Guest login kept a device id and a token pair in localStorage.
+    assert tab.js("localStorage.getItem('llamawool.device_id')").startswith("web-")
+    assert tab.js("JSON.parse(localStorage.getItem('llamawool.session')).player.is_guest") is True
+    tab.page.wait_for_timeout(2500)  # a few ticks and frames
+    # Leaderboards show the player's rank, or degrade gracefully where the server has none.
+    tab.wait_for("/Your rank: #|not available/.test(document.querySelector('#board-panel').textContent)")
+    # Every control has an accessible name.
+    unnamed = tab.js(
+        """[...document.querySelectorAll('button, input, [role=tab]')]
+             .filter(e => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim()))
+             .map(e => e.outerHTML.slice(0, 80))"""
+    )
+    assert unnamed == []
+    assert tab.errors == []
+
+
+def test_number_formatting(tab: Tab) -> None:
+    tab.open()
+    got = tab.js(
+        """import('/static/format.js').then(f => [0, 0.1, 12.34, 999.4, 999.999, 1234, 1234567,
+             7.891e9, 4.56e12, 999999999999, -2500, 1e21].map(n => f.formatNumber(n)))"""
+    )
+    assert got == [
+        "0.00",
+        "0.10",
+        "12.3",
+        "999",
+        "1.00K",
+        "1.23K",
+        "1.23M",
+        "7.89B",
+        "4.56e12",
+        "1.00e12",
+        "-2.50K",
+        "1.00e21",
+    ]
+
+
+def test_basic_balance_rises_smoothly(tab: Tab) -> None:
+    tab.open()
+    samples = []
+    for _ in range(12):
+        samples.append(tab.balance())
+        tab.page.wait_for_timeout(120)
+    assert samples[-1] > samples[0], samples
+    assert all(b >= a for a, b in zip(samples, samples[1:], strict=False)), "the balance went backwards"
+    # It counts up between ticks (one a second), not only when one arrives.
+    assert len(set(samples)) >= 6, samples
+    assert tab.text("#tiers [data-tier=basic] .tier-rate").endswith("/s")
+
+
+def test_shearing_adds_wool_in_batches(tab: Tab) -> None:
+    tab.open()
+    before = tab.balance()
+    for _ in range(5):
+        tab.page.click("#shear-btn")
+    tab.page.keyboard.press("s")  # the keyboard shortcut shears too
+    tab.wait_for("llamawool.model.farm.stats.shears >= 6")
+    assert tab.balance() >= before + 6
+
+    # A burst far beyond the limit: the client sends at most 20 shears a message,
+    # never more than the bucket admits, and tells the player to slow down.
+    tab.js("for (let i = 0; i < 90; i++) document.querySelector('#shear-btn').click()")
+    assert "Slow down" in tab.text("#shear-slow")
+    tab.wait_for("llamawool.model.farm.stats.shears >= 40 && !llamawool.shearer.busy")
+    shears = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "shear"]
+    assert all(1 <= m["data"]["count"] <= 20 for m in shears)
+    assert all(isinstance(m.get("id"), str) for m in shears), "actions carry ids"
+    confirmed = tab.shears_confirmed()
+    assert confirmed == sum(m["data"]["count"] for m in shears), "the server dropped shears the client sent"
+    assert confirmed <= 6 + 40 + 5, "the client sent more than the bucket admits"
+    first, last = shears[0]["at"], shears[-1]["at"]
+    assert len(shears) <= 2 + (last - first) * 5, "shear messages are batched"
+    assert tab.errors == []
+
+
+def test_buying_a_barn_changes_the_rate(tab: Tab) -> None:
+    tab.open()
+    for _ in range(12):
+        tab.page.click("#shear-btn")
+    tab.wait_for("llamawool.model.farm.stats.shears >= 12 && llamawool.model.balance('basic') >= 10")
+    rate_before = tab.text("#tiers [data-tier=basic] .tier-rate")
+    value_rate_before = tab.text("#value-rate")
+    assert tab.text("[data-building=barn] .level-n") == "0"
+    tab.page.click("[data-building=barn] .btn-buy[data-q='1']")
+    tab.page.wait_for_selector("[data-building=barn] .level-n:text-is('1')", timeout=10000)
+    tab.wait_for(
+        f"document.querySelector('#tiers [data-tier=basic] .tier-rate').textContent !== {json.dumps(rate_before)}"
+    )
+    assert tab.text("#value-rate") != value_rate_before
+    # 0.1 base + 0.5 per barn, times the achievement bonuses: well above the base trickle.
+    assert float(tab.page.get_attribute("#value-rate", "data-value") or 0) > 0.5
+    assert tab.errors == []
+
+
+def test_expired_access_token_is_refreshed(tab: Tab) -> None:
+    tab.open()
+    player = tab.js("llamawool.player.id")
+    old = tab.js("JSON.parse(localStorage.getItem('llamawool.session'))")
+    # A token the server refuses: the socket closes with 4401 and the client refreshes.
+    tab.js(
+        """(() => { const s = JSON.parse(localStorage.getItem('llamawool.session'));
+                    s.access_token = 'not-a-valid-token';
+                    localStorage.setItem('llamawool.session', JSON.stringify(s)); })()"""
+    )
+    tab.page.reload()
+    tab.wait_online()
+    assert tab.js("llamawool.player.id") == player
+    new = tab.js("JSON.parse(localStorage.getItem('llamawool.session'))")
+    assert new["refresh_token"] != old["refresh_token"], "the refresh token rotated"
+
+
+def test_server_restart_mid_session_is_survived(browser: Any, own_server: ServerProcess) -> None:
+    tab = Tab(browser, own_server.url + "/").open()
+    try:
+        for _ in range(3):
+            tab.page.click("#shear-btn")
+        tab.wait_for("llamawool.model.farm.stats.shears >= 3 && !llamawool.shearer.busy")
+        assert tab.js("llamawool.welcomes") == 1
+
+        assert own_server.terminate() == 0  # drains: sockets are closed with 1012
+        tab.page.wait_for_selector("#conn[data-state=reconnecting]", timeout=10000)
+        assert "econnecting" in tab.text("#conn-text")
+        own_server.start()  # same port, same data folder
+
+        tab.wait_online(timeout=30)
+        assert tab.js("llamawool.welcomes") == 2
+        assert tab.shears_confirmed() >= 3, "the farm survived the restart"
+        before = tab.balance()
+        tab.page.click("#shear-btn")
+        tab.wait_for("llamawool.model.farm.stats.shears >= 4")
+        tab.page.wait_for_timeout(1200)
+        assert tab.balance() > before + 1, "the page continues: shears land and wool grows"
+        assert tab.text("#conn-text") == "Online"
+    finally:
+        tab.close()
+
+
+def test_offline_report_after_an_absence(browser: Any, own_server: ServerProcess) -> None:
+    tab = Tab(browser, own_server.url + "/").open()
+    try:
+        player = tab.js("llamawool.player.id")
+        tab.page.goto("about:blank")  # leave: the socket closes
+        own_server.terminate()
+
+        def two_hours_ago(doc: dict[str, Any]) -> None:
+            doc["online"] = False
+            doc["anchor_time"] -= 2 * HOUR
+            doc["last_active"] -= 2 * HOUR
+
+        edit_farm(own_server.data_dir, player, two_hours_ago)
+        own_server.start()
+
+        tab.page.goto(tab.url)  # come back
+        tab.wait_online()
+        dialog = tab.page.locator("#offline-dialog")
+        dialog.wait_for(state="visible", timeout=10000)
+        summary = tab.text("#offline-summary")
+        assert "You were away for 2 h" in summary, summary
+        assert "50% efficiency" in summary
+        gains = tab.text("#offline-gains")
+        assert "Basic Wool" in gains
+        # 0.1/s at 50 % for two hours: a few hundred basic wool.
+        assert tab.balance() > 300
+        screenshot(tab.page, "offline-report.png", full_page=False)
+        tab.page.click("#offline-dialog button:has-text('Collect')")
+        dialog.wait_for(state="hidden")
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+def rich_farm(doc: dict[str, Any]) -> None:
+    """A farm some hours into a run, for a screenshot that shows the game."""
+    now = time.time()
+    doc.update(
+        online=True,
+        anchor_time=now,
+        last_active=now,
+        balances=[2.35e6, 48210.0, 1520.0, 12.5, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0],
+        run_produced=[9.1e6, 8.4e5, 6.2e4, 9.5e3, 0.4, 0.0, 0.0, 0.0, 0.0, 0.0],
+        lifetime_value=4.2e7,
+        buildings={"barn": 25, "shears": 10, "transport": 8, "factory": 5, "lab": 1},
+        upgrades=["sharp_shears", "better_tools", "caffeine_pills", "selective_breeding"],
+        soul_shears=2,
+        prestige_count=1,
+        discovered=["basic", "silver", "golden", "rainbow", "cosmic"],
+        achievements={
+            key: now - 3600
+            for key in (
+                "first_wool",
+                "wool_collector",
+                "wool_tycoon",
+                "first_building",
+                "industrialist",
+                "first_prestige",
+                "dedicated_player",
+            )
+        },
+        play_time_s=5 * HOUR,
+    )
+
+
+@pytest.fixture(scope="module")
+def rich_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, str]]:
+    """A server holding one farm some hours into a run; yields (server, device id, player id)."""
+    s = ServerProcess(tmp_path_factory.mktemp("rich") / "data").start()
+    device = f"e2e-{uuid.uuid4().hex}"
+    player = guest_with_farm(s, device)
+    s.terminate()
+    edit_farm(s.data_dir, player, rich_farm)
+    s.start()
+    yield s, device, player
+    s.kill()
+
+
+def test_screenshot_of_the_main_view(browser: Any, rich_server: tuple[ServerProcess, str, str]) -> None:
+    server, device, player = rich_server
+    tab = Tab(browser, server.url + "/", device_id=device).open()
+    try:
+        assert tab.js("llamawool.player.id") == player
+        assert tab.page.locator("#tiers .tier:visible").count() == 5
+        assert tab.page.get_attribute("#prestige-btn", "aria-disabled") == "false"
+        assert tab.text("#tiers [data-tier=basic] .tier-amount").endswith("M")
+        tab.wait_for("/Your rank: #|not available/.test(document.querySelector('#board-panel').textContent)")
+        tab.page.wait_for_timeout(1000)
+        path = screenshot(tab.page, "main-view.png")
+        docs = REPO / "docs" / "screenshot.png"
+        docs.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, docs)
+        assert path.stat().st_size > 20_000
+
+        tab.page.set_viewport_size(PHONE)
+        tab.page.wait_for_timeout(300)
+        screenshot(tab.page, "main-view-phone.png", full_page=False)
+        # Nothing overflows sideways on a phone.
+        assert tab.js("document.documentElement.scrollWidth") <= PHONE["width"]
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+def test_prestige_shows_the_preview_and_asks_first(browser: Any, rich_server: tuple[ServerProcess, str, str]) -> None:
+    server, device, _ = rich_server
+    tab = Tab(browser, server.url + "/", device_id=device).open()
+    try:
+        assert tab.js("llamawool.model.farm.soul_shears") == 2
+        tab.page.click("#prestige-btn")
+        tab.page.wait_for_selector("#prestige-dialog[open]")
+        tab.page.wait_for_selector("#prestige-confirm:not([disabled])")
+        assert "You will gain 1 soul shear" in tab.text("#prestige-preview")
+        # Backing out changes nothing.
+        tab.page.keyboard.press("Escape")
+        tab.page.wait_for_selector("#prestige-dialog:not([open])")
+        assert tab.js("llamawool.model.farm.soul_shears") == 2
+
+        tab.page.click("#prestige-btn")
+        tab.page.wait_for_selector("#prestige-confirm:not([disabled])")
+        tab.page.click("#prestige-confirm")
+        tab.page.wait_for_selector("#prestige-dialog:not([open])")
+        tab.wait_for("llamawool.model.farm.soul_shears === 3")
+        sent = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "prestige"]
+        assert [m["data"] for m in sent] == [{"action": "prestige", "confirm": True, "expected_gain": 1}]
+        assert tab.text("[data-building=barn] .level-n") == "0"
+        assert tab.text("#soul-shears") == "3"
+        assert tab.errors == []
+    finally:
+        tab.close()
