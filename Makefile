@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+DEPLOY_STAMP := $(VENV)/.deploy-$(shell cat constraints.txt requirements/deploy.txt requirements/checkov.txt | cksum | cut -d' ' -f1)
 
 .PHONY: serve test lint types unit install clean
 
@@ -15,6 +16,21 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 install: $(STAMP)
+
+.PHONY: deploy-deps manifests
+## The offline validators tests/deploy uses (checkov in its own venv: requirements/checkov.txt).
+$(DEPLOY_STAMP): $(STAMP) requirements/deploy.txt requirements/checkov.txt
+	$(PIP) install --quiet -c constraints.txt -r requirements/deploy.txt
+	@test -x $(VENV)/checkov/bin/python || $(PY) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet --disable-pip-version-check -r requirements/checkov.txt
+	@rm -f $(VENV)/.deploy-*
+	@touch $@
+
+deploy-deps: $(DEPLOY_STAMP)
+
+## Render the production manifests into deploy/rendered/ (and compose's alert rules).
+manifests: $(DEPLOY_STAMP)
+	$(PY) deploy/render.py
 
 ## Start the server on embedded defaults (SQLite in ./data, in-process coordination).
 serve: $(STAMP)
@@ -30,7 +46,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy llamawool
 
-unit: $(STAMP)
+unit: $(STAMP) deploy-deps
 	$(VENV)/bin/pytest -q
 
 clean:

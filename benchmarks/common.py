@@ -380,6 +380,371 @@ def access_tokens(ids: Sequence[str], ttl_s: int = 7200) -> list[str]:
     ]
 
 
+# ---- the load generator: a minimal WebSocket client on raw asyncio protocols ----------------
+#
+# The lightest client that keeps up: no library framing, one `data_received` per
+# TCP read, frames parsed with slicing, the receive instant taken once per read.
+# It runs in its own process (`python -m benchmarks.common loadgen`) on uvloop,
+# driven by JSON lines on stdin, answering JSON lines on stdout.
+
+
+class WsClient(asyncio.Protocol):
+    def __init__(self, gen: LoadGen, path: str, host: str) -> None:
+        self.gen = gen
+        self.path = path
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.upgraded = False
+        self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.pending: dict[int, float] = {}  # action id -> sent at
+        self.ticks = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = "dGhlIHNhbXBsZSBub25jZQ=="
+        self.transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.gen.open.discard(self)
+        if not self.welcome.done():
+            self.welcome.set_result(False)
+
+    def send_text(self, payload: bytes) -> None:
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x81, 0x80 | n))
+        else:
+            head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+        mask = os.urandom(4)
+        rep = (mask * (n // 4 + 1))[:n]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(rep, "big")).to_bytes(n, "big")
+        assert self.transport is not None
+        self.transport.write(head + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buf + data if self.buf else data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if b" 101 " not in buf[:end]:
+                self.welcome.set_result(False)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded = True
+            buf = buf[end + 4 :]
+        gen = self.gen
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            b0 = buf[pos]
+            n = buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            if size - pos < head + n:
+                break
+            payload = buf[pos + head : pos + head + n]
+            pos += head + n
+            op = b0 & 0x0F
+            if op == 1:
+                gen.on_text(self, payload, now)
+            elif op == 9:  # ping -> pong
+                assert self.transport is not None
+                self.send_control(0x8A, payload)
+            elif op == 8:
+                assert self.transport is not None
+                self.transport.close()
+        self.buf = buf[pos:] if pos < size else b""
+
+    def send_control(self, first: int, payload: bytes) -> None:
+        mask = b"\x00\x00\x00\x00"  # a zero mask is a valid mask
+        assert self.transport is not None
+        self.transport.write(bytes((first, 0x80 | len(payload))) + mask + payload)
+
+
+def _server_time(payload: bytes) -> float | None:
+    i = payload.find(b'"server_time":')
+    if i < 0:
+        return None
+    i += 14
+    j = i
+    while payload[j] in b"0123456789.eE+-":
+        j += 1
+    return float(payload[i:j])
+
+
+class LoadGen:
+    """Many WsClients; counts what arrives and how late ticks are."""
+
+    def __init__(self) -> None:
+        self.open: set[WsClient] = set()
+        self.measuring = False
+        self.messages = 0
+        self.tick_messages = 0
+        self.tick_bytes = 0
+        self.bytes = 0
+        self.lateness: list[float] = []
+        self.action_latency: list[float] = []
+        self.action_ok = 0
+        self.action_err = 0
+        self.errors: dict[str, int] = {}
+
+    def on_text(self, client: WsClient, payload: bytes, now: float) -> None:
+        if payload.startswith(b'{"type":"tick"'):
+            client.ticks += 1
+            if self.measuring:
+                self.messages += 1
+                self.tick_messages += 1
+                self.tick_bytes += len(payload)
+                self.bytes += len(payload)
+                st = _server_time(payload)
+                if st is not None:
+                    self.lateness.append(now - st)
+            return
+        if self.measuring:
+            self.messages += 1
+            self.bytes += len(payload)
+        if payload.startswith(b'{"type":"welcome"'):
+            if not client.welcome.done():
+                client.welcome.set_result(True)
+        elif payload.startswith(b'{"type":"result"') or payload.startswith(b'{"type":"error"'):
+            obj = orjson.loads(payload)
+            sent = client.pending.pop(obj.get("id"), None)
+            if sent is not None and self.measuring:
+                self.action_latency.append(now - sent)
+                if obj["type"] == "result":
+                    self.action_ok += 1
+                else:
+                    self.action_err += 1
+                    code = obj.get("data", {}).get("code", "?")
+                    self.errors[code] = self.errors.get(code, 0) + 1
+            if client.waiter is not None and not client.pending and not client.waiter.done():
+                client.waiter.set_result(None)
+
+    async def connect(self, url: str, tokens: list[str], local_addr: str, concurrency: int) -> dict[str, Any]:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        host, port = u.hostname or "127.0.0.1", u.port or 80
+        loop = asyncio.get_running_loop()
+        sem = asyncio.Semaphore(concurrency)
+        ok = 0
+        failed = 0
+        started = time.perf_counter()
+
+        async def one(token: str) -> None:
+            nonlocal ok, failed
+            async with sem:
+                try:
+                    path = f"{u.path}?token={token}" if token else u.path
+                    _, client = await loop.create_connection(
+                        lambda: WsClient(self, path, f"{host}:{port}"), host, port, local_addr=(local_addr, 0)
+                    )
+                    if await asyncio.wait_for(client.welcome, 60):
+                        self.open.add(client)
+                        ok += 1
+                    else:
+                        failed += 1
+                except (OSError, TimeoutError):
+                    failed += 1
+
+        await asyncio.gather(*(one(t) for t in tokens))
+        return {"connected": ok, "failed": failed, "seconds": time.perf_counter() - started, "open": len(self.open)}
+
+    def _reset(self) -> None:
+        self.messages = self.tick_messages = self.tick_bytes = self.bytes = 0
+        self.lateness = []
+        self.action_latency = []
+        self.action_ok = self.action_err = 0
+        self.errors = {}
+
+    async def measure(self, seconds: float) -> dict[str, Any]:
+        me = ProcStats(os.getpid())
+        self._reset()
+        me.start()
+        started = time.perf_counter()
+        self.measuring = True
+        await asyncio.sleep(seconds)
+        self.measuring = False
+        wall = time.perf_counter() - started
+        return self._summary(wall, me.cpu_fraction())
+
+    def _summary(self, wall: float, cpu: float) -> dict[str, Any]:
+        lat = self.lateness
+        act = self.action_latency
+        return {
+            "window_s": wall,
+            "messages": self.messages,
+            "messages_per_s": self.messages / wall,
+            "tick_messages": self.tick_messages,
+            "bytes_per_s": self.bytes / wall,
+            "mean_tick_bytes": self.tick_bytes / self.tick_messages if self.tick_messages else 0,
+            "lateness_p50_ms": percentile(lat, 50) * 1e3,
+            "lateness_p99_ms": percentile(lat, 99) * 1e3,
+            "lateness_max_ms": max(lat) * 1e3 if lat else float("nan"),
+            "loadgen_cpu": cpu,
+            "open": len(self.open),
+            "actions_ok": self.action_ok,
+            "actions_err": self.action_err,
+            "action_errors": self.errors,
+            "actions_per_s": (self.action_ok + self.action_err) / wall,
+            "action_p50_ms": percentile(act, 50) * 1e3,
+            "action_p99_ms": percentile(act, 99) * 1e3,
+        }
+
+    async def actions(self, seconds: float, rate: float, messages: list[str], in_flight: int) -> dict[str, Any]:
+        """Send WS actions: at `rate` per second in all (0 = as fast as replies come back),
+        at most `in_flight` unanswered per socket, rotating over sockets and `messages`."""
+        clients = [c for c in self.open if not c.closed]
+        for c in clients:
+            c.waiter = None
+            c.pending.clear()
+        me = ProcStats(os.getpid())
+        self._reset()
+        me.start()
+        started = time.perf_counter()
+        self.measuring = True
+        deadline = started + seconds
+        seq = 0
+        bodies = [m.encode() for m in messages]
+
+        def send(c: WsClient) -> None:
+            nonlocal seq
+            seq += 1
+            c.pending[seq] = time.time()
+            body = bodies[seq % len(bodies)]
+            c.send_text(b'{"type":"action","id":' + str(seq).encode() + b',"data":' + body + b"}")
+
+        if rate <= 0:
+
+            async def worker(c: WsClient) -> None:
+                while time.perf_counter() < deadline and not c.closed:
+                    c.waiter = asyncio.get_running_loop().create_future()
+                    for _ in range(in_flight):
+                        send(c)
+                    try:
+                        await asyncio.wait_for(c.waiter, 10)
+                    except TimeoutError:
+                        return
+
+            await asyncio.gather(*(worker(c) for c in clients))
+        else:
+            interval = 1.0 / rate
+            next_at = time.perf_counter()
+            i = 0
+            while time.perf_counter() < deadline:
+                now = time.perf_counter()
+                while next_at <= now:
+                    c = clients[i % len(clients)]
+                    i += 1
+                    if len(c.pending) < in_flight:
+                        send(c)
+                    next_at += interval
+                await asyncio.sleep(max(0.0, min(next_at - time.perf_counter(), 0.005)))
+            await asyncio.sleep(0.5)  # let the last answers in
+        self.measuring = False
+        wall = time.perf_counter() - started
+        return self._summary(min(wall, seconds) if rate > 0 else wall, me.cpu_fraction())
+
+    def close(self) -> int:
+        n = len(self.open)
+        for c in list(self.open):
+            if c.transport is not None:
+                c.transport.close()
+        self.open.clear()
+        return n
+
+
+async def _loadgen_main() -> None:
+    gen = LoadGen()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        cmd = orjson.loads(line)
+        op = cmd.pop("cmd")
+        if op == "connect":
+            out = await gen.connect(**cmd)
+        elif op == "measure":
+            out = await gen.measure(**cmd)
+        elif op == "actions":
+            out = await gen.actions(**cmd)
+        elif op == "close":
+            out = {"closed": gen.close()}
+            await asyncio.sleep(0.5)
+        elif op == "exit":
+            gen.close()
+            return
+        else:
+            out = {"error": f"unknown command {op}"}
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+        sys.stdout.flush()
+
+
+class LoadGenProcess:
+    """The parent's handle on a load-generator process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [PY, "-m", "benchmarks.common", "loadgen"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.stats = ProcStats(self.proc.pid)
+
+    def call(self, cmd: str, **kw: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(orjson.dumps({"cmd": cmd, **kw}) + b"\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited ({self.proc.poll()})")
+        out: dict[str, Any] = orjson.loads(line)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(b'{"cmd":"exit"}\n')
+                self.proc.stdin.close()
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> LoadGenProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # ---- the bare baselines (run as `python -m benchmarks.common KIND`) -----------------------
 
 
@@ -440,11 +805,17 @@ def _run_bare(kind: str, port: int, interval: float, payload_bytes: int) -> None
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.common")
-    p.add_argument("kind", choices=["bare-json", "bare-broadcast"])
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("kind", choices=["bare-json", "bare-broadcast", "loadgen"])
+    p.add_argument("--port", type=int)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--payload-bytes", type=int, default=300)
     a = p.parse_args(argv)
+    raise_nofile()
+    if a.kind == "loadgen":
+        import uvloop
+
+        uvloop.run(_loadgen_main())
+        return 0
     _run_bare(a.kind, a.port, a.interval, a.payload_bytes)
     return 0
 

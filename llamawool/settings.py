@@ -78,7 +78,9 @@ class Settings(BaseModel):
     lease_ttl_s: float = Field(10.0, gt=0, description="farm ownership lease (replicas)")
     rpc_timeout_s: float = Field(3.0, gt=0, description="how long to wait for a farm's owner to answer")
 
-    mongodb_uri: str | None = None
+    mongodb_uri: str | None = Field(None, description="MongoDB replaces SQLite when set (MONGODB_URI)")
+    mongodb_pool_size: int = Field(50, gt=0, description="connections per replica")
+    mongodb_timeout_s: float = Field(5.0, gt=0, description="server selection, connect and socket timeouts")
     redis_uri: str | None = None
 
     @model_validator(mode="after")

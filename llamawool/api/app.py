@@ -34,7 +34,7 @@ from . import (  # noqa: F401 - importing registers the routes
 )
 from .context import CTX, AppContext
 from .errors import ApiError, problem_response
-from .http import API_PREFIX, ROUTES, Handler, Route, authenticate
+from .http import API_PREFIX, PRINCIPAL, ROUTES, Handler, Route, authenticate
 from .routes_meta import OPS_ROUTES, openapi
 
 log = structlog.get_logger("llamawool.api")
@@ -56,7 +56,9 @@ def _wrap(r: Route) -> Handler:
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if r.access != "public":
-            request["principal"] = authenticate(request, request.app[CTX].auth.decode_access, r.access)
+            who = authenticate(request, request.app[CTX].auth.decode_access, r.access)
+            if who is not None:
+                request[PRINCIPAL] = who
         return await r.handler(request)
 
     handler.__name__ = r.handler.__name__

@@ -71,9 +71,10 @@ def problem_response(err: ApiError, request_id: str | None = None) -> web.Respon
     body = problem_body(err.code, err.detail, err.status, **err.extra)
     if request_id:
         body["request_id"] = request_id
-    return web.Response(
-        status=err.status,
-        body=orjson.dumps(body),
-        content_type=PROBLEM_TYPE,
-        headers=err.headers,
-    )
+    headers = dict(err.headers)
+    if err.status == 401:
+        headers.setdefault(
+            "WWW-Authenticate",
+            f'Bearer error="{"invalid_token" if err.code == "INVALID_TOKEN" else "invalid_request"}"',
+        )
+    return web.Response(status=err.status, body=orjson.dumps(body), content_type=PROBLEM_TYPE, headers=headers)

@@ -26,6 +26,7 @@ Access = Literal["public", "player", "admin"]
 M = TypeVar("M", bound=BaseModel)
 
 API_PREFIX = "/api/v1"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 @dataclass(slots=True)
@@ -149,7 +150,7 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 def principal(request: web.Request) -> Principal:
-    p: Principal | None = request.get("principal")
+    p: Principal | None = request.get(PRINCIPAL)
     if p is None:
         raise ApiError("AUTH_REQUIRED", "this route needs an access token")
     return p

@@ -70,6 +70,9 @@ async def guest(request: web.Request) -> web.Response:
     body = await read_body(request, GuestRequest)
     existing = await c.store.find_player(device_id=body.device_id)
     status = 200
+    if existing is not None and not existing.is_guest:
+        # The guest registered: the device id alone no longer opens the account.
+        raise ApiError("INVALID_CREDENTIALS", "this device's farm belongs to a registered account: log in")
     if existing is None:
         await c.anticheat.check_auth("guest", client_ip(request, c.trusted))
         pid = uuid.uuid4().hex

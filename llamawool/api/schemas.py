@@ -15,7 +15,8 @@ Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # strict: "5" is not a count and "true" is not a confirmation; wrong types are 422s
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GuestRequest(Request):

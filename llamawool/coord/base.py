@@ -130,9 +130,16 @@ class Coordinator(Protocol):
     async def claim_rollover(self, period: str) -> bool:
         """True exactly once per period across all replicas and restarts."""
 
-    # fan-out to every replica (a replica also hears its own messages)
+    # fan-out to every replica (a replica also hears its own messages); messages are JSON
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
     def subscribe(self, listener: Listener) -> None: ...
+
+    # presence: each replica reports how many players it serves; the sum is the online count
+    async def report_online(self, replica: str, count: int, now: float, ttl_s: float) -> None:
+        """This replica serves `count` players; the report lapses after `ttl_s` unless renewed."""
+
+    async def online_count(self, now: float) -> int:
+        """Players served by every replica whose report has not lapsed."""
 
     # farm ownership: one lease holder per farm
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:

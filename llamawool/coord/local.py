@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+import structlog
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from .base import BadCursor, BoardEntry, BoardPage, Cursor, LimitResult, Listener, ScoreUpdate
+
+log = structlog.get_logger("llamawool.coord")
 
 Key = tuple[float, float, float, str]  # (-score, -tiebreak, reached_at, player_id): ascending = best first
 
@@ -61,6 +65,7 @@ class LocalCoordinator:
         self.view_ttl_s = view_ttl_s
         self.view_refresh_s = view_refresh_s
         self._windows: dict[str, deque[float]] = {}
+        self._longest_window = 0.0
         self._boards: dict[tuple[str, str], _Board] = {}
         self._hidden: set[str] = set()
         self._rollovers: set[str] = set()
@@ -68,6 +73,7 @@ class LocalCoordinator:
         self._db: sqlite3.Connection | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="coord-local")
         self._hits = 0
+        self._online: dict[str, tuple[int, float]] = {}
         self.replica_id = uuid.uuid4().hex[:12]
         self._leases: dict[str, str] = {}
 
@@ -91,6 +97,7 @@ class LocalCoordinator:
             return rows, hidden, rolled
 
         rows, hidden, rolled = await asyncio.get_running_loop().run_in_executor(self._io, load)
+        self._boards = {}  # a reopened instance must not add the rows it still holds a second time
         for board, period, pid, score, tiebreak, reached_at in rows:
             b = self._board(board, period)
             key = (-score, -tiebreak, reached_at, pid)
@@ -107,6 +114,8 @@ class LocalCoordinator:
 
         await asyncio.get_running_loop().run_in_executor(self._io, close)
         self._io.shutdown(wait=True)
+        # A closed coordinator can be opened again (threads are only started when used).
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="coord-local")
 
     async def ping(self) -> None:
         return None
@@ -131,14 +140,17 @@ class LocalCoordinator:
             hits = self._windows[key] = deque()
         while hits and hits[0] <= now - window_s:
             hits.popleft()
+        self._longest_window = max(self._longest_window, window_s)
         self._hits += 1
         if self._hits % 10_000 == 0:
             self._sweep(now)
         return hits
 
     def _sweep(self, now: float) -> None:
-        # Keys are created per player/IP; drop the ones whose windows are empty.
-        for key in [k for k, v in self._windows.items() if not v or v[-1] < now - 3600]:
+        # Keys are created per player/IP; drop the ones whose windows are empty (no key's
+        # window is longer than the longest one asked for, which may exceed an hour).
+        horizon = max(3600.0, self._longest_window)
+        for key in [k for k, v in self._windows.items() if not v or v[-1] <= now - horizon]:
             del self._windows[key]
 
     async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
@@ -189,8 +201,11 @@ class LocalCoordinator:
     def _visible(self, key: Key) -> bool:
         return key[3] not in self._hidden
 
+    def _expired(self, view: _View, now: float) -> bool:
+        return now - view.created_at > self.view_ttl_s
+
     def _view(self, board: str, period: str, b: _Board, now: float) -> tuple[str, _View]:
-        for vid in [v for v, view in b.views.items() if now - view.created_at > self.view_ttl_s]:
+        for vid in [v for v, view in b.views.items() if self._expired(view, now)]:
             del b.views[vid]
         latest = b.views.get(b.latest_view) if b.latest_view else None
         if latest is not None and b.latest_view and now - latest.created_at < self.view_refresh_s:
@@ -211,6 +226,8 @@ class LocalCoordinator:
         offset = 0
         if cursor is not None:
             view = b.views.get(cursor.view)
+            if view is not None and self._expired(view, now):
+                view = None  # expired views are only swept when a new one is made; never serve one
             if view is not None:
                 vid, offset = cursor.view, cursor.offset
             elif cursor.after is None:
@@ -299,8 +316,24 @@ class LocalCoordinator:
     # ---- fan-out --------------------------------------------------------------------
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        # Messages cross a wire between replicas: only JSON goes (as with Redis), and each
+        # listener gets its own copy, so one listener's changes cannot leak into another's.
+        raw = orjson.dumps(message)
         for listener in list(self._listeners):
-            listener(channel, message)
+            try:
+                listener(channel, orjson.loads(raw))
+            except Exception:
+                log.exception("coord.listener_failed", channel=channel)
+
+    # ---- presence ---------------------------------------------------------------------
+
+    async def report_online(self, replica: str, count: int, now: float, ttl_s: float) -> None:
+        self._online[replica] = (count, now + ttl_s)
+
+    async def online_count(self, now: float) -> int:
+        for replica in [r for r, (_, until) in self._online.items() if until <= now]:
+            del self._online[replica]
+        return sum(count for count, _ in self._online.values())
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -178,8 +178,11 @@ class BoardFeed:
                 sink.send(text)
 
     async def subscribe(self, board: str, sink: Sink) -> None:
+        msg = await self.top_message(board, self.clock())
+        if not self.subscribers[board]:
+            self._last_top[board] = msg  # the only subscriber has it: the next push sends only a change
         self.subscribers[board].add(sink)
-        sink.send((await self.top_message(board, self.clock())).decode())
+        sink.send(msg.decode())
 
     def unsubscribe(self, sink: Sink, board: str | None = None) -> None:
         for b, sinks in self.subscribers.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..settings import Settings
 from .base import (
     AuditRecord,
@@ -9,6 +11,7 @@ from .base import (
     FarmCommit,
     IdempotencyRecord,
     PlayerRecord,
+    Record,
     RefreshTokenRecord,
     Snapshot,
     SpendResult,
@@ -17,11 +20,15 @@ from .base import (
     StoredFarm,
     StoreError,
 )
+from .mongo import MongoStore
 from .sqlite import SQLiteStore
 
 
 def open_store(settings: Settings) -> Store:
-    """The adapter the settings select (SQLite in the data folder by default)."""
+    """The adapter the settings select: MongoDB when `mongodb_uri` is set, else
+    SQLite in the data folder."""
+    if settings.mongodb_uri:
+        return store_from_uri(settings.mongodb_uri, settings)
     return SQLiteStore(
         settings.data_dir / "llamawool.sqlite3",
         synchronous=settings.sqlite_synchronous,
@@ -30,12 +37,37 @@ def open_store(settings: Settings) -> Store:
     )
 
 
+def store_from_uri(uri: str, settings: Settings) -> Store:
+    """`sqlite:///relative/path`, `sqlite:////absolute/path`, or `mongodb://` / `mongodb+srv://`."""
+    if uri.startswith(("mongodb://", "mongodb+srv://")):
+        return MongoStore(
+            uri,
+            pool_size=settings.mongodb_pool_size,
+            timeout_s=settings.mongodb_timeout_s,
+            snapshot_history=settings.snapshot_history,
+            snapshot_daily_days=settings.snapshot_daily_days,
+        )
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if not path:
+            raise ValueError(f"{uri!r}: no file path after sqlite:///")
+        return SQLiteStore(
+            Path(path),
+            synchronous=settings.sqlite_synchronous,
+            snapshot_history=settings.snapshot_history,
+            snapshot_daily_days=settings.snapshot_daily_days,
+        )
+    raise ValueError(f"{uri!r}: expected sqlite:///PATH or mongodb://...")
+
+
 __all__ = [
     "AuditRecord",
     "DuplicateKey",
     "FarmCommit",
     "IdempotencyRecord",
+    "MongoStore",
     "PlayerRecord",
+    "Record",
     "RefreshTokenRecord",
     "SQLiteStore",
     "Snapshot",
@@ -45,4 +77,5 @@ __all__ = [
     "StoreError",
     "StoredFarm",
     "open_store",
+    "store_from_uri",
 ]

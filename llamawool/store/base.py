@@ -137,7 +137,13 @@ def audit_key(record: AuditRecord) -> tuple[Any, ...]:
     re-running an interrupted import adds none twice."""
     import orjson
 
-    return (record.at, record.admin_id, record.action, record.target, orjson.dumps(record.details, option=orjson.OPT_SORT_KEYS))
+    return (
+        record.at,
+        record.admin_id,
+        record.action,
+        record.target,
+        orjson.dumps(record.details, option=orjson.OPT_SORT_KEYS),
+    )
 
 
 def retained_revisions(seen: list[tuple[int, float]], now: float, history: int, daily_days: int) -> set[int]:

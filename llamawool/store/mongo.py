@@ -213,7 +213,9 @@ def _idem_doc(r: IdempotencyRecord) -> Doc:
 
 
 def _idem(d: Doc) -> IdempotencyRecord:
-    return IdempotencyRecord(d["player_id"], d["key"], d["request_hash"], d["status"], bytes(d["body"]), d["created_at"])
+    return IdempotencyRecord(
+        d["player_id"], d["key"], d["request_hash"], d["status"], bytes(d["body"]), d["created_at"]
+    )
 
 
 def _audit_doc(r: AuditRecord) -> Doc:

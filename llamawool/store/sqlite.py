@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,14 +23,18 @@ from .base import (
     FarmCommit,
     IdempotencyRecord,
     PlayerRecord,
+    Record,
     RefreshTokenRecord,
     Snapshot,
     SpendResult,
     StorageUnavailable,
     StoredFarm,
+    audit_key,
 )
 
 T = TypeVar("T")
+EXPORT_PAGE = 1000
+IMPORT_CHUNK = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS players (
@@ -510,6 +514,171 @@ class SQLiteStore:
             return [AuditRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
 
         return await self._read(run)
+
+    # ---- whole-store export / import (backup, restore, migrate) -------------------------------
+
+    async def export_all(self) -> AsyncIterator[Record]:
+        """Every record in the canonical order of `base.Record`, read in keyset pages so
+        a large store streams in bounded memory."""
+        players = (
+            f"SELECT {', '.join('p.' + c.strip() for c in PLAYER_COLUMNS.split(','))}, "
+            "(SELECT device_id FROM devices d WHERE d.player_id = p.id LIMIT 1) "
+            "FROM players p WHERE p.id > ? ORDER BY p.id LIMIT ?"
+        )
+        async for row in self._pages(players, lambda r: (r[0],), ("",)):
+            player = _player(row[:12], row[12])
+            if player is not None:
+                yield player
+        tokens = (
+            "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+            "FROM refresh_tokens WHERE token_hash > ? ORDER BY token_hash LIMIT ?"
+        )
+        async for r in self._pages(tokens, lambda r: (r[0],), ("",)):
+            yield RefreshTokenRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+        farms = "SELECT player_id, revision, doc, last_active FROM farms WHERE player_id > ? ORDER BY player_id LIMIT ?"
+        async for r in self._pages(farms, lambda r: (r[0],), ("",)):
+            yield StoredFarm(r[0], r[1], orjson.loads(r[2]), r[3])
+        snaps = (
+            "SELECT player_id, revision, taken_at, farm_value, doc FROM snapshots "
+            "WHERE (player_id, revision) > (?, ?) ORDER BY player_id, revision LIMIT ?"
+        )
+        async for r in self._pages(snaps, lambda r: (r[0], r[1]), ("", -(2**63))):
+            yield Snapshot(r[0], r[1], r[2], r[3], orjson.loads(r[4]))
+        idem = (
+            "SELECT player_id, key, request_hash, status, body, created_at FROM idempotency "
+            "WHERE (player_id, key) > (?, ?) ORDER BY player_id, key LIMIT ?"
+        )
+        async for r in self._pages(idem, lambda r: (r[0], r[1]), ("", "")):
+            yield IdempotencyRecord(r[0], r[1], r[2], r[3], bytes(r[4]), r[5])
+        audit = (
+            "SELECT at, id, admin_id, action, target, details FROM audit_log "
+            "WHERE (at, id) > (?, ?) ORDER BY at, id LIMIT ?"
+        )
+        async for r in self._pages(audit, lambda r: (r[0], r[1]), (float("-inf"), -1)):
+            yield AuditRecord(r[0], r[2], r[3], r[4], orjson.loads(r[5]))
+
+    async def _pages(
+        self, sql: str, after: Callable[[tuple[Any, ...]], tuple[Any, ...]], start: tuple[Any, ...]
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        cursor = start
+        while True:
+            params = (*cursor, EXPORT_PAGE)
+
+            def page(c: sqlite3.Connection, params: tuple[Any, ...] = params) -> list[tuple[Any, ...]]:
+                return c.execute(sql, params).fetchall()
+
+            rows = await self._read(page)
+            for row in rows:
+                yield row
+            if len(rows) < EXPORT_PAGE:
+                return
+            cursor = after(rows[-1])
+
+    async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
+        """Upsert every record by its natural key (safe to re-run), one transaction per
+        chunk; snapshots bypass retention; audit entries already present are skipped."""
+
+        def existing_audit(c: sqlite3.Connection) -> dict[tuple[Any, ...], int]:
+            have: dict[tuple[Any, ...], int] = {}
+            for r in c.execute("SELECT at, admin_id, action, target, details FROM audit_log"):
+                k = audit_key(AuditRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4])))
+                have[k] = have.get(k, 0) + 1
+            return have
+
+        have = await self._read(existing_audit)
+        counts: dict[str, int] = {}
+        chunk: list[Record] = []
+
+        async def flush() -> None:
+            batch = list(chunk)
+            chunk.clear()
+            await self._write(lambda c: _import_rows(c, batch, have))
+
+        async for rec in records:
+            counts[type(rec).__name__] = counts.get(type(rec).__name__, 0) + 1
+            chunk.append(rec)
+            if len(chunk) >= IMPORT_CHUNK:
+                await flush()
+        if chunk:
+            await flush()
+        return counts
+
+
+def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[Any, ...], int]) -> None:
+    for rec in batch:
+        if isinstance(rec, PlayerRecord):
+            # ON CONFLICT(id) only: a clash on email or username must fail, not replace another player.
+            c.execute(
+                f"INSERT INTO players ({PLAYER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET username = excluded.username, email = excluded.email, "
+                "password_hash = excluded.password_hash, role = excluded.role, is_guest = excluded.is_guest, "
+                "created_at = excluded.created_at, settings = excluded.settings, flagged_at = excluded.flagged_at, "
+                "flag_reason = excluded.flag_reason, last_violation_at = excluded.last_violation_at, "
+                "violations_total = excluded.violations_total",
+                (
+                    rec.id,
+                    rec.username,
+                    rec.email,
+                    rec.password_hash,
+                    rec.role,
+                    int(rec.is_guest),
+                    rec.created_at,
+                    orjson.dumps(rec.settings).decode(),
+                    rec.flagged_at,
+                    rec.flag_reason,
+                    rec.last_violation_at,
+                    rec.violations_total,
+                ),
+            )
+            if rec.device_id is not None:
+                c.execute(
+                    "INSERT INTO devices (device_id, player_id) VALUES (?, ?) "
+                    "ON CONFLICT(device_id) DO UPDATE SET player_id = excluded.player_id",
+                    (rec.device_id, rec.id),
+                )
+        elif isinstance(rec, RefreshTokenRecord):
+            c.execute(
+                "INSERT OR REPLACE INTO refresh_tokens "
+                "(token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.token_hash,
+                    rec.family_id,
+                    rec.player_id,
+                    rec.issued_at,
+                    rec.expires_at,
+                    rec.spent_at,
+                    int(rec.revoked),
+                ),
+            )
+        elif isinstance(rec, StoredFarm):
+            c.execute(
+                "INSERT OR REPLACE INTO farms (player_id, revision, doc, last_active) VALUES (?, ?, ?, ?)",
+                (rec.player_id, rec.revision, orjson.dumps(rec.doc), rec.last_active),
+            )
+        elif isinstance(rec, Snapshot):
+            c.execute(
+                "INSERT OR REPLACE INTO snapshots (player_id, revision, taken_at, farm_value, doc) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (rec.player_id, rec.revision, rec.taken_at, rec.farm_value, orjson.dumps(rec.doc)),
+            )
+        elif isinstance(rec, IdempotencyRecord):
+            c.execute(
+                "INSERT OR REPLACE INTO idempotency (player_id, key, request_hash, status, body, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (rec.player_id, rec.key, rec.request_hash, rec.status, rec.body, rec.created_at),
+            )
+        elif isinstance(rec, AuditRecord):
+            k = audit_key(rec)
+            if have.get(k, 0) > 0:
+                have[k] -= 1
+                continue
+            c.execute(
+                "INSERT INTO audit_log (at, admin_id, action, target, details) VALUES (?, ?, ?, ?, ?)",
+                (rec.at, rec.admin_id, rec.action, rec.target, orjson.dumps(rec.details).decode()),
+            )
+        else:
+            raise TypeError(f"not a store record: {type(rec).__name__}")
 
 
 def _insert_snapshot(c: sqlite3.Connection, snap: Snapshot, keep: tuple[int, int]) -> None:

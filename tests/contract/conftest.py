@@ -17,6 +17,8 @@ import pytest
 
 from llamawool.store import SQLiteStore, Store
 
+from .mongo_backend import mongo_no_transactions_store, mongo_server, mongo_store  # noqa: F401 - a fixture
+
 # Small enough that a test can overflow them with a handful of snapshots.
 SNAPSHOT_HISTORY = 5
 SNAPSHOT_DAILY_DAYS = 2
@@ -38,6 +40,8 @@ async def sqlite_store(tmp_path: Path, history: int, daily_days: int) -> AsyncIt
 
 BACKENDS: dict[str, StoreFactory] = {
     "sqlite": sqlite_store,
+    "mongo": mongo_store,
+    "mongo-no-txn": mongo_no_transactions_store,
 }
 
 

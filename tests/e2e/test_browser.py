@@ -451,13 +451,13 @@ def test_prestige_shows_the_preview_and_asks_first(browser: Any, rich_server: tu
         assert "You will gain 1 soul shear" in tab.text("#prestige-preview")
         # Backing out changes nothing.
         tab.page.keyboard.press("Escape")
-        tab.page.wait_for_selector("#prestige-dialog:not([open])")
+        tab.page.wait_for_selector("#prestige-dialog:not([open])", state="attached")
         assert tab.js("llamawool.model.farm.soul_shears") == 2
 
         tab.page.click("#prestige-btn")
         tab.page.wait_for_selector("#prestige-confirm:not([disabled])")
         tab.page.click("#prestige-confirm")
-        tab.page.wait_for_selector("#prestige-dialog:not([open])")
+        tab.page.wait_for_selector("#prestige-dialog:not([open])", state="attached")
         tab.wait_for("llamawool.model.farm.soul_shears === 3")
         sent = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "prestige"]
         assert [m["data"] for m in sent] == [{"action": "prestige", "confirm": True, "expected_gain": 1}]

@@ -521,7 +521,7 @@ async def test_a_failed_transaction_fails_every_waiter_and_the_committer_carries
         results = await asyncio.gather(*(committer.commit(create(f"p{i}")) for i in range(3)), return_exceptions=True)
 
         assert all(isinstance(r, StorageUnavailable) for r in results)
-        assert all(await store.load_farm(f"p{i}") is None for i in range(3))
+        assert [await store.load_farm(f"p{i}") for i in range(3)] == [None] * 3
         assert await committer.commit(create("p0"))
         assert await store.load_farm("p0") is not None
 

@@ -154,7 +154,9 @@ Deliberate checkov skips shared by every pod template, each with its reason
 {{- define "llamawool.checkovSkips" -}}
 checkov.io/skip1: CKV_K8S_40=The image runs as uid 1001 by specification (issue 5, seed Dockerfile); runAsNonRoot, no privilege escalation and drop ALL still apply.
 checkov.io/skip2: CKV_K8S_35=MONGODB_URI and REDIS_URI are read from the environment only (llamawool/settings.py has no *_FILE variant); the JWT secret is mounted as a file.
-checkov.io/skip3: CKV_K8S_43=Images are deployed by immutable release tag from CI; set image.digest to pin by digest where the registry allows it.
+{{- if not .Values.image.digest }}
+checkov.io/skip3: CKV_K8S_43=Images are deployed by immutable release tag from CI; set image.digest to pin by digest instead.
+{{- end }}
 {{- if ne .Values.image.pullPolicy "Always" }}
 checkov.io/skip4: CKV_K8S_15=Production pulls IfNotPresent (seed values-production.yaml); tags are immutable, so a cached image is the same image.
 {{- end }}
