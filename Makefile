@@ -28,6 +28,17 @@ $(DEPLOY_STAMP): $(STAMP) requirements/deploy.txt requirements/checkov.txt
 
 deploy-deps: $(DEPLOY_STAMP)
 
+.PHONY: e2e-deps
+E2E_STAMP := $(VENV)/.e2e-$(shell cat constraints.txt requirements/e2e.txt | cksum | cut -d' ' -f1)
+## The browser tests' tools: Debian's chromium (installed only when missing) and Playwright.
+$(E2E_STAMP): $(STAMP) requirements/e2e.txt
+	$(PIP) install --quiet -c constraints.txt -r requirements/e2e.txt
+	@rm -f $(VENV)/.e2e-*
+	@touch $@
+
+e2e-deps: $(E2E_STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
 ## Render the production manifests into deploy/rendered/ (and compose's alert rules).
 manifests: $(DEPLOY_STAMP)
 	$(PY) deploy/render.py
@@ -46,7 +57,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy llamawool
 
-unit: $(STAMP) deploy-deps
+unit: $(STAMP) deploy-deps e2e-deps
 	$(VENV)/bin/pytest -q
 
 clean:

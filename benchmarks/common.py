@@ -169,6 +169,42 @@ class ProcStats:
         return (self.cpu_seconds() - self._c0) / wall if wall > 0 else 0.0
 
 
+def start_profile(pid: int, seconds: float, out: Path, native: bool = False) -> subprocess.Popen[bytes]:
+    """py-spy in the background over `pid` for `seconds`, collapsed stacks to `out`."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    argv = [spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "200", "-f", "raw", "-o", str(out)]
+    if native:
+        argv.append("--native")
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and total sample shares per function from py-spy's collapsed stacks."""
+    self_n: dict[str, int] = {}
+    total_n: dict[str, int] = {}
+    samples = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return f"(no profile at {path})"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" for f in stack.split(";")]
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
+        for f in set(frames):
+            total_n[f] = total_n.get(f, 0) + n
+    if not samples:
+        return "(empty profile)"
+    out = [f"{samples} samples; self% / total% by function"]
+    for name, n in sorted(self_n.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  self {100 * n / samples:5.1f}%  total {100 * total_n[name] / samples:5.1f}%  {name}")
+    return "\n".join(out)
+
+
 # ---- the server under test ---------------------------------------------------------------
 
 
@@ -679,7 +715,7 @@ class LoadGen:
 async def _loadgen_main() -> None:
     gen = LoadGen()
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=2**30)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = await reader.readline()
@@ -766,6 +802,7 @@ def _run_bare(kind: str, port: int, interval: float, payload_bytes: int) -> None
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False)
         await ws.prepare(request)
+        await ws.send_str('{"type":"welcome","data":{}}')
         clients.add(ws)
         try:
             async for msg in ws:

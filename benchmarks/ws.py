@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .common import (
@@ -43,6 +44,8 @@ from .common import (
     raise_nofile,
     round_floats,
     seed_players,
+    start_profile,
+    summarize_profile,
 )
 
 GOAL_N = 10_000
@@ -56,6 +59,7 @@ def run_steps(
     tokens: list[str],
     local_addr: str,
     window_s: float,
+    profile: Path | None = None,
 ) -> list[dict[str, Any]]:
     assert server.stats is not None
     time.sleep(1.0)
@@ -68,8 +72,14 @@ def run_steps(
         )
         have = n
         time.sleep(2.0)  # settle: the connection burst's commits and first ticks
+        spy = None
+        if profile is not None and n == steps[-1]:
+            assert server.proc is not None
+            spy = start_profile(server.proc.pid, window_s, profile / f"ws-{label}-{n}.txt")
         server.stats.start()
         m = gen.call("measure", seconds=window_s)
+        if spy is not None:
+            spy.wait()
         cpu = server.stats.cpu_fraction()
         rss = server.stats.rss()
         open_n = m["open"]
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="a smoke run: 200 players, a short window")
     g.add_argument("--full", action="store_true", help="also 20,000 players")
+    p.add_argument("--profile", type=Path, help="py-spy the servers at the largest step; stacks to this folder")
+    p.add_argument("--steps", help="comma-separated player counts (overrides the mode's)")
     a = p.parse_args(argv)
     limit = raise_nofile(65536)
     if a.quick:
@@ -109,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         steps, window = [1_000, 5_000, 10_000, 20_000], 10.0
     else:
         steps, window = [1_000, 5_000, 10_000], 10.0
+    if a.steps:
+        steps = [int(x) for x in a.steps.split(",")]
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
     if limit < steps[-1] + 1000:
         print(f"warning: open-file limit {limit} is below {steps[-1]} sockets", file=sys.stderr)
     with Workdir("ws") as work:
@@ -119,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         with LoadGenProcess() as gen:
             with Server(work / "server", env=env, config=config) as server:
                 server.start()
-                ours = run_steps("llamawool", server, gen, steps, tokens, "127.0.0.2", window)
+                ours = run_steps("llamawool", server, gen, steps, tokens, "127.0.0.2", window, a.profile)
             payload = int(max((r["mean_tick_bytes"] for r in ours), default=300)) or 300
             with bare_server(work / "bare", "bare-broadcast", "--interval", "1", "--payload-bytes", str(payload)) as bare:
                 bare.start()
-                base = run_steps("bare", bare, gen, steps, [""] * steps[-1], "127.0.0.3", window)
+                base = run_steps("bare", bare, gen, steps, [""] * steps[-1], "127.0.0.3", window, a.profile)
     rows = []
     figures: dict[str, Any] = {"window_s": window, "tick_payload_bytes": payload}
     for o, b in zip(ours, base, strict=True):
@@ -187,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\nat {goal_n:,} players: per-core throughput {f['per_core_throughput_vs_bare']:.2f}x the bare broadcaster; "
         f"load generator CPU {f['loadgen_cpu']:.2f} of a core"
     )
+    if a.profile:
+        for label in ("llamawool", "bare"):
+            print(f"\nprofile of {label} at {steps[-1]:,} players:")
+            print(summarize_profile(a.profile / f"ws-{label}-{steps[-1]}.txt"))
     goals = {
         f"p99_lateness_le_250ms_at_{goal_n}": f["open"] == goal_n and f["lateness_p99_ms"] <= 250.0,
         f"throughput_ge_0.7_of_bare_at_{goal_n}": f["per_core_throughput_vs_bare"] >= 0.7,

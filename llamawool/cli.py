@@ -1,4 +1,4 @@
-"""Command line: `python -m llamawool serve | openapi | check-config`."""
+"""Command line: `python -m llamawool serve | openapi | check-config | admin | backup | restore | migrate`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
 from .observability import configure_logging
 from .settings import Settings, SettingsError, load_rules, load_settings
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 async def serve(settings: Settings) -> None:
@@ -95,6 +99,46 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
         await store.close()
 
 
+async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
+    """`backup`, `restore` and `migrate` (format and guarantees: `store/portable.py`)."""
+    from .store import StoreError, open_store, store_from_uri
+    from .store.portable import BackupError, VerifyError, backup, migrate, restore
+
+    def chosen(uri: str | None) -> Store:
+        return store_from_uri(uri, settings) if uri else open_store(settings)
+
+    out = sys.stdout.write
+    try:
+        if args.command == "migrate":
+            stores = [store_from_uri(args.source, settings), store_from_uri(args.target, settings)]
+        else:
+            stores = [chosen(args.uri)]
+    except ValueError as exc:
+        sys.stderr.write(f"llamawool: {exc}\n")
+        return 2
+    opened: list[Store] = []
+    try:
+        for store in stores:
+            await store.open()
+            opened.append(store)
+        if args.command == "backup":
+            d = await backup(stores[0], args.out)
+            out(f"backup of {stores[0].name} written to {args.out}: {d.describe()}\n")
+        elif args.command == "restore":
+            d = await restore(stores[0], args.in_file)
+            out(f"restored {args.in_file} into {stores[0].name} and verified: {d.describe()}\n")
+        else:
+            d = await migrate(stores[0], stores[1])
+            out(f"migrated {stores[0].name} -> {stores[1].name} and verified counts and checksum: {d.describe()}\n")
+        return 0
+    except (BackupError, VerifyError, StoreError) as exc:
+        sys.stderr.write(f"llamawool {args.command}: {exc}\n")
+        return 1
+    finally:
+        for store in opened:
+            await store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llamawool", description="Llama Wool Farm game server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_create.add_argument("--data-dir", type=Path)
     p_create.add_argument("--settings", type=Path)
+    where = "the store the settings select (MONGODB_URI, else SQLite in the data folder), or --uri"
+    p_backup = sub.add_parser("backup", help=f"write a portable, compressed backup of {where}")
+    p_backup.add_argument("--out", type=Path, required=True, help="the backup file to write (gzip JSON lines)")
+    p_restore = sub.add_parser("restore", help=f"load a backup into {where}; safe to re-run")
+    p_restore.add_argument("--in", dest="in_file", type=Path, required=True, help="the backup file to read")
+    for p in (p_backup, p_restore):
+        p.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
+        p.add_argument("--data-dir", type=Path)
+        p.add_argument("--settings", type=Path)
+    p_migrate = sub.add_parser("migrate", help="copy every record between stores, then verify; safe to re-run")
+    p_migrate.add_argument("--from", dest="source", required=True, help="sqlite:///PATH or mongodb://...")
+    p_migrate.add_argument("--to", dest="target", required=True, help="sqlite:///PATH or mongodb://...")
+    p_migrate.add_argument("--settings", type=Path)
     args = parser.parse_args(argv)
 
     try:
@@ -145,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "admin":
         return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+    if args.command in ("backup", "restore", "migrate"):
+        return asyncio.run(data_tool(settings, args))
     loop_factory = None
     try:
         import uvloop

@@ -89,6 +89,15 @@ class Metrics:
             registry=r,
         )
         self.store_errors = Counter("llamawool_store_errors_total", "Storage operations that failed", registry=r)
+        # The dashboard's Redis latency panel reads this; `operation` is one of
+        # a fixed set of names (limit, board, publish, lease, ...), never a key.
+        self.coordination_duration = Histogram(
+            "llamawool_coordination_duration_seconds",
+            "Duration of one round trip to the coordination backend (Redis)",
+            ["operation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
         self.offline_credits = Counter(
             "llamawool_offline_credits_total", "Offline absences credited on return", registry=r
         )

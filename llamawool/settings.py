@@ -81,7 +81,9 @@ class Settings(BaseModel):
     mongodb_uri: str | None = Field(None, description="MongoDB replaces SQLite when set (MONGODB_URI)")
     mongodb_pool_size: int = Field(50, gt=0, description="connections per replica")
     mongodb_timeout_s: float = Field(5.0, gt=0, description="server selection, connect and socket timeouts")
-    redis_uri: str | None = None
+    redis_uri: str | None = Field(None, description="Redis replaces in-process coordination when set (REDIS_URI)")
+    redis_pool_size: int = Field(32, ge=2, description="connections per replica (one holds the fan-out listener)")
+    redis_timeout_s: float = Field(2.0, gt=0, description="connect, command and pool-wait timeout")
 
     @model_validator(mode="after")
     def _production_needs_a_real_secret(self) -> Settings:

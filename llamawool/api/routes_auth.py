@@ -155,11 +155,13 @@ async def login(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_body(request, LoginRequest, form=True)
     ip = client_ip(request, c.trusted)
-    await c.anticheat.check_login(ip, body.login)
     player = await _find_login(c.store, body.login)
+    # Count failures per account when it exists, so its email and username share one budget.
+    subject = f"id:{player.id}" if player else body.login
+    await c.anticheat.check_login(ip, subject)
     ok = await c.auth.verify_password(player.password_hash if player else None, body.password)
     if player is None or not ok:
-        await c.anticheat.login_failed(ip, body.login)
+        await c.anticheat.login_failed(ip, subject)
         c.metrics.auth.labels(kind="login", outcome="failed").inc()
         raise ApiError("INVALID_CREDENTIALS", "wrong login or password")
     c.metrics.auth.labels(kind="login", outcome="ok").inc()

@@ -44,7 +44,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, IndexModel, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -92,7 +92,7 @@ def fold(name: str) -> str:
 
 
 def _duplicate(exc: DuplicateKeyError | BulkWriteError) -> DuplicateKey:
-    details: Doc = exc.details or {}
+    details: Any = exc.details or {}
     if isinstance(exc, BulkWriteError):
         errors = details.get("writeErrors") or [{}]
         details = errors[0]
@@ -249,6 +249,7 @@ class MongoStore:
         self._want_transactions = transactions
         self.transactions = False
         self.replica_set = False
+        self._wc = WriteConcern(w=1, j=True)
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
 
@@ -297,8 +298,11 @@ class MongoStore:
                 want = self._want_transactions
                 self.transactions = supported if want is None else (want and supported)
                 name = self.database_name or client.get_default_database(DEFAULT_DATABASE).name
-                wc = WriteConcern("majority", wtimeout=ms) if self.replica_set else WriteConcern(w=1)
-                self._db = client.get_database(name, write_concern=wc)
+                # Acknowledged means durable: journaled (j) and, on a replica set, on a majority,
+                # so neither a kill -9 of mongod nor a failover can take back an acknowledged action.
+                w: int | str = "majority" if self.replica_set else 1
+                self._wc = WriteConcern(w, wtimeout=ms, j=True)
+                self._db = client.get_database(name, write_concern=self._wc)
                 await self._create_indexes()
         except BaseException:
             await client.close()
@@ -365,7 +369,7 @@ class MongoStore:
         async with self.client.start_session() as session:
             while True:
                 try:
-                    await session.start_transaction()
+                    await session.start_transaction(write_concern=self._wc)
                     out = await fn(session)
                     await self._commit_transaction(session, deadline)
                     return out
@@ -518,38 +522,71 @@ class MongoStore:
             return []
 
         async def run(s: AsyncClientSession | None) -> list[bool]:
-            return [await self._commit_one(item, s) for item in batch]
+            if s is None:
+                applied = [await self._cas_one(item) for item in batch]
+            else:
+                applied = await self._cas_batch(batch, s)
+            done = [item for item, ok in zip(batch, applied, strict=True) if ok]
+            records = [item.idempotency for item in done if item.idempotency is not None]
+            if records:
+                ops = [ReplaceOne({"player_id": r.player_id, "key": r.key}, _idem_doc(r), upsert=True) for r in records]
+                await self._c("idempotency").bulk_write(ops, ordered=True, session=s)
+            await self._write_snapshots([item.snapshot for item in done if item.snapshot is not None], s)
+            return applied
 
         with _errors():
             return await self._transaction(run)
 
-    async def _commit_one(self, item: FarmCommit, s: AsyncClientSession | None) -> bool:
+    @staticmethod
+    def _farm_fields(item: FarmCommit) -> Doc:
+        return {"revision": item.revision, "doc": item.doc, "last_active": item.last_active}
+
+    async def _cas_batch(self, batch: list[FarmCommit], s: AsyncClientSession) -> list[bool]:
+        """Inside a transaction: read the batch's revisions once, decide every
+        compare-and-set in order, write them in one ordered bulk write, and check the
+        writes matched what was read (else the transaction is retried)."""
         farms = self._c("farms")
-        fields: Doc = {"revision": item.revision, "doc": item.doc, "last_active": item.last_active}
-        if s is None and item.idempotency is not None:
-            # No transaction: the replay answer rides in the farm's own atomic update.
+        ids = list({item.player_id for item in batch})
+        cursor = farms.find({"_id": {"$in": ids}}, {"revision": 1}, session=s)
+        current: dict[str, int] = {d["_id"]: d["revision"] async for d in cursor}
+        applied: list[bool] = []
+        ops: list[UpdateOne] = []
+        creates: list[int] = []
+        for item in batch:
+            if item.expected_revision is None:
+                ok = item.player_id not in current
+                if ok:
+                    creates.append(len(ops))
+                    ops.append(UpdateOne({"_id": item.player_id}, {"$setOnInsert": self._farm_fields(item)}, upsert=True))
+            else:
+                ok = current.get(item.player_id) == item.expected_revision
+                if ok:
+                    cas = {"_id": item.player_id, "revision": item.expected_revision}
+                    ops.append(UpdateOne(cas, {"$set": self._farm_fields(item)}))
+            if ok:
+                current[item.player_id] = item.revision
+            applied.append(ok)
+        if ops:
+            r = await farms.bulk_write(ops, ordered=True, session=s)
+            if sorted(r.upserted_ids) != creates or r.matched_count != len(ops) - len(creates):
+                raise _Retry("a farm changed between the read and the write")
+        return applied
+
+    async def _cas_one(self, item: FarmCommit) -> bool:
+        """Without a transaction: one atomic compare-and-set update of the farm document,
+        carrying the idempotency record with it (`idem`)."""
+        farms = self._c("farms")
+        fields = self._farm_fields(item)
+        if item.idempotency is not None:
             fields["idem"] = _idem_doc(item.idempotency)
         if item.expected_revision is None:
             try:
-                r = await farms.update_one({"_id": item.player_id}, {"$setOnInsert": fields}, upsert=True, session=s)
+                r = await farms.update_one({"_id": item.player_id}, {"$setOnInsert": fields}, upsert=True)
             except DuplicateKeyError:  # a concurrent create won
                 return False
-            ok = r.upserted_id is not None
-        else:
-            r = await farms.update_one(
-                {"_id": item.player_id, "revision": item.expected_revision}, {"$set": fields}, session=s
-            )
-            ok = r.matched_count == 1
-        if not ok:
-            return False
-        if item.idempotency is not None:
-            idem = item.idempotency
-            await self._c("idempotency").replace_one(
-                {"player_id": idem.player_id, "key": idem.key}, _idem_doc(idem), upsert=True, session=s
-            )
-        if item.snapshot is not None:
-            await self._insert_snapshot(item.snapshot, s)
-        return True
+            return r.upserted_id is not None
+        cas = {"_id": item.player_id, "revision": item.expected_revision}
+        return (await farms.update_one(cas, {"$set": fields})).matched_count == 1
 
     async def touch_farms(self, items: list[tuple[str, float]]) -> None:
         if not items:
@@ -560,24 +597,50 @@ class MongoStore:
 
     async def add_snapshots(self, snapshots: list[Snapshot]) -> None:
         with _errors():
-            for snap in snapshots:
-                await self._insert_snapshot(snap, None)
+            await self._write_snapshots(snapshots, None)
 
-    async def _insert_snapshot(self, snap: Snapshot, s: AsyncClientSession | None) -> None:
-        """Upsert, then apply the retention policy (`base.retained_revisions`).
+    async def _write_snapshots(self, snapshots: list[Snapshot], s: AsyncClientSession | None) -> None:
+        """Insert in order, applying the retention policy after each one exactly as
+        SQLite does (`base.retained_revisions`), computed in memory from one read:
+        snapshots that would be pruned at once are not written at all.
 
-        Only revisions this call has seen and judged are deleted, so two writers
-        pruning the same farm at once cannot delete each other's new snapshot."""
+        Only revisions this call read or wrote are deleted, so two writers pruning the
+        same farm at once cannot delete each other's new snapshot (at worst a farm
+        briefly keeps more history than the policy, trimmed by its next snapshot)."""
+        if not snapshots:
+            return
         snaps = self._c("snapshots")
-        await snaps.replace_one(
-            {"player_id": snap.player_id, "revision": snap.revision}, _snapshot_doc(snap), upsert=True, session=s
-        )
-        cursor = snaps.find({"player_id": snap.player_id}, {"_id": 0, "revision": 1, "taken_at": 1}, session=s)
-        seen = [(d["revision"], d["taken_at"]) async for d in cursor]
-        keep = retained_revisions(seen, snap.taken_at, *self.retention)
-        drop = [rev for rev, _ in seen if rev not in keep]
-        if drop:
-            await snaps.delete_many({"player_id": snap.player_id, "revision": {"$in": drop}}, session=s)
+        players = list({snap.player_id for snap in snapshots})
+        cursor = snaps.find({"player_id": {"$in": players}}, {"_id": 0, "player_id": 1, "revision": 1, "taken_at": 1})
+        state: dict[str, dict[int, float]] = {p: {} for p in players}
+        async for d in cursor.session(s) if False else snaps.find(  # noqa: SIM210
+            {"player_id": {"$in": players}}, {"_id": 0, "player_id": 1, "revision": 1, "taken_at": 1}, session=s
+        ):
+            state[d["player_id"]][d["revision"]] = d["taken_at"]
+        before = {p: set(revs) for p, revs in state.items()}
+        latest: dict[tuple[str, int], Snapshot] = {}
+        history, days = self.retention
+        for snap in snapshots:
+            revs = state[snap.player_id]
+            revs[snap.revision] = snap.taken_at
+            latest[(snap.player_id, snap.revision)] = snap
+            keep = retained_revisions(list(revs.items()), snap.taken_at, history, days)
+            for rev in [r for r in revs if r not in keep]:
+                del revs[rev]
+        writes = [
+            ReplaceOne({"player_id": p, "revision": rev}, _snapshot_doc(snap), upsert=True)
+            for (p, rev), snap in latest.items()
+            if rev in state[p]
+        ]
+        if writes:
+            await snaps.bulk_write(writes, ordered=True, session=s)
+        deletes = [
+            DeleteMany({"player_id": p, "revision": {"$in": sorted(gone)}})
+            for p, revs in before.items()
+            if (gone := revs - set(state[p]))
+        ]
+        if deletes:
+            await snaps.bulk_write(deletes, ordered=True, session=s)
 
     async def list_snapshots(self, player_id: str, limit: int) -> list[Snapshot]:
         if limit <= 0:

@@ -297,8 +297,9 @@ class App {
   }
 
   scheduleResync() {
-    clearTimeout(this.resyncTimer);
+    if (this.resyncTimer) return; // one at a time; ticks keep coming meanwhile
     this.resyncTimer = setTimeout(async () => {
+      this.resyncTimer = null;
       if (this.shearer.busy || this.pendingActions > 0) return this.scheduleResync();
       try {
         const farm = await this.api.get("/farm");
@@ -900,21 +901,31 @@ class App {
 
   renderBoard(board, entries) {
     const myId = this.player?.id ?? this.auth.player?.id;
+    const mine = this.myRanks?.[board];
+    this.boardEntries = { board, entries };
     $("#board-list").replaceChildren(
-      ...entries.map((e) =>
-        el(
+      ...entries.map((e) => {
+        // Pages are frozen views a few seconds old; your own row shows your newest score.
+        const score = e.player_id === myId && mine?.rank === e.rank && mine.score != null ? mine.score : e.score;
+        return el(
           "li",
           { class: e.player_id === myId ? "me" : null },
           el("span", { class: "rank", text: `#${e.rank}` }),
           el("span", { class: "who", text: e.username ?? e.player_id }),
-          el("span", { class: "score", text: this._formatScore(board, e.score) }),
-        ),
-      ),
+          el("span", { class: "score", text: this._formatScore(board, score) }),
+        );
+      }),
     );
     setText($("#board-status"), entries.length ? "" : "Nobody on this board yet.");
   }
 
   renderMyRank(board, rank, score) {
+    this.myRanks = { ...this.myRanks, [board]: { rank, score } };
+    if (this.boardEntries?.board === board) {
+      const { entries } = this.boardEntries;
+      const myId = this.player?.id ?? this.auth.player?.id;
+      if (entries.some((e) => e.player_id === myId && e.rank === rank)) this.renderBoard(board, entries);
+    }
     setText($("#board-me"), rank != null ? `Your rank: #${rank} · ${this._formatScore(board, score ?? 0)}` : "You are not on this board yet.");
   }
 
@@ -948,9 +959,9 @@ class App {
     const wasAvailable = this.boardsAvailable;
     this.boardsAvailable = true;
     if (!wasAvailable) this.subscribeBoard(board);
-    this.renderBoard(board, top.entries ?? top.items ?? (Array.isArray(top) ? top : []));
     if (mine?.failed) setText($("#board-me"), "");
     else this.renderMyRank(board, mine?.rank ?? null, mine?.score);
+    this.renderBoard(board, top.entries ?? top.items ?? (Array.isArray(top) ? top : []));
   }
 }
 

@@ -88,7 +88,7 @@ export class FarmModel {
 
   /** A tick: balances at the server's instant; rates only when they changed. */
   applyTick(tick, at = FarmModel.now()) {
-    if (!this.farm) return false;
+    if (!this.farm || tick.revision < this.revision) return false; // older than the farm we hold
     const sameRevision = tick.revision === this.revision;
     this.balances = { ...tick.balances };
     if (tick.rates) this.rates = { ...tick.rates };

@@ -43,7 +43,7 @@ async def ws_connect(client: TestClient, token: str) -> aiohttp.ClientWebSocketR
 
 
 def reply_to(msg_id: object) -> Any:
-    return lambda m: m["type"] in ("result", "error") and m.get("id") == msg_id
+    return lambda m: m["type"] in ("result", "error", "pong") and m.get("id") == msg_id
 
 
 async def ws_request(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> dict[str, Any]:

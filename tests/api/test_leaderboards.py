@@ -314,9 +314,7 @@ def events(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m["data"] for m in messages if m["type"] == "event" and m["data"]["type"] == kind]
 
 
-async def test_subscribe_sends_the_top_10_and_rank_changed_when_overtaken(
-    frozen: TestClient, clock: FakeClock
-) -> None:
+async def test_subscribe_sends_the_top_10_and_rank_changed_when_overtaken(frozen: TestClient, clock: FakeClock) -> None:
     watcher, rival, *others = await players_with_wool(frozen, [20, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     await push(frozen)
     ws = await ws_connect(frozen, watcher["access_token"])
