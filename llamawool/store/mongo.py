@@ -85,6 +85,10 @@ _NO_TRANSACTIONS = {20, 263}
 IMPORT_CHUNK = 500
 
 
+class _Retry(Exception):
+    """Inside a transaction: what was read changed before the write; run it again."""
+
+
 def fold(name: str) -> str:
     """The case-insensitive key of a username or email: ASCII letters lower-cased,
     exactly what SQLite's NOCASE compares, so both backends accept the same names."""
@@ -373,6 +377,13 @@ class MongoStore:
                     out = await fn(session)
                     await self._commit_transaction(session, deadline)
                     return out
+                except _Retry as exc:
+                    if session.in_transaction:
+                        with contextlib.suppress(PyMongoError):
+                            await session.abort_transaction()
+                    if time.monotonic() >= deadline:
+                        raise StorageUnavailable(f"mongodb: {exc}, still after {self.timeout_s}s") from exc
+                    await asyncio.sleep(0.005)
                 except PyMongoError as exc:
                     if session.in_transaction:
                         with contextlib.suppress(PyMongoError):
@@ -557,7 +568,8 @@ class MongoStore:
                 ok = item.player_id not in current
                 if ok:
                     creates.append(len(ops))
-                    ops.append(UpdateOne({"_id": item.player_id}, {"$setOnInsert": self._farm_fields(item)}, upsert=True))
+                    create = {"$setOnInsert": self._farm_fields(item)}
+                    ops.append(UpdateOne({"_id": item.player_id}, create, upsert=True))
             else:
                 ok = current.get(item.player_id) == item.expected_revision
                 if ok:
@@ -568,7 +580,7 @@ class MongoStore:
             applied.append(ok)
         if ops:
             r = await farms.bulk_write(ops, ordered=True, session=s)
-            if sorted(r.upserted_ids) != creates or r.matched_count != len(ops) - len(creates):
+            if sorted(r.upserted_ids or {}) != creates or r.matched_count != len(ops) - len(creates):
                 raise _Retry("a farm changed between the read and the write")
         return applied
 
@@ -611,11 +623,9 @@ class MongoStore:
             return
         snaps = self._c("snapshots")
         players = list({snap.player_id for snap in snapshots})
-        cursor = snaps.find({"player_id": {"$in": players}}, {"_id": 0, "player_id": 1, "revision": 1, "taken_at": 1})
+        fields = {"_id": 0, "player_id": 1, "revision": 1, "taken_at": 1}
         state: dict[str, dict[int, float]] = {p: {} for p in players}
-        async for d in cursor.session(s) if False else snaps.find(  # noqa: SIM210
-            {"player_id": {"$in": players}}, {"_id": 0, "player_id": 1, "revision": 1, "taken_at": 1}, session=s
-        ):
+        async for d in snaps.find({"player_id": {"$in": players}}, fields, session=s):
             state[d["player_id"]][d["revision"]] = d["taken_at"]
         before = {p: set(revs) for p, revs in state.items()}
         latest: dict[tuple[str, int], Snapshot] = {}

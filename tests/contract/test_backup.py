@@ -109,7 +109,9 @@ async def populate(store: Store) -> None:
                 rev,
                 farm_doc(p.id, rev * 1.5),
                 T0 + 10 * rev,
-                idempotency=IdempotencyRecord(p.id, f"key-{rev}", f"sha-{rev}", 200, b"\x00\xff{}\n" + bytes([rev]), T0),
+                idempotency=IdempotencyRecord(
+                    p.id, f"key-{rev}", f"sha-{rev}", 200, b"\x00\xff{}\n" + bytes([rev]), T0
+                ),
                 snapshot=Snapshot(p.id, rev, T0 + 10 * rev, rev * 2.5, farm_doc(p.id, rev)),
             )
             assert await store.commit([item]) == [True]
@@ -142,14 +144,18 @@ async def test_backup_then_restore_preserves_every_record_byte_for_byte(
         restored = await restore(target, file)
 
         assert await canonical_dump(target) == original
-        assert restored.counts == written.counts == {
-            "player": 3,
-            "refresh_token": 3,
-            "farm": 3,
-            "snapshot": 12,  # per farm the newest 3 and the day's first (retention), restored as they were
-            "idempotency": 15,
-            "audit": 3,
-        }
+        assert (
+            restored.counts
+            == written.counts
+            == {
+                "player": 3,
+                "refresh_token": 3,
+                "farm": 3,
+                "snapshot": 12,  # per farm the newest 3 and the day's first (retention), restored as they were
+                "idempotency": 15,
+                "audit": 3,
+            }
+        )
         # The records read back as the same values, whichever backend served them.
         assert await target.get_player("a-admin") == await source.get_player("a-admin")
         assert await target.load_farm("B-guest") == await source.load_farm("B-guest")

@@ -498,9 +498,9 @@ async def test_snapshot_history_is_trimmed_on_commit_too(store: Store) -> None:
     later = MIDNIGHT + (SNAPSHOT_DAILY_DAYS + 5) * DAY
     rev = SNAPSHOT_HISTORY + 1
 
-    assert await store.commit([FarmCommit("p1", 1, rev, farm_doc("p1"), later, snapshot=snapshot("p1", rev, later))]) == [
-        True
-    ]
+    assert await store.commit(
+        [FarmCommit("p1", 1, rev, farm_doc("p1"), later, snapshot=snapshot("p1", rev, later))]
+    ) == [True]
 
     revisions = [s.revision for s in await store.list_snapshots("p1", 100)]
     assert revisions == list(range(rev, 1, -1))
