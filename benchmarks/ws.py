@@ -27,6 +27,7 @@ connection.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -67,9 +68,17 @@ def run_steps(
     out = []
     have = 0
     for n in steps:
+        spy = None
+        if profile is not None and n == steps[-1]:
+            assert server.proc is not None
+            spy = start_profile(server.proc.pid, 600, profile / f"ws-{label}-{n}-connect.txt")
+            time.sleep(0.5)
         conn = gen.call(
             "connect", url=server.ws_url, tokens=tokens[have:n], local_addr=local_addr, concurrency=256
         )
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait()
         have = n
         time.sleep(2.0)  # settle: the connection burst's commits and first ticks
         spy = None
@@ -104,6 +113,11 @@ def run_steps(
         )
     gen.call("close")
     return out
+
+
+def _prev(recs: list[dict[str, Any]], r: dict[str, Any]) -> int | None:
+    i = recs.index(r)
+    return recs[i - 1]["n"] if i else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         figures[f"n{o['n']}"] = {
             "open": o["open"],
             "connect_s": o["connect_s"],
+            "connects_per_s": (o["n"] - prev) / o["connect_s"] if (prev := _prev(ours, o)) is not None else None,
             "lateness_p50_ms": o["lateness_p50_ms"],
             "lateness_p99_ms": o["lateness_p99_ms"],
             "lateness_max_ms": o["lateness_max_ms"],
@@ -207,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in ("llamawool", "bare"):
             print(f"\nprofile of {label} at {steps[-1]:,} players:")
             print(summarize_profile(a.profile / f"ws-{label}-{steps[-1]}.txt"))
+            print(f"\nprofile of {label} while {steps[-1]:,} players connect:")
+            print(summarize_profile(a.profile / f"ws-{label}-{steps[-1]}-connect.txt"))
     goals = {
         f"p99_lateness_le_250ms_at_{goal_n}": f["open"] == goal_n and f["lateness_p99_ms"] <= 250.0,
         f"throughput_ge_0.7_of_bare_at_{goal_n}": f["per_core_throughput_vs_bare"] >= 0.7,

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from .store import Store
 
 
+# After SIGTERM the listener stays open this long (at most a fifth of the grace
+# period) while /ready answers 503 and new WebSockets are refused, so a load
+# balancer that probes readiness stops routing here before connections are
+# refused. Kubernetes' preStop pause does the same job before the signal.
+READY_FAIL_WINDOW_S = 1.0
+
+
 async def serve(settings: Settings) -> None:
     from aiohttp import web
 
@@ -27,7 +34,9 @@ async def serve(settings: Settings) -> None:
 
     log = structlog.get_logger("llamawool.cli")
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_grace_s)
+    # In-flight requests get half the grace period; the rest is kept for the
+    # final commit and snapshots (engine.stop in the app's cleanup).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_grace_s / 2)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
@@ -41,10 +50,14 @@ async def serve(settings: Settings) -> None:
     log.info("server.draining", grace_s=settings.drain_grace_s)
     try:
         async with asyncio.timeout(settings.drain_grace_s):
-            await drain(app)
+            # /ready fails and new sockets are refused at once; open sockets get 1012.
+            closing = asyncio.ensure_future(drain(app))
+            await asyncio.sleep(min(READY_FAIL_WINDOW_S, settings.drain_grace_s / 5))
+            await closing
             await runner.cleanup()  # stops accepting, finishes requests, writes every snapshot
     except TimeoutError:
         log.error("server.drain_timeout", grace_s=settings.drain_grace_s)
+    log.info("server.drained")
 
 
 async def create_admin(settings: Settings, username: str, email: str, password_env: str) -> int:

@@ -13,10 +13,10 @@ CI=true, where it fails: CI must never pass by skipping MongoDB.
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +64,7 @@ class SecantusServer:
             raise RuntimeError("secantusd-py not found")
         if self.storage != ":memory:":
             Path(self.storage).mkdir(parents=True, exist_ok=True)
-        log_dir = self.log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+        log_dir = self.log_dir or Path(tempfile.gettempdir())
         self._log = log_dir / f"secantusd-{self.port}.log"
         with self._log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -110,6 +110,13 @@ class SecantusServer:
             proc.kill()
             proc.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown (and no waiting for one)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
     def log_tail(self) -> str:
         return self._log.read_text(errors="replace")[-2000:] if self._log and self._log.exists() else ""
 
@@ -150,4 +157,6 @@ def stop_shared_server() -> None:
     global _shared
     if _shared is not None:
         _shared.stop()
+        if _shared._log is not None:  # a clean run leaves no log behind in the temp folder
+            _shared._log.unlink(missing_ok=True)
         _shared = None

@@ -30,6 +30,16 @@ ENABLE_HINT = (
 )
 
 
+def _die_with_parent() -> list[str]:
+    """A prefix that makes the server get SIGTERM when the test process dies, even by SIGKILL.
+
+    util-linux's `setpriv` sets the parent-death signal and execs the server (no Python code
+    runs between fork and exec); without it the server is only stopped by a clean teardown.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 def redis_server_command() -> str | None:
     found = shutil.which("redis-server")
     if found:
@@ -43,8 +53,14 @@ class RedisServer:
     def __init__(self, port: int | None = None, work_dir: Path | None = None) -> None:
         self.port = port or free_port()
         self._own_dir = work_dir is None
-        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="llamawool-redis-"))
+        self._work_dir = work_dir
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        if self._work_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="llamawool-redis-"))
+        return self._work_dir
 
     @property
     def url(self) -> str:
@@ -63,6 +79,7 @@ class RedisServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
+                *_die_with_parent(),
                 exe,
                 "--port",
                 str(self.port),
@@ -116,8 +133,8 @@ class RedisServer:
     def cleanup(self) -> None:
         """Stop it and remove the scratch folder it made for itself."""
         self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self._own_dir and self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL: Redis vanishes without a goodbye (connections drop mid-flight)."""
@@ -148,11 +165,13 @@ def shared_redis() -> RedisServer:
     if _shared is None and _shared_error is None:
         error = ""
         for _ in range(3):  # another process may grab the free port before redis-server binds it
+            server = RedisServer()
             try:
-                _shared = RedisServer().start()
+                _shared = server.start()
                 atexit.register(stop_shared_redis)
                 break
             except (RuntimeError, OSError) as exc:
+                server.cleanup()
                 error = str(exc)
                 if "not found" in error:
                     break

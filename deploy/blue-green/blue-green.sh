@@ -18,7 +18,8 @@
 # is scaled away after a good switch; 0 keeps it for `rollback`; default 300,
 # the seed's five minutes), SMOKE_URL (smoke test this URL instead of
 # port-forwarding to the colour's preview Service), SMOKE_PORT (18080),
-# IMAGE_REPOSITORY (overrides the chart's image.repository).
+# SMOKE_RETRIES (3) and SMOKE_RETRY_DELAY (5 s), IMAGE_REPOSITORY (overrides
+# the chart's image.repository).
 set -euo pipefail
 
 NAMESPACE=${NAMESPACE:-llamawool-production}
@@ -30,6 +31,8 @@ VALUES=${VALUES:-$REPO/deploy/helm/llamawool/values-production.yaml}
 TIMEOUT=${TIMEOUT:-10m}
 RETIRE_AFTER=${RETIRE_AFTER:-300}
 SMOKE_PORT=${SMOKE_PORT:-18080}
+SMOKE_RETRIES=${SMOKE_RETRIES:-3}
+SMOKE_RETRY_DELAY=${SMOKE_RETRY_DELAY:-5}
 PYTHON=${PYTHON:-python3}
 
 log() { printf '[blue-green] %s\n' "$*" >&2; }
@@ -79,13 +82,15 @@ tags_with() {
 smoke() {
   local service=$1 pid status
   if [ -n "${SMOKE_URL:-}" ]; then
-    "$PYTHON" "$REPO/deploy/scripts/smoke.py" --url "$SMOKE_URL" --retries 3
+    "$PYTHON" "$REPO/deploy/scripts/smoke.py" --url "$SMOKE_URL" \
+      --retries "$SMOKE_RETRIES" --retry-delay "$SMOKE_RETRY_DELAY"
     return
   fi
   kubectl -n "$NAMESPACE" port-forward "service/$service" "$SMOKE_PORT:http" >/dev/null 2>&1 &
   pid=$!
   status=0
-  "$PYTHON" "$REPO/deploy/scripts/smoke.py" --url "http://127.0.0.1:$SMOKE_PORT" --retries 3 || status=$?
+  "$PYTHON" "$REPO/deploy/scripts/smoke.py" --url "http://127.0.0.1:$SMOKE_PORT" \
+    --retries "$SMOKE_RETRIES" --retry-delay "$SMOKE_RETRY_DELAY" || status=$?
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   return "$status"

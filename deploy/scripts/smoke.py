@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public", action="store_true", help="only the paths the Ingress routes")
     parser.add_argument("--host", help="Host header to send (reach an Ingress by IP)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=0, help="retry the whole run this many times, 5 s apart")
+    parser.add_argument("--retries", type=int, default=0, help="retry the whole run this many times")
+    parser.add_argument("--retry-delay", type=float, default=5.0, help="seconds between tries")
     args = parser.parse_args(argv)
     for attempt in range(args.retries + 1):
         try:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         except SmokeFailure as exc:
             print(f"FAIL {exc}", file=sys.stderr)
             if attempt < args.retries:
-                time.sleep(5)
+                time.sleep(args.retry_delay)
     return 1
 
 

@@ -218,11 +218,15 @@ def _on_fanout(app: web.Application, channel: str, message: dict[str, Any]) -> N
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
-    """Readiness fails at once; open sockets are told to reconnect elsewhere."""
+    """Readiness fails at once; open sockets are told to reconnect elsewhere.
+
+    All sockets close concurrently: one slow client must not hold back the
+    1012 of everyone else, nor eat the grace period one close at a time.
+    """
     c = app[CTX]
     c.draining = True
-    for session in list(c.sessions):
-        await session.close(code, "server restarting: reconnect")
+    sessions = list(c.sessions)
+    await asyncio.gather(*(s.close(code, "server restarting: reconnect") for s in sessions), return_exceptions=True)
 
 
 async def _index(request: web.Request) -> web.FileResponse:

@@ -503,12 +503,13 @@ class RedisCoordinator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-        if self._pool is not None:
-            await self._pool.disconnect()
-            self._pool = None
+        client, self._client = self._client, None
+        pool, self._pool = self._pool, None
+        with contextlib.suppress(rex.RedisError, OSError):  # closing a dead connection is not news
+            if client is not None:
+                await client.aclose()
+            if pool is not None:
+                await pool.disconnect()
 
     @property
     def _r(self) -> aioredis.Redis:

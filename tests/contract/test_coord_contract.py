@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -548,12 +548,22 @@ async def test_redis_unreachable_is_coordination_unavailable() -> None:
         await coord.close()
 
 
-async def test_redis_listener_and_pool_recover_after_a_redis_restart(tmp_path: Any) -> None:
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill and restart (always stopped afterwards)."""
     server = RedisServer(work_dir=tmp_path / "redis")
     try:
-        server.start()
-    except (RuntimeError, OSError) as exc:
-        unavailable(f"cannot start redis-server: {exc}")
+        try:
+            server.start()
+        except (RuntimeError, OSError) as exc:
+            unavailable(f"cannot start redis-server: {exc}")
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_redis_listener_and_pool_recover_after_a_redis_restart(own_redis: RedisServer) -> None:
+    server = own_redis
     coord = RedisCoordinator(server.url, pool_size=3, timeout_s=0.5)
     try:
         await coord.open()
@@ -571,7 +581,6 @@ async def test_redis_listener_and_pool_recover_after_a_redis_restart(tmp_path: A
         await eventually(lambda: heard == [{"back": True}])
     finally:
         await coord.close()
-        server.cleanup()
 
 
 def test_open_coordinator_selects_the_adapter(tmp_path: Any) -> None:

@@ -19,16 +19,20 @@ import pytest
 from llamawool.settings import Settings, load_settings
 from llamawool.store import (
     FarmCommit,
+    IdempotencyRecord,
     MongoStore,
     PlayerRecord,
+    Snapshot,
     SQLiteStore,
     StorageUnavailable,
+    Store,
     open_store,
     store_from_uri,
 )
 from tests.conftest import API, MakeClient, new_guest
 from tests.mongo_server import SecantusServer, start_or_skip
 
+from .conftest import BACKENDS, SNAPSHOT_DAILY_DAYS, SNAPSHOT_HISTORY
 from .mongo_backend import mongo_server  # noqa: F401 - a fixture
 
 T0 = 1_800_000_000.0
@@ -106,7 +110,7 @@ def stoppable(tmp_path: Path) -> Iterator[SecantusServer]:
     """A server of this test's own, on a data folder, so it can stop and come back."""
     server = start_or_skip(SecantusServer(tmp_path / "mongo-data", log_dir=tmp_path))
     yield server
-    server.stop()
+    server.kill()
 
 
 async def _until_up(store: MongoStore, timeout: float = 30.0) -> None:
@@ -177,17 +181,14 @@ async def test_a_killed_server_keeps_acknowledged_commits(tmp_path: Path, transa
     await store.open()
     try:
         assert await store.commit([FarmCommit(f"f{i}", None, 1, {"i": i}, T0) for i in range(20)]) == [True] * 20
-        assert stoppable.proc is not None
-        stoppable.proc.kill()  # SIGKILL: no clean shutdown
-        stoppable.proc.wait(10)
-        stoppable.proc = None
+        stoppable.kill()
         stoppable.start()
         await _until_up(store)
         farms = [await store.load_farm(f"f{i}") for i in range(20)]
         assert [f.doc["i"] if f else None for f in farms] == list(range(20))
     finally:
         await store.close()
-        stoppable.stop()
+        stoppable.kill()
 
 
 @pytest.mark.slow
@@ -215,3 +216,75 @@ async def test_the_server_answers_503_and_recovers_when_mongodb_comes_back(
         await asyncio.sleep(0.2)
     again = await client.post(f"{API}/farm/shear", **shear)
     assert again.status == 200, await again.text()
+
+
+# ---- beyond the shared contract, checked on every backend against the SQLite reference ----------------
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with BACKENDS[request.param](tmp_path, SNAPSHOT_HISTORY, SNAPSHOT_DAILY_DAYS) as s:
+        yield s
+
+
+async def test_a_batch_may_touch_one_farm_several_times_in_order(any_store: Store) -> None:
+    batch = [
+        FarmCommit("f", None, 1, {"n": 1}, T0),
+        FarmCommit("f", 1, 2, {"n": 2}, T0 + 1, idempotency=IdempotencyRecord("f", "k2", "h", 200, b"2", T0)),
+        FarmCommit("f", 1, 3, {"n": -1}, T0 + 2, idempotency=IdempotencyRecord("f", "k3", "h", 200, b"3", T0)),
+        FarmCommit("f", None, 1, {"n": -1}, T0 + 3),
+        FarmCommit("f", 2, 3, {"n": 3}, T0 + 4),
+    ]
+
+    assert await any_store.commit(batch) == [True, True, False, False, True]
+
+    farm = await any_store.load_farm("f")
+    assert farm is not None and (farm.revision, farm.doc, farm.last_active) == (3, {"n": 3}, T0 + 4)
+    assert await any_store.get_idempotency("f", "k2") is not None
+    assert await any_store.get_idempotency("f", "k3") is None
+
+
+async def test_retention_of_a_batch_of_snapshots_matches_sqlite(any_store: Store, tmp_path: Path) -> None:
+    hour = 3600.0
+    # Out of order, several per day, across more days than the daily window, in one call.
+    order = [9, 2, 14, 1, 7, 3, 12, 5, 11, 4, 13, 6, 8, 10]
+    snaps = [Snapshot("p", r, T0 + r * 7 * hour, float(r), {"r": r}) for r in order]
+    await any_store.add_snapshots(snaps)
+    await any_store.add_snapshots([Snapshot("p", 15, T0 + 15 * 7 * hour, 15.0, {"r": 15})])
+    async with BACKENDS["sqlite"](tmp_path / "ref", SNAPSHOT_HISTORY, SNAPSHOT_DAILY_DAYS) as reference:
+        await reference.add_snapshots(snaps)
+        await reference.add_snapshots([Snapshot("p", 15, T0 + 15 * 7 * hour, 15.0, {"r": 15})])
+        expected = await reference.list_snapshots("p", 100)
+
+    assert await any_store.list_snapshots("p", 100) == expected
+
+
+async def test_concurrent_registrations_of_one_device_make_one_player(any_store: Store) -> None:
+    made = await asyncio.gather(
+        *(any_store.create_player(PlayerRecord(f"id{i}", f"name{i}", T0, device_id="dev-race")) for i in range(6))
+    )
+
+    assert len({p.id for p in made}) == 1
+    assert await any_store.count_players() == 1
+
+
+async def test_without_transactions_the_idempotency_record_commits_inside_the_farm(
+    mongo_server: SecantusServer,  # noqa: F811
+) -> None:
+    store = MongoStore(mongo_server.uri, database=f"t_{uuid.uuid4().hex[:12]}", transactions=False)
+    await store.open()
+    try:
+        assert not store.transactions
+        await store.commit([FarmCommit("f", None, 1, {"n": 1}, T0)])
+        record = IdempotencyRecord("f", "k", "h", 201, b'{"ok":true}', T0)
+        assert await store.commit([FarmCommit("f", 1, 2, {"n": 2}, T0, idempotency=record)]) == [True]
+        # As if the process died between the farm's update and the copy to the collection:
+        await store.db["idempotency"].delete_many({})
+
+        assert await store.get_idempotency("f", "k") == record
+        assert await store.get_idempotency("f", "other") is None
+        farm = await store.load_farm("f")
+        assert farm is not None and farm.doc == {"n": 2}
+    finally:
+        await store.client.drop_database(store.db.name)
+        await store.close()

@@ -110,6 +110,7 @@ class Cluster:
             "FAKE_CLUSTER": str(self.state_path),
             "SMOKE_URL": smoke_url,
             "RETIRE_AFTER": "0",
+            "SMOKE_RETRY_DELAY": "0.1",
             "PYTHON": sys.executable,
         }
         proc = await asyncio.create_subprocess_exec(

@@ -102,7 +102,7 @@ async def player(api: Api, ledger: Ledger, worker: int) -> None:
         path, body = ("/farm/shear", {"count": 20}) if kind == "shear" else ("/farm/buildings/barn/purchase", {})
         try:
             status, reply = await api.call("POST", path, body)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, TimeoutError):
             ledger.unknown[kind] += 1  # sent, never answered: applied or not, we cannot know
             return
         if status == 200:
