@@ -66,7 +66,7 @@ spec:
       persistentVolumeClaim: {claimName: $RELEASE-backups, readOnly: true}
 MANIFEST
   kubectl -n "$NAMESPACE" wait --for=condition=Ready "pod/$pod" --timeout=300s >/dev/null
-  newest=$(kubectl -n "$NAMESPACE" exec "$pod" -- sh -c 'ls -1t /backups/llamawool-*.backup | head -n 1')
+  newest=$(kubectl -n "$NAMESPACE" exec "$pod" -- sh -c 'ls -1t /backups/llamawool-*.jsonl.gz | head -n 1')
   kubectl -n "$NAMESPACE" cp "$pod:$newest" "$scratch/$(basename "$newest")" >/dev/null
   kubectl -n "$NAMESPACE" delete pod "$pod" --wait=false >/dev/null
   echo "$scratch/$(basename "$newest")"
@@ -76,7 +76,7 @@ if [ -n "${1:-}" ]; then backup=$1; else backup=$(fetch_newest); fi
 [ -f "$backup" ] || { log "no such backup: $backup"; exit 1; }
 fetched=$(now)
 
-# The backup's age: its name carries the time it was taken (llamawool-YYYYmmddTHHMMSSZ.backup).
+# The backup's age: its name carries the time it was taken (llamawool-YYYYmmddTHHMMSSZ.jsonl.gz).
 age=$("$PYTHON" - "$backup" <<'PY'
 import datetime, os, re, sys
 m = re.search(r"(\d{8}T\d{6}Z)", os.path.basename(sys.argv[1]))

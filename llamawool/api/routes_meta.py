@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..coord import CoordinationUnavailable
 from ..store import StorageUnavailable
 from .context import ctx
 from .http import json_response, route
@@ -58,8 +59,17 @@ async def ready(request: web.Request) -> web.Response:
     except StorageUnavailable as exc:
         checks["storage"] = f"unavailable: {exc}"
         return json_response({"status": "unavailable", "checks": checks}, status=503, headers={"Retry-After": "5"})
-    checks["coordination"] = "ok (in-process)"
-    return json_response({"status": "ready", "checks": checks})
+    # Coordination down degrades (per-replica limits, stale boards) but does not
+    # fail readiness: failing it on every replica would turn a Redis outage into
+    # a full outage, while storage keeps every acknowledged action safe.
+    try:
+        await c.coord.ping()
+        checks["coordination"] = f"ok ({c.coord.name})"
+        status = "ready"
+    except CoordinationUnavailable as exc:
+        checks["coordination"] = f"degraded: {exc}"
+        status = "degraded"
+    return json_response({"status": status, "checks": checks})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -3,15 +3,18 @@
 Authentication (header, `?token=` or a first `auth` message within the
 timeout), then `welcome`, then ticks and events pushed by the engine while the
 client sends actions that go through the same engine entry point as REST.
-Outbound messages go through a bounded queue drained by one writer task, so
-a slow client never blocks the tick; when its queue is full, ticks (which
-supersede each other) are dropped first.
+Outbound messages go through a bounded queue per session; one task per app
+writes every session's queue while its socket keeps up, and a backlogged
+socket gets a writer task of its own, so a slow client never blocks the tick
+or the others; when its queue is full, ticks (which supersede each other) are
+dropped first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from typing import Any
 
@@ -55,23 +58,80 @@ def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige) -> Action
     raise AssertionError(a)
 
 
-class WsSession:
-    """One socket. Implements the engine's `Sink`."""
+class _Outbox:
+    """Writes queued messages for every session of one app from a single task.
 
-    def __init__(self, c: AppContext, ws: web.WebSocketResponse) -> None:
+    A tick hands one message to each of thousands of sessions; waking one
+    writer task per session would cost a task switch per message. Here a
+    session with something to send is marked ready, and one task writes them
+    all. A socket whose kernel buffer is not empty (a slow client) is handed to
+    a writer task of its own, so it can never hold the others up.
+    """
+
+    YIELD_EVERY = 512  # sessions written between chances for other callbacks to run
+
+    def __init__(self) -> None:
+        self._ready: dict[WsSession, None] = {}  # insertion-ordered set
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, session: WsSession) -> None:
+        self._ready[session] = None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-outbox")
+
+    def pending(self, session: WsSession) -> bool:
+        return session in self._ready
+
+    def discard(self, session: WsSession) -> None:
+        self._ready.pop(session, None)
+
+    async def _run(self) -> None:
+        try:
+            while self._ready:
+                batch, self._ready = self._ready, {}
+                for i, session in enumerate(batch):
+                    await session._drain()
+                    if i % self.YIELD_EVERY == self.YIELD_EVERY - 1:
+                        await asyncio.sleep(0)
+        finally:
+            self._task = None
+
+
+_OUTBOXES: weakref.WeakKeyDictionary[AppContext, _Outbox] = weakref.WeakKeyDictionary()
+
+
+def _outbox(c: AppContext) -> _Outbox:
+    box = _OUTBOXES.get(c)
+    if box is None:
+        box = _OUTBOXES[c] = _Outbox()
+    return box
+
+
+class WsSession:
+    """One socket. Implements the engine's `Sink`.
+
+    Outbound messages wait in a bounded queue; the app's outbox writes them
+    while the socket keeps up, and a writer task of the session's own takes
+    over while the socket is backlogged.
+    """
+
+    def __init__(self, c: AppContext, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None) -> None:
         self.c = c
         self.ws = ws
         self.player_id: str | None = None
         self._queue: deque[str] = deque()
-        self._ready = asyncio.Event()
         self._limit = c.settings.ws_send_queue
-        self._writer: asyncio.Task[None] | None = None
+        self._transport = transport
+        self._outbox = _outbox(c)
+        self._started = False
+        self._broken = False  # a write failed: the socket is gone
+        self._slow: asyncio.Task[None] | None = None  # the writer while backlogged
         self.closing = False
         self.limit_errors: deque[float] = deque()
 
     # -- Sink --
     def send(self, message: str) -> None:
-        if self.closing:
+        if self.closing or self._broken:
             return
         if len(self._queue) >= self._limit:
             # Drop the oldest tick: a newer one carries everything it did.
@@ -82,7 +142,8 @@ class WsSession:
             else:
                 self._queue.popleft()
         self._queue.append(message)
-        self._ready.set()
+        if self._started and self._slow is None:
+            self._outbox.mark(self)
 
     def send_obj(self, obj: dict[str, Any]) -> None:
         self.send(orjson.dumps(obj).decode())
@@ -94,31 +155,56 @@ class WsSession:
         data.update(extra)
         self.send_obj({"type": "error", "id": msg_id, "data": data})
 
+    def _backlogged(self) -> bool:
+        t = self._transport
+        return t is None or t.get_write_buffer_size() > 0
+
+    async def _drain(self) -> None:
+        """Called by the outbox: write while the socket takes data without waiting."""
+        queue = self._queue
+        while queue and self._slow is None and not self._broken:
+            if self._backlogged():
+                self._slow = asyncio.create_task(self._write_loop())
+                return
+            try:
+                # With nothing buffered the transport is not paused, so this
+                # completes without suspending.
+                await self.ws.send_str(queue.popleft())
+            except (ConnectionError, RuntimeError):
+                self._broken = True
+                queue.clear()
+
     async def _write_loop(self) -> None:
         try:
-            while True:
-                await self._ready.wait()
-                while self._queue:
-                    msg = self._queue.popleft()
-                    await self.ws.send_str(msg)
-                self._ready.clear()
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            while self._queue:
+                await self.ws.send_str(self._queue.popleft())
+        except (ConnectionError, RuntimeError):
+            self._broken = True
+            self._queue.clear()
+        except asyncio.CancelledError:
             return
+        finally:
+            self._slow = None
 
     def start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop())
+        self._started = True
+        if self._queue:
+            self._outbox.mark(self)
 
     async def flush_and_stop_writer(self) -> None:
-        if self._writer is None:
+        if not self._started:
             return
         # Let queued messages (errors, results) out before closing.
         for _ in range(100):
-            if not self._queue or self._writer.done():
+            if not self._queue or self._broken or (self._slow is None and not self._outbox.pending(self)):
                 break
             await asyncio.sleep(0)
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        self._started = False
+        self._outbox.discard(self)
+        if self._slow is not None:
+            self._slow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slow
 
     async def close(self, code: int, reason: str) -> None:
         self.closing = True
@@ -166,7 +252,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
-    session = WsSession(c, ws)
+    session = WsSession(c, ws, request.transport)
     c.sessions.add(session)
     c.metrics.ws_active.set(len(c.sessions))
     try:
