@@ -541,6 +541,7 @@ class LoadGen:
         self.tick_bytes = 0
         self.bytes = 0
         self.lateness: list[float] = []
+        self.per_tick: dict[float, float] = {}  # server_time -> latest arrival
         self.action_latency: list[float] = []
         self.action_ok = 0
         self.action_err = 0
@@ -557,6 +558,9 @@ class LoadGen:
                 st = _server_time(payload)
                 if st is not None:
                     self.lateness.append(now - st)
+                    worst = self.per_tick.get(st, 0.0)
+                    if now - st > worst:
+                        self.per_tick[st] = now - st
             return
         if self.measuring:
             self.messages += 1
@@ -611,6 +615,7 @@ class LoadGen:
     def _reset(self) -> None:
         self.messages = self.tick_messages = self.tick_bytes = self.bytes = 0
         self.lateness = []
+        self.per_tick = {}
         self.action_latency = []
         self.action_ok = self.action_err = 0
         self.errors = {}
@@ -640,6 +645,7 @@ class LoadGen:
             "lateness_p99_ms": percentile(lat, 99) * 1e3,
             "lateness_max_ms": max(lat) * 1e3 if lat else float("nan"),
             "loadgen_cpu": cpu,
+            "tick_spread_ms": [round((v) * 1e3, 1) for _, v in sorted(self.per_tick.items())],
             "open": len(self.open),
             "actions_ok": self.action_ok,
             "actions_err": self.action_err,

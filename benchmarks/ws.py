@@ -107,7 +107,7 @@ def run_steps(
         out.append(rec)
         print(
             f"  {label} n={n}: open={open_n} p99={m['lateness_p99_ms']:.1f} ms msgs/s={m['messages_per_s']:.0f} "
-            f"cpu={cpu:.2f} loadgen_cpu={m['loadgen_cpu']:.2f}",
+            f"cpu={cpu:.2f} loadgen_cpu={m['loadgen_cpu']:.2f} worst per tick (ms): {m['tick_spread_ms']}",
             file=sys.stderr,
             flush=True,
         )

@@ -26,9 +26,21 @@ RELEASE = "llamawool"
 
 # Install order, as `helm install` applies kinds.
 KIND_ORDER = [
-    "Namespace", "NetworkPolicy", "ServiceAccount", "Secret", "ConfigMap", "PersistentVolumeClaim",
-    "Service", "Deployment", "HorizontalPodAutoscaler", "VerticalPodAutoscaler", "PodDisruptionBudget",
-    "CronJob", "Ingress", "ServiceMonitor", "PrometheusRule",
+    "Namespace",
+    "NetworkPolicy",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Service",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "VerticalPodAutoscaler",
+    "PodDisruptionBudget",
+    "CronJob",
+    "Ingress",
+    "ServiceMonitor",
+    "PrometheusRule",
 ]
 
 
@@ -48,12 +60,16 @@ ENVIRONMENTS = {
 }
 REGIONS = {
     f"production-{p.stem.removeprefix('values-region-')}": Target(
-        f"production-{p.stem.removeprefix('values-region-')}", ("values-production.yaml", p.name), "llamawool-production"
+        f"production-{p.stem.removeprefix('values-region-')}",
+        ("values-production.yaml", p.name),
+        "llamawool-production",
     )
     for p in sorted(CHART.glob("values-region-*.yaml"))
 }
 BLUE_GREEN = Target(
-    "production-blue-green", ("values-production.yaml", "../../blue-green/values-blue-green.yaml"), "llamawool-production"
+    "production-blue-green",
+    ("values-production.yaml", "../../blue-green/values-blue-green.yaml"),
+    "llamawool-production",
 )
 TARGETS = {**ENVIRONMENTS, **REGIONS, BLUE_GREEN.name: BLUE_GREEN}
 # What `make manifests` writes (file name under deploy/rendered/ -> target).

@@ -54,8 +54,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        import urllib.request
+        self.start_async()
+        return self.wait_ready(timeout)
 
+    def start_async(self) -> None:
+        """Spawn the process without waiting (start several, then wait for each)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -65,6 +68,11 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def wait_ready(self, timeout: float = 20.0) -> ServerProcess:
+        import urllib.request
+
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

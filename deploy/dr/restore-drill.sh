@@ -95,7 +95,7 @@ restored=$(now)
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$PYTHON" -m llamawool serve --host 127.0.0.1 --port "$port" >"$scratch/server.log" 2>&1 &
 server_pid=$!
-"$PYTHON" "$REPO/deploy/scripts/smoke.py" --url "http://127.0.0.1:$port" --retries 6
+"$PYTHON" "$REPO/deploy/scripts/smoke.py" --url "http://127.0.0.1:$port" --retries 30 --retry-delay 1
 served=$(now)
 
 total=$((served - started))

@@ -18,6 +18,7 @@ from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
 from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordinator
 from ..engine import Engine, FarmConflict, IdempotencyMismatch, PlayerGone
+from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import GameError, Rules
 from ..observability import Metrics
 from ..settings import Settings, load_rules
@@ -84,6 +85,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 "storage is unavailable; nothing was applied, retry shortly",
                 headers={"Retry-After": "5"},
             ) from None
+        except (OwnerUnreachable, RemoteError):
+            detail = "the replica that holds this farm is not answering; retry shortly"
+            raise ApiError("UNAVAILABLE", detail, headers={"Retry-After": "2"}) from None
         except FarmConflict:
             raise ApiError("UNAVAILABLE", "the farm moved; retry", headers={"Retry-After": "1"}) from None
         except PlayerGone:
@@ -181,7 +185,14 @@ def create_app(
         await engine.start(tick=tick)
         if tick:
             sweeper.append(asyncio.create_task(_sweep_flags(anticheat)))
-        log.info("server.started", store=store.name, coord=coord.name, region=settings.region, env=settings.env)
+        log.warning(
+            "server.started",
+            store=store.name,
+            coord=coord.name,
+            replica=coord.replica_id,
+            region=settings.region,
+            env=settings.env,
+        )
 
     async def cleanup(app: web.Application) -> None:
         await drain(app)

@@ -26,7 +26,8 @@ from pydantic import TypeAdapter, ValidationError
 from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
 from ..coord import BOARDS
-from ..engine import IdempotencyMismatch, PlayerGone
+from ..engine import FarmConflict, IdempotencyMismatch, PlayerGone
+from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import AppContext, ctx
@@ -291,8 +292,8 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
     session.start_writer()
     try:
         state, now = await c.engine.attach(who.player_id, session)
-    except StorageUnavailable:
-        await session.close(1011, "storage unavailable, retry")
+    except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
+        await session.close(1011, "farm unavailable, retry")
         return
     from ..engine import farm_view
 
@@ -383,7 +384,7 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
         if exc.code in VIOLATION_CODES:
             await c.anticheat.violation(who.player_id, "impossible_action", exc.detail[:200])
         return
-    except StorageUnavailable:
+    except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
         session.error(
             "UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", env.id, retry_after=5
         )

@@ -138,17 +138,21 @@ class Cluster:
             return None
         return None if owner in (None, self.me) else owner
 
-    async def wait_for_lapse(self, farm_id: str) -> None:
-        """The owner did not answer: its lease will lapse; take it then."""
+    async def wait_for_lapse(self, farm_id: str, owner: str) -> None:
+        """The owner did not answer: a dead owner's lease lapses within its TTL and
+        we take it. When it is still renewed (the owner is alive but slow) or
+        someone else took it, return and let the caller route again."""
         deadline = time.monotonic() + self.lease_ttl_s + self.rpc_timeout_s
         while time.monotonic() < deadline:
             try:
                 if await self.coord.acquire_lease(farm_id, self.lease_ttl_s):
                     return
+                if await self.coord.lease_owner(farm_id) not in (owner, None):
+                    return  # a new owner: ask it
             except CoordinationUnavailable:
                 return
             await asyncio.sleep(min(0.5, self.lease_ttl_s / 10))
-        raise OwnerUnreachable(farm_id)
+        log.warning("cluster.owner_slow", farm_id=farm_id, owner=owner)
 
     def renew_due(self) -> bool:
         return time.monotonic() - self._last_renew >= self.lease_ttl_s / 3

@@ -473,8 +473,8 @@ class Engine:
             except Rerouted:
                 continue
             except OwnerUnreachable:
-                await self.cluster.wait_for_lapse(player_id)
-        raise FarmConflict(player_id)
+                await self.cluster.wait_for_lapse(player_id, owner)
+        raise OwnerUnreachable(player_id)
 
     async def submit(self, player_id: str, action: Action, idempotency: IdempotentRequest | None = None) -> Reply:
         """Apply a player's action: the single entry point for REST and WebSocket.

@@ -39,6 +39,7 @@ error) is raised as `StorageUnavailable`; a unique index violation as
 from __future__ import annotations
 
 import asyncio
+import random
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
@@ -230,6 +231,12 @@ def _audit(d: Doc) -> AuditRecord:
     return AuditRecord(d["at"], d["admin_id"], d["action"], d.get("target"), d.get("details") or {})
 
 
+async def _backoff(attempt: int) -> None:
+    """Jittered exponential backoff for transaction retries: replicas that
+    conflicted must not retry in lockstep."""
+    await asyncio.sleep(random.uniform(0.0, min(0.25, 0.004 * 2**attempt)))  # noqa: S311 - jitter, not crypto
+
+
 class MongoStore:
     name = "mongodb"
 
@@ -370,8 +377,10 @@ class MongoStore:
         if not self.transactions:
             return await fn(None)
         deadline = time.monotonic() + self.timeout_s
+        attempt = 0
         async with self.client.start_session() as session:
             while True:
+                attempt += 1
                 try:
                     await session.start_transaction(write_concern=self._wc)
                     out = await fn(session)
@@ -383,7 +392,7 @@ class MongoStore:
                             await session.abort_transaction()
                     if time.monotonic() >= deadline:
                         raise StorageUnavailable(f"mongodb: {exc}, still after {self.timeout_s}s") from exc
-                    await asyncio.sleep(0.005)
+                    await _backoff(attempt)
                 except PyMongoError as exc:
                     if session.in_transaction:
                         with contextlib.suppress(PyMongoError):
@@ -393,7 +402,7 @@ class MongoStore:
                         self.transactions = False
                         return await fn(None)
                     if exc.has_error_label("TransientTransactionError") and time.monotonic() < deadline:
-                        await asyncio.sleep(0.005)
+                        await _backoff(attempt)
                         continue
                     raise
 

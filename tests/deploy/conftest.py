@@ -59,7 +59,9 @@ def rendered(render: ModuleType) -> dict[str, list[dict[str, Any]]]:
 
 
 @pytest.fixture(scope="session")
-def rendered_files(render: ModuleType, rendered: dict[str, list[dict[str, Any]]], tmp_path_factory: Any) -> dict[str, Path]:
+def rendered_files(
+    render: ModuleType, rendered: dict[str, list[dict[str, Any]]], tmp_path_factory: Any
+) -> dict[str, Path]:
     """The same, written as multi-document YAML files for the command-line validators."""
     out = tmp_path_factory.mktemp("rendered")
     files = {}

@@ -85,14 +85,25 @@ async def test_every_metric_the_operations_files_use_is_exported(client: TestCli
         used["HPA"] = {m["pods"]["metric"]["name"] for m in doc["spec"]["metrics"] if m["type"] == "Pods"}
     adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
     used["prometheus-adapter"] = {selectors(r["seriesQuery"]).pop() for r in adapter["rules"]["custom"]}
-    missing = {where: names - exported - EXTERNAL_METRICS for where, names in used.items() if names - exported - EXTERNAL_METRICS}
+    missing = {
+        where: names - exported - EXTERNAL_METRICS
+        for where, names in used.items()
+        if names - exported - EXTERNAL_METRICS
+    }
     assert not missing, f"not exported by the server: {missing}"
     # The issue's dashboard and alert topics really are backed by server metrics.
     every = set().union(*used.values())
-    for name in ("http_requests_total", "http_request_duration_seconds_bucket", "llamawool_players_online",
-                 "websocket_connections_active", "llamawool_tick_duration_seconds_bucket", "llamawool_offline_credits_total",
-                 "llamawool_anticheat_flags_total", "llamawool_store_commit_duration_seconds_bucket",
-                 "llamawool_coordination_duration_seconds_bucket"):
+    for name in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "llamawool_players_online",
+        "websocket_connections_active",
+        "llamawool_tick_duration_seconds_bucket",
+        "llamawool_offline_credits_total",
+        "llamawool_anticheat_flags_total",
+        "llamawool_store_commit_duration_seconds_bucket",
+        "llamawool_coordination_duration_seconds_bucket",
+    ):
         assert name in every and name in exported, name
 
 
@@ -139,7 +150,9 @@ def test_compose_and_compose_rules_agree() -> None:
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "llamawool")
     namespace = job["static_configs"][0]["labels"]["namespace"]
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "llamawool.rules.yml").read_text())
-    server_exprs = [r["expr"] for g in rules["groups"] for r in g["rules"] if "llamawool_" in r["expr"] or "http_" in r["expr"]]
+    server_exprs = [
+        r["expr"] for g in rules["groups"] for r in g["rules"] if "llamawool_" in r["expr"] or "http_" in r["expr"]
+    ]
     assert server_exprs
     for expr in server_exprs:
         assert f'namespace="{namespace}"' in expr and 'job=~"llamawool(-blue|-green)?"' in expr
@@ -164,7 +177,8 @@ def test_every_setting_the_deployment_sets_exists(rendered: Rendered) -> None:
     for path in [*DEPLOY.rglob("*.sh"), *(REPO / ".github" / "workflows").glob("*.yml")]:
         names |= set(re.findall(r"\b(LLAMAWOOL_[A-Z0-9_]+)=", path.read_text()))
     unknown = {
-        n for n in names
+        n
+        for n in names
         if n.startswith("LLAMAWOOL_") and n.removeprefix("LLAMAWOOL_").lower() not in Settings.model_fields
     }
     assert not unknown, unknown
@@ -177,7 +191,9 @@ async def test_ingress_routes_public_paths_only(client: TestClient, rendered: Re
     paths = [(p["path"], p["pathType"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
 
     def routed(url: str) -> bool:
-        return any(url == p if kind == "Exact" else url == p or url.startswith(p.rstrip("/") + "/") for p, kind in paths)
+        return any(
+            url == p if kind == "Exact" else url == p or url.startswith(p.rstrip("/") + "/") for p, kind in paths
+        )
 
     for url in ("/api/v1/config", "/api/v1/ws", "/api/v1/openapi.json"):
         assert routed(url), url
@@ -187,6 +203,13 @@ async def test_ingress_routes_public_paths_only(client: TestClient, rendered: Re
     for path, kind in paths:
         if kind == "Exact":
             assert (await client.get(path)).status == 200, path
+
+
+async def test_the_region_setting_labels_the_metrics(make_client: Any) -> None:
+    """values-region-*.yaml set LLAMAWOOL_REGION; Prometheus sees it on llamawool_build_info."""
+    client = await make_client(region="europe-west1")
+    text = await (await client.get("/metrics")).text()
+    assert re.search(r'^llamawool_build_info\{[^}]*region="europe-west1"[^}]*\} 1\.0$', text, re.M), text[:500]
 
 
 def test_every_alert_has_a_runbook(rendered: Rendered) -> None:

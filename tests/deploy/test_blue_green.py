@@ -25,7 +25,7 @@ from .conftest import DEPLOY
 
 SCRIPT = DEPLOY / "blue-green" / "blue-green.sh"
 
-FAKE = r'''
+FAKE = r"""
 import json, os, sys
 
 state_path = os.environ["FAKE_CLUSTER"]
@@ -75,7 +75,7 @@ elif verb == "rollout":
     sys.exit(1 if colour == state.get("fail_rollout") else 0)
 else:
     save(); sys.exit(f"unexpected kubectl call: {args}")
-'''
+"""
 
 
 class Cluster:
@@ -137,7 +137,9 @@ async def test_release_goes_to_the_idle_colour_then_takes_traffic(cluster: Clust
     # Green was up, rolled out and smoke-tested before the Service moved to it.
     calls = cluster.read()["calls"]
     first_switch = next(i for i, c in enumerate(calls) if c[0] == "helm" and "blueGreen.active=green" in c)
-    rollout = next(i for i, c in enumerate(calls) if c[0] == "kubectl" and "rollout" in c and "deployment/llamawool-green" in c)
+    rollout = next(
+        i for i, c in enumerate(calls) if c[0] == "kubectl" and "rollout" in c and "deployment/llamawool-green" in c
+    )
     green_up = next(i for i, c in enumerate(calls) if c[0] == "helm" and "blueGreen.green.tag=1.1.0" in c)
     assert green_up < rollout < first_switch
     assert "smoke test passed" in out

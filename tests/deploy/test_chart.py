@@ -78,7 +78,7 @@ def test_every_target_passes_strict_lint(render: ModuleType) -> None:
         {"environment": "prod"},
         {"replicaCount": 0},
         {"image": {"digest": "latest"}},
-        {"extraEnv": [{"name": "PATH", "value": "/tmp"}]},
+        {"extraEnv": [{"name": "PATH", "value": "/usr/bin"}]},
         {"autoscaling": {"targetCPUUtilizationPercentage": 170}},
         {"drain": {"graceSeconds": 0}},
         {"ingress": {"paths": [{"path": "api", "pathType": "Prefix"}]}},
@@ -99,10 +99,17 @@ def test_values_schema_rejects_mistakes(bad: dict[str, Any]) -> None:
 def test_chart_defaults_are_the_seed_game_service(render: ModuleType) -> None:
     docs = render.render(render.Target("defaults", (), "llamawool"))
     c = container(one(docs, "Deployment"))
-    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}
+    assert c["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"cpu": "500m", "memory": "512Mi"},
+    }
     hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
-    targets = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["metrics"] if m["type"] == "Resource"}
+    targets = {
+        m["resource"]["name"]: m["resource"]["target"]["averageUtilization"]
+        for m in hpa["metrics"]
+        if m["type"] == "Resource"
+    }
     assert targets == {"cpu": 70, "memory": 80}
 
 
@@ -117,8 +124,10 @@ def test_each_environment_carries_the_seed_numbers(rendered: Rendered, environme
     hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (low, high)
     resource = {m["resource"]["name"]: m["resource"]["target"] for m in hpa["metrics"] if m["type"] == "Resource"}
-    assert resource == {"cpu": {"type": "Utilization", "averageUtilization": cpu},
-                        "memory": {"type": "Utilization", "averageUtilization": 80}}
+    assert resource == {
+        "cpu": {"type": "Utilization", "averageUtilization": cpu},
+        "memory": {"type": "Utilization", "averageUtilization": 80},
+    }
     assert hpa["behavior"] == SEED_BEHAVIOR
 
 
@@ -154,7 +163,9 @@ def test_deployment_rolls_drains_and_runs_locked_down(rendered: Rendered, render
     assert sc["runAsNonRoot"] and sc["runAsUser"] == 1001 and sc["runAsGroup"] == 1001
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
     assert pod["automountServiceAccountToken"] is False
 
     # Writable: only /data and /tmp (emptyDirs); the config is read-only at /app/config.
@@ -164,7 +175,7 @@ def test_deployment_rolls_drains_and_runs_locked_down(rendered: Rendered, render
     assert volumes[mounts["/app/config"]["name"]]["configMap"]["name"] == "llamawool-config"
     assert env_of(c)["LLAMAWOOL_CONFIG_DIR"] == "/app/config"
     writable = {p for p, m in mounts.items() if not m.get("readOnly")}
-    assert writable == {"/data", "/tmp"}
+    assert writable == {"/data", "/tmp"}  # noqa: S108 - the container's own emptyDir
     assert all("emptyDir" in volumes[mounts[p]["name"]] for p in writable)
     assert env_of(c)["LLAMAWOOL_DATA_DIR"] == "/data"
 
@@ -214,7 +225,9 @@ def test_hpa_scales_on_online_players_per_pod(rendered: Rendered) -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llamawool"}
     pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
-    assert pods == [{"metric": {"name": "llamawool_players_online"}, "target": {"type": "AverageValue", "averageValue": "1000"}}]
+    assert pods == [
+        {"metric": {"name": "llamawool_players_online"}, "target": {"type": "AverageValue", "averageValue": "1000"}}
+    ]
     # The prometheus-adapter rule serves exactly that metric name.
     adapter = yaml.safe_load((REPO / "deploy" / "prometheus-adapter" / "values.yaml").read_text())
     names = [r["name"]["as"] for r in adapter["rules"]["custom"]]
@@ -261,7 +274,9 @@ def test_network_policy_allows_only_what_the_server_needs(rendered: Rendered) ->
     policy = one(rendered["production"], "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert [p["port"] for p in policy["ingress"][0]["ports"]] == ["http"]
-    namespaces = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in policy["ingress"][0]["from"]}
+    namespaces = {
+        f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for f in policy["ingress"][0]["from"]
+    }
     assert namespaces == {"ingress-nginx", "monitoring"}
     egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 27017, 6379}
@@ -276,7 +291,13 @@ def test_optional_parts_switch_off(render: ModuleType, rendered: Rendered, part:
 
 
 def test_monitoring_parts_switch_off(render: ModuleType) -> None:
-    off = {"metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}, "dashboard": {"enabled": False}}}
+    off = {
+        "metrics": {
+            "serviceMonitor": {"enabled": False},
+            "prometheusRule": {"enabled": False},
+            "dashboard": {"enabled": False},
+        }
+    }
     docs = render.render(render.TARGETS["production"], off)
     assert not by_kind(docs, "ServiceMonitor") and not by_kind(docs, "PrometheusRule")
     assert [d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")] == ["llamawool-config"]
@@ -307,7 +328,13 @@ def test_backup_cronjob_meets_the_rpo_and_retention(rendered: Rendered, render: 
 
 
 def test_blue_green_runs_two_colours_behind_one_service(render: ModuleType) -> None:
-    extra = {"blueGreen": {"active": "green", "blue": {"enabled": True, "tag": "1.0.0"}, "green": {"enabled": True, "tag": "1.1.0"}}}
+    extra = {
+        "blueGreen": {
+            "active": "green",
+            "blue": {"enabled": True, "tag": "1.0.0"},
+            "green": {"enabled": True, "tag": "1.1.0"},
+        }
+    }
     docs = render.render(render.TARGETS["production-blue-green"], extra)
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
     assert set(deployments) == {"llamawool-blue", "llamawool-green"}
@@ -334,4 +361,7 @@ def test_region_files_set_the_region_and_its_host(rendered: Rendered) -> None:
         assert env_of(c)["LLAMAWOOL_REGION"] == region
         hosts = one(rendered[name], "Ingress")["spec"]["rules"]
         assert len(hosts) == 2 and hosts[0]["host"] == "api.llamawool.com"
-        assert c["resources"] == {"requests": SEED_ENVIRONMENTS["production"][3], "limits": SEED_ENVIRONMENTS["production"][4]}
+        assert c["resources"] == {
+            "requests": SEED_ENVIRONMENTS["production"][3],
+            "limits": SEED_ENVIRONMENTS["production"][4],
+        }

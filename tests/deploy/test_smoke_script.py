@@ -26,7 +26,14 @@ async def test_smoke_passes_against_a_live_server(client: TestClient) -> None:
     url = str(client.make_url("")).rstrip("/")
     code, out = await smoke("--url", url)
     assert code == 0, out
-    for step in ("/health ok", "/ready ok", "/api/v1/auth/guest", "/api/v1/farm/shear", "101 Switching Protocols", "/metrics ok"):
+    for step in (
+        "/health ok",
+        "/ready ok",
+        "/api/v1/auth/guest",
+        "/api/v1/farm/shear",
+        "101 Switching Protocols",
+        "/metrics ok",
+    ):
         assert step in out, out
 
 

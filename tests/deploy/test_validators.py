@@ -19,7 +19,7 @@ import yaml
 
 from tests.helpers import REPO
 
-from .conftest import CHECKOV, DEPLOY, by_kind, one, tool
+from .conftest import CHECKOV, DEPLOY, one, tool
 
 Rendered = dict[str, list[dict[str, Any]]]
 
@@ -34,7 +34,9 @@ WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 
 
 def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False)
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+    )
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -49,10 +51,31 @@ def test_rendered_manifests_are_valid_kubernetes(rendered: Rendered, version: st
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} (k8s {version}): {exc.message} at {list(exc.path)}")
+                where = f"{name}: {doc['kind']}/{doc['metadata']['name']} (k8s {version})"
+                pytest.fail(f"{where}: {exc.message} at {list(exc.path)}")
             checked.add(doc["kind"])
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Ingress",
-            "NetworkPolicy", "CronJob", "PersistentVolumeClaim", "ServiceAccount"} <= checked
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "Ingress",
+        "NetworkPolicy",
+        "CronJob",
+        "PersistentVolumeClaim",
+        "ServiceAccount",
+    } <= checked
+
+
+def test_published_manifests_pass_the_kubernetes_validate_cli() -> None:
+    """The plain-YAML files operators apply, through the command itself; only the custom kinds go unchecked."""
+    published = sorted((DEPLOY / "rendered").glob("*.yaml"))
+    assert published
+    result = run(tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSIONS[0], "--quiet", *published)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in (result.stdout + result.stderr).splitlines():
+        assert line.startswith("WARN") and any(f"kind {k} " in line for k in CUSTOM_KINDS), line
 
 
 def test_custom_resources_have_the_shape_their_operators_expect(rendered: Rendered) -> None:
@@ -107,7 +130,11 @@ def test_the_alerts_cover_what_operators_need(rendered: Rendered) -> None:
 
 def test_rendered_files_are_current(render: ModuleType) -> None:
     """deploy/rendered/ and compose's rules are what `make manifests` writes today."""
-    stale = [str(path.relative_to(REPO)) for path, text in render.outputs().items() if not path.exists() or path.read_text() != text]
+    stale = [
+        str(path.relative_to(REPO))
+        for path, text in render.outputs().items()
+        if not path.exists() or path.read_text() != text
+    ]
     assert not stale, f"out of date: {stale}; run `make manifests`"
 
 
@@ -148,7 +175,16 @@ def test_checkov_finds_nothing_to_fix(rendered_files: dict[str, Path]) -> None:
     """One checkov run over the Dockerfile and every rendered target: zero failed checks."""
     assert CHECKOV.exists(), "checkov is not installed: run `make deploy-deps`"
     files = [REPO / "Dockerfile", *rendered_files.values()]
-    args: list[str | Path] = [CHECKOV, "--skip-download", "--framework", "dockerfile", "kubernetes", "-o", "json", "--compact"]
+    args: list[str | Path] = [
+        CHECKOV,
+        "--skip-download",
+        "--framework",
+        "dockerfile",
+        "kubernetes",
+        "-o",
+        "json",
+        "--compact",
+    ]
     for f in files:
         args += ["-f", f]
     result = run(*args, timeout=240)
@@ -199,8 +235,18 @@ def test_grafana_dashboard_and_provisioning_are_well_formed() -> None:
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("request rate", "latency", "error rate", "online players", "websocket", "tick", "offline credits",
-                  "anti-cheat", "mongodb", "redis"):
+    for topic in (
+        "request rate",
+        "latency",
+        "error rate",
+        "online players",
+        "websocket",
+        "tick",
+        "offline credits",
+        "anti-cheat",
+        "mongodb",
+        "redis",
+    ):
         assert topic in titles, f"no panel for {topic}"
     provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "llamawool.yml").read_text())
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())

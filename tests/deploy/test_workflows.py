@@ -49,7 +49,10 @@ def run_steps() -> list[tuple[str, dict[str, Any], str]]:
 
 def test_jobs_follow_the_seed_pipeline() -> None:
     jobs = workflow()["jobs"]
-    needs = {name: set([job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", [])) for name, job in jobs.items()}
+    needs = {
+        name: set([job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", []))
+        for name, job in jobs.items()
+    }
     assert needs["build"] == {"lint", "test", "scan"}
     assert needs["deploy-staging"] == {"build"}
     assert needs["smoke-staging"] == {"deploy-staging"}

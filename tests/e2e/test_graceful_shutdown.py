@@ -101,7 +101,9 @@ async def _act(player: Player, ids: itertools.count[int]) -> None:
                 return
             msg_id = next(ids)
             player.sent.add(msg_id)
-            await player.ws.send_str(orjson.dumps({"type": "action", "id": msg_id, "data": {"action": "shear"}}).decode())
+            await player.ws.send_str(
+                orjson.dumps({"type": "action", "id": msg_id, "data": {"action": "shear"}}).decode()
+            )
 
 
 async def _ready_status(http: aiohttp.ClientSession, url: str) -> int | None:
@@ -121,7 +123,7 @@ async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 async def test_sigterm_drains_sockets_commits_every_ack_and_exits_within_grace(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = {"LLAMAWOOL_DRAIN_GRACE_S": str(GRACE_S), "LLAMAWOOL_TICK_INTERVAL_S": "0.2"}
+    env = {"LLAMAWOOL_DRAIN_GRACE_S": str(GRACE_S), "LLAMAWOOL_TICK_INTERVAL_S": "0.2", "LLAMAWOOL_REGION": "e2e-west"}
     server = ServerProcess(data, env=env).start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -134,7 +136,9 @@ async def test_sigterm_drains_sockets_commits_every_ack_and_exits_within_grace(t
             ids = itertools.count(1)
             readers = [asyncio.create_task(_read(p)) for p in players]
             streams = [asyncio.create_task(_act(p, ids)) for p in players]
-            await _wait_for(lambda: all(len(p.acked) >= ACKED_BEFORE_SIGTERM for p in players), 10, "acks from every player")
+            await _wait_for(
+                lambda: all(len(p.acked) >= ACKED_BEFORE_SIGTERM for p in players), 10, "acks from every player"
+            )
             assert await _ready_status(http, server.url) == 200
 
             assert server.proc is not None
@@ -168,9 +172,11 @@ async def test_sigterm_drains_sockets_commits_every_ack_and_exits_within_grace(t
             took = time.monotonic() - signalled
             assert code == 0, server.log_path.read_text()[-2000:]
             assert took < GRACE_S, f"exit took {took:.1f}s, beyond the {GRACE_S}s grace"
-        events = [line.get("event") for line in server.logs()]
+        lines = server.logs()
+        events = [line.get("event") for line in lines]
         assert "server.draining" in events
         assert "server.drain_timeout" not in events
+        assert lines and all(line.get("region") == "e2e-west" for line in lines)  # multi-region: every log line
 
         # Restart on the same data: everything acknowledged is there, nothing unsent is.
         server = ServerProcess(data, env=env).start()

@@ -152,7 +152,7 @@ Deliberate checkov skips shared by every pod template, each with its reason
 (checkov reads `checkov.io/skipN: CHECK_ID=reason` annotations).
 */}}
 {{- define "llamawool.checkovSkips" -}}
-checkov.io/skip1: CKV_K8S_40=The image runs as uid 1001 by specification (issue 5, seed Dockerfile); runAsNonRoot, no privilege escalation and drop ALL still apply.
+checkov.io/skip1: CKV_K8S_40=The image user is uid 1001 by specification (the seed Dockerfile); runAsNonRoot, no privilege escalation and drop ALL still apply.
 checkov.io/skip2: CKV_K8S_35=MONGODB_URI and REDIS_URI are read from the environment only (llamawool/settings.py has no *_FILE variant); the JWT secret is mounted as a file.
 {{- if not .Values.image.digest }}
 checkov.io/skip3: CKV_K8S_43=Images are deployed by immutable release tag from CI; set image.digest to pin by digest instead.

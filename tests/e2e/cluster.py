@@ -1,0 +1,158 @@
+"""A real cluster for tests: MongoDB-wire + Redis + N replicas behind nginx."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, free_port, in_ci
+from tests.mongo_server import SecantusServer, start_or_skip
+from tests.redis_server import RedisServer
+
+CLUSTER_SECRET = "cluster-test-secret-0123456789abcdef-0123456789"
+
+
+def nginx_command() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def unavailable(message: str) -> None:
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+class Nginx:
+    """nginx in the foreground with its own prefix, proxying HTTP and WebSockets round robin."""
+
+    def __init__(self, work: Path, upstream_ports: list[int]) -> None:
+        self.work = work
+        self.port = free_port()
+        self.upstream_ports = upstream_ports
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;" for p in self.upstream_ports)
+        user = "user root;" if os.geteuid() == 0 else ""
+        w = self.work
+        return f"""{user}
+worker_processes 1;
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {w}/body;
+  proxy_temp_path {w}/proxy;
+  fastcgi_temp_path {w}/fastcgi;
+  uwsgi_temp_path {w}/uwsgi;
+  scgi_temp_path {w}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  upstream llamawool {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+      proxy_pass http://llamawool;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 3600s;
+      # GET retries on a dead replica; POSTs are never replayed by nginx
+      # (clients retry them with the same Idempotency-Key).
+      proxy_next_upstream error timeout http_502 http_503;
+    }}
+  }}
+}}
+"""
+
+    def start(self) -> Nginx:
+        exe = nginx_command()
+        if exe is None:
+            unavailable("nginx is not installed: `make test` installs it (apt-get install nginx-light)")
+        assert exe is not None
+        self.work.mkdir(parents=True, exist_ok=True)
+        conf = self.work / "nginx.conf"
+        conf.write_text(self.config())
+        self.proc = subprocess.Popen(
+            [exe, "-p", str(self.work), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.work / "stderr.log").open("ab"),
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(self.work / 'stderr.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:  # noqa: S310 - loopback
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Cluster:
+    def __init__(self, work: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+        self.work = work
+        self.mongo = SecantusServer(log_dir=work)
+        self.redis = RedisServer(work_dir=work / "redis")
+        self.env = env or {}
+        self.replicas: list[ServerProcess] = []
+        self.n = replicas
+        self.nginx: Nginx | None = None
+
+    def replica_env(self) -> dict[str, str]:
+        return {
+            "MONGODB_URI": self.mongo.uri,
+            "REDIS_URI": self.redis.url,
+            "JWT_SECRET": CLUSTER_SECRET,
+            "LLAMAWOOL_LOG_LEVEL": "warning",
+            **self.env,
+        }
+
+    def start(self) -> Cluster:
+        start_or_skip(self.mongo)
+        try:
+            self.redis.start()
+        except (RuntimeError, OSError) as exc:
+            unavailable(f"cannot start redis-server: {exc}")
+        for i in range(self.n):
+            self.replicas.append(ServerProcess(self.work / f"replica-{i}", env=self.replica_env()))
+        for r in self.replicas:  # start all, then wait: they boot in parallel
+            r.start_async()
+        for r in self.replicas:
+            r.wait_ready()
+        self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas]).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.nginx is not None
+        return self.nginx.url
+
+    def stop(self) -> None:
+        if self.nginx:
+            self.nginx.stop()
+        for r in self.replicas:
+            r.kill()
+        self.redis.stop()
+        self.mongo.stop()
