@@ -9,8 +9,10 @@ over pre-created players' access tokens and alternates `POST /farm/shear`
 ({"count": 1}) with `POST /farm/buildings/barn/purchase` ({"quantity": 1}).
 Every 200 answer is an action committed to SQLite (synchronous=FULL, WAL)
 before it was sent. wrk is a closed loop; the fixed offered load is made with
-wrk's `delay()` hook (each connection waits connections/rate between
-requests) and the achieved rate is printed beside the latency.
+wrk's `delay()` hook: the thread keeps a schedule of one request every
+1/rate seconds (LuaJIT's ffi reads the monotonic clock) and each connection
+waits for its slot, so the offered rate holds while latency stays below
+connections/rate; the achieved rate is printed beside the latency.
 WebSocket actions come from the benchmark's own load generator (another
 process): the same two actions as `{"type": "action"}` messages, one in
 flight per socket.
@@ -53,7 +55,7 @@ LUA_ACTIONS = r"""
 local tokens = {}
 for line in io.lines("%(tokens)s") do tokens[#tokens + 1] = line end
 local prefix = "%(prefix)s"
-local pause_ms = %(pause_ms)s
+local interval_ms = %(interval_ms)s
 local counter = 0
 local thread_no = 0
 local nthreads = %(threads)d
@@ -77,8 +79,28 @@ function request()
   return wrk.format("POST", prefix .. "/farm/buildings/barn/purchase", headers, '{"quantity":1}')
 end
 
+-- Pacing: with interval_ms > 0 this thread sends on a fixed schedule (an open
+-- loop while connections are free), whatever the latency of earlier answers.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local next_ms = nil
+
 function delay()
-  return pause_ms
+  if interval_ms <= 0 then return 0 end
+  local t = now_ms()
+  if next_ms == nil or next_ms < t - 1000 then next_ms = t end
+  next_ms = next_ms + interval_ms
+  local d = next_ms - t
+  if d < 0 then return 0 end
+  return d
 end
 
 done = function(summary, latency, requests)
@@ -149,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, help="py-spy the server during the REST throughput phase")
     a = p.parse_args(argv)
     raise_nofile(65536)
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
     seconds = 2.0 if a.quick else 10.0
     players = 200 if a.quick else 1_000
     conns = 64
@@ -163,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         config = bench_config(work)
         api = "/api/v1"
         full_speed = write_script(
-            work / "actions.lua", LUA_ACTIONS, tokens=work / "tokens.txt", prefix=api, pause_ms=0, threads=1
+            work / "actions.lua", LUA_ACTIONS, tokens=work / "tokens.txt", prefix=api, interval_ms=0, threads=1
         )
         fixed = write_script(
             work / "actions-fixed.lua",
             LUA_ACTIONS,
             tokens=work / "tokens.txt",
             prefix=api,
-            pause_ms=round(1000 * rate_conns / rate),
+            interval_ms=1000.0 / rate,
             threads=1,
         )
         guests = write_script(work / "guests.lua", LUA_GUESTS, run=str(int(time.time())), prefix=api)
@@ -178,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             # Warm: every farm loaded (and its day offline credited) before measuring.
             warm = write_script(
-                work / "warm.lua", LUA_ACTIONS, tokens=work / "tokens.txt", prefix=api, pause_ms=0, threads=1
+                work / "warm.lua", LUA_ACTIONS, tokens=work / "tokens.txt", prefix=api, interval_ms=0, threads=1
             )
             wrk(server.url, warm, 2.0 if a.quick else 4.0, conns)
             assert server.stats is not None and server.proc is not None
@@ -206,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                 results["ws_fixed"] = m
                 gen.call("close")
                 results["ws_max"]["connected"] = conn["connected"]
+            spy = start_profile(server.proc.pid, seconds, a.profile / "actions-guests.txt") if a.profile else None
             server.stats.start()
             results["guests"] = wrk(server.url, guests, seconds, conns)
+            if spy is not None:
+                spy.wait()
             results["guests"]["server_cpu"] = server.stats.cpu_fraction()
         with bare_server(work / "bare", "bare-json") as bare:
             bare.start()
             bare_script = write_script(
-                work / "bare.lua", LUA_ACTIONS, tokens=work / "tokens.txt", prefix="/echo", pause_ms=0, threads=1
+                work / "bare.lua", LUA_ACTIONS, tokens=work / "tokens.txt", prefix="/echo", interval_ms=0, threads=1
             )
             assert bare.stats is not None
             bare.stats.start()
@@ -223,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 LUA_ACTIONS,
                 tokens=work / "tokens.txt",
                 prefix="/echo",
-                pause_ms=round(1000 * rate_conns / rate),
+                interval_ms=1000.0 / rate,
                 threads=1,
             )
             bare.stats.start()
@@ -269,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.profile:
         print("\nprofile of the server during the REST throughput phase:")
         print(summarize_profile(a.profile / "actions-rest.txt"))
+        print("\nprofile of the server during guest logins:")
+        print(summarize_profile(a.profile / "actions-guests.txt"))
     figures: dict[str, Any] = {
         "rest_actions_per_s": rest["ok_rps"],
         "rest_non2xx": rest["non2xx"],

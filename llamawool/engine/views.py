@@ -11,11 +11,21 @@ from ..game import FarmState, Rules
 
 
 def farm_view(rules: Rules, state: FarmState, now: float) -> dict[str, Any]:
-    """The whole farm at `now`, balances in closed form."""
+    """The whole farm at `now`, balances in closed form.
+
+    The rates are computed once (they are the costly part) and every derived
+    figure uses them: the same closed forms as `Rules.scores` and
+    `Rules.run_value`, which would each compute the rates again.
+    """
     rates = rules.rates(state)
     balances = rules.balances_at(state, now, rates)
     keys = rules.tier_keys
-    scores = rules.scores(state, now)
+    value_rate = rules.value_of(rates)
+    d = now - state.anchor_time if state.online and now > state.anchor_time else 0.0
+    if d > 0.0:
+        run_value = rules.value_of([p + r * d for p, r in zip(state.run_produced, rates, strict=True)])
+    else:
+        run_value = rules.value_of(state.run_produced)
     return {
         "player_id": state.player_id,
         "revision": state.revision,
@@ -24,10 +34,10 @@ def farm_view(rules: Rules, state: FarmState, now: float) -> dict[str, Any]:
         "balances": dict(zip(keys, balances, strict=True)),
         "rates": dict(zip(keys, rates, strict=True)),
         "farm_value": rules.value_of(balances),
-        "value_per_second": scores["rate"],
-        "run_value": rules.run_value(state, now),
-        "lifetime_value": scores["lifetime"],
-        "weekly_value": scores["weekly"],
+        "value_per_second": value_rate,
+        "run_value": run_value,
+        "lifetime_value": state.lifetime_value + value_rate * d,
+        "weekly_value": rules.weekly_score(state, now, value_rate),
         "buildings": {k: state.buildings.get(k, 0) for k in rules.buildings},
         "upgrades": list(state.upgrades),
         "soul_shears": state.soul_shears,
@@ -36,8 +46,7 @@ def farm_view(rules: Rules, state: FarmState, now: float) -> dict[str, Any]:
         "discovered_tiers": [k for k in keys if k in state.discovered],
         "click_power": rules.click_power(state),
         "shear_tokens": rules.shear_tokens_at(state, now),
-        "play_time_s": state.play_time_s
-        + (now - state.anchor_time if state.online and now > state.anchor_time else 0.0),
+        "play_time_s": state.play_time_s + d,
         "stats": state.stats.to_dict(),
         "created_at": state.created_at,
     }

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import math
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +48,17 @@ WINDOW = RULES.online_window_s
 REL = 1e-9
 BUILDINGS = list(RULES.buildings)
 UPGRADES = list(RULES.upgrades)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def logs_go_nowhere() -> Iterator[None]:
+    """The engine logs; render its lines but write them nowhere, whatever an earlier
+    test left structlog bound to (a CLI test can leave it on a closed stream)."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    yield
+    structlog.configure(**saved)
 
 
 class CollectingSink:
