@@ -39,8 +39,8 @@ error) is raised as `StorageUnavailable`; a unique index violation as
 from __future__ import annotations
 
 import asyncio
-import random
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar

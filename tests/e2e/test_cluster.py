@@ -76,7 +76,7 @@ class Sim:
                     if r.status in (502, 503, 504):
                         raise aiohttp.ClientError(f"{r.status}")
                     return r.status, await r.json(content_type=None)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
@@ -120,7 +120,7 @@ class Sim:
                         if self.stop_sockets.is_set():
                             break
                     sock.closes.append(ws.close_code or 0)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             sock.connected = False
             p.ws[k] = None
@@ -199,9 +199,7 @@ async def test_three_replicas_lose_nothing_while_replicas_die(tmp_path: Path) ->
             for p in sim.players:
                 p.sockets = [Socket(), Socket()]
                 p.ws = [None, None]
-            sockets = [
-                asyncio.create_task(sim.socket_loop(s, p, k)) for p in sim.players for k in range(2)
-            ]
+            sockets = [asyncio.create_task(sim.socket_loop(s, p, k)) for p in sim.players for k in range(2)]
             players = [asyncio.create_task(sim.play(s, p)) for p in sim.players]
 
             victim_kill, victim_term = cluster.replicas[0], cluster.replicas[1]
@@ -224,7 +222,9 @@ async def test_three_replicas_lose_nothing_while_replicas_die(tmp_path: Path) ->
                     break
                 await asyncio.sleep(0.25)
             silent = [
-                (i, k, sock) for i, p in enumerate(sim.players) for k, sock in enumerate(p.sockets)
+                (i, k, sock)
+                for i, p in enumerate(sim.players)
+                for k, sock in enumerate(p.sockets)
                 if not (sock.connected and sock.ticks_after_mark >= 3)
             ]
             assert not silent, f"sockets without ticks: {silent[:5]}"
