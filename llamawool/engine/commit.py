@@ -57,25 +57,33 @@ class GroupCommitter:
                 continue
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
-            started = time.perf_counter()
             try:
-                applied = await self.store.commit([item for item, _ in batch])
-            except StorageUnavailable as exc:
-                self.metrics.store_errors.inc()
-                log.warning("store.commit_failed", error=str(exc), farms=len(batch))
+                await self._commit_batch(batch)
+            except Exception:  # never let the committer die: every later commit would hang
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(StorageUnavailable(str(exc)))
-                continue
-            except Exception as exc:  # a bug in an adapter must not kill the committer
-                self.metrics.store_errors.inc()
-                log.exception("store.commit_crashed", farms=len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(StorageUnavailable(f"storage error: {type(exc).__name__}"))
-                continue
-            self.metrics.commit_batch.observe(len(batch))
-            self.metrics.commit_duration.observe(time.perf_counter() - started)
-            for (_, fut), ok in zip(batch, applied, strict=True):
-                if not fut.done():
-                    fut.set_result(ok)
+                        fut.set_exception(StorageUnavailable("storage error"))
+
+    async def _commit_batch(self, batch: list[tuple[FarmCommit, asyncio.Future[bool]]]) -> None:
+        started = time.perf_counter()
+        try:
+            applied = await self.store.commit([item for item, _ in batch])
+        except StorageUnavailable as exc:
+            self._fail(batch, StorageUnavailable(str(exc)))
+            log.warning("store.commit_failed", error=str(exc), farms=len(batch))
+            return
+        except Exception as exc:  # a bug in an adapter must not kill the committer
+            self._fail(batch, StorageUnavailable(f"storage error: {type(exc).__name__}"))
+            log.exception("store.commit_crashed", farms=len(batch))
+            return
+        self.metrics.commit_batch.observe(len(batch))
+        self.metrics.commit_duration.observe(time.perf_counter() - started)
+        for (_, fut), ok in zip(batch, applied, strict=True):
+            if not fut.done():
+                fut.set_result(ok)
+
+    def _fail(self, batch: list[tuple[FarmCommit, asyncio.Future[bool]]], exc: StorageUnavailable) -> None:
+        self.metrics.store_errors.inc()
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
