@@ -46,6 +46,7 @@ async def patch_me(request: web.Request) -> web.Response:
         await c.store.update_player(player)
     except DuplicateKey as exc:
         raise ApiError("CONFLICT", f"{exc.field} is already taken", field=exc.field) from None
+    c.engine.boards.forget_name(player.id)
     return json_response(player_view(player), headers={"Cache-Control": "private, no-store"})
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from ..coord import BOARDS, BoardEntry, CoordinationUnavailable, Coordinator, ScoreUpdate
 from ..game import FarmState, Rules, iso_week, week_start
@@ -56,6 +56,12 @@ class BoardFeed:
         self.push_errors = Counter(
             "llamawool_leaderboard_push_errors_total", "Score pushes that failed", registry=registry
         )
+        self.cluster_online = Gauge(
+            "llamawool_players_online_cluster", "Players online on every replica (as last reported)", registry=registry
+        )
+        # Profiles (usernames on boards) are cached for the ConfigMap's userProfileTTL.
+        self.profile_ttl_s = float(engine.rules.config.cache.userProfileTTL)
+        self._names: dict[str, tuple[str, float]] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="board-feed")
@@ -113,6 +119,8 @@ class BoardFeed:
             for board, updates in batches.items():
                 await self.coord.push_scores(board, period_of(board, now), updates)
         self.stale = False
+        await self.coord.report_online(self.coord.replica_id, self.engine.online_count(), now, 3 * self.push_s)
+        self.cluster_online.set(await self.coord.online_count(now))
         await self._notify_ranks(now)
         await self._notify_tops(now)
 
@@ -190,7 +198,7 @@ class BoardFeed:
                 sinks.discard(sink)
 
     async def named(self, entries: list[BoardEntry]) -> list[dict[str, Any]]:
-        names = await self.store.usernames([e.player_id for e in entries])
+        names = await self.usernames([e.player_id for e in entries])
         return [
             {
                 "rank": e.rank,
@@ -201,3 +209,19 @@ class BoardFeed:
             }
             for e in entries
         ]
+
+    async def usernames(self, player_ids: list[str]) -> dict[str, str]:
+        now = self.clock()
+        out = {pid: hit[0] for pid in player_ids if (hit := self._names.get(pid)) and hit[1] > now}
+        missing = [pid for pid in player_ids if pid not in out]
+        if missing:
+            fetched = await self.store.usernames(missing)
+            for pid, name in fetched.items():
+                self._names[pid] = (name, now + self.profile_ttl_s)
+            out.update(fetched)
+        if len(self._names) > 100_000:
+            self._names = {k: v for k, v in self._names.items() if v[1] > now}
+        return out
+
+    def forget_name(self, player_id: str) -> None:
+        self._names.pop(player_id, None)
