@@ -185,7 +185,7 @@ def create_app(
         await engine.start(tick=tick)
         if tick:
             sweeper.append(asyncio.create_task(_sweep_flags(anticheat)))
-        log.warning(
+        log.info(
             "server.started",
             store=store.name,
             coord=coord.name,
