@@ -48,7 +48,7 @@ serve: $(STAMP)
 	$(PY) -m llamawool serve
 
 ## Lint, types and the whole test suite, against real servers the tests start.
-test: $(STAMP) lint types unit
+test: $(STAMP) lint types bench-quick unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llamawool tests
@@ -57,8 +57,44 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy llamawool
 
-unit: $(STAMP) deploy-deps e2e-deps
+unit: $(STAMP) deploy-deps e2e-deps security-deps
 	$(VENV)/bin/pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data
+
+.PHONY: bench bench-quick bench-deps
+BENCH_STAMP := $(VENV)/.bench-$(shell cat constraints.txt requirements/bench.txt | cksum | cut -d' ' -f1)
+## The benchmarks' tools: profilers and psutil (requirements/bench.txt) and Debian's wrk (installed only when missing).
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(PIP) install --quiet -c constraints.txt -r requirements/bench.txt
+	@rm -f $(VENV)/.bench-*
+	@touch $@
+
+bench-deps: $(BENCH_STAMP)
+	@command -v wrk >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)
+
+## A smoke run of every benchmark (well under a minute): proves each runs; a missed goal does not fail it.
+bench-quick: bench-deps
+	$(PY) -m benchmarks.tick --quick
+	$(PY) -m benchmarks.ws --quick
+	$(PY) -m benchmarks.actions --quick
+	$(PY) -m benchmarks.startup --quick
+
+## The full benchmarks (about ten minutes; see BENCHMARKS.md); fails when a goal is missed.
+bench: bench-deps
+	@status=0; for b in "tick" "ws --full" "actions" "startup"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
+
+.PHONY: security-deps fuzz
+SECURITY_STAMP := $(VENV)/.security-$(shell cat constraints.txt requirements/security.txt | cksum | cut -d' ' -f1)
+## The security tests' tools: schemathesis (requirements/security.txt).
+$(SECURITY_STAMP): $(STAMP) requirements/security.txt
+	$(PIP) install --quiet -c constraints.txt -r requirements/security.txt
+	@rm -f $(VENV)/.security-*
+	@touch $@
+
+security-deps: $(SECURITY_STAMP)
+
+## The long API fuzz (>= 5,000 schemathesis cases, about two minutes; `make test` runs a quick pass).
+fuzz: security-deps
+	LLAMAWOOL_FUZZ_EXAMPLES=180 $(VENV)/bin/pytest -q tests/security/test_fuzz_api.py

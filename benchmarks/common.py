@@ -41,7 +41,7 @@ DAY = 86400.0
 
 def raise_nofile(want: int = 65536) -> int:
     """Raise this process's open-file limit (children inherit it); returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for target in (max(want, hard), want):
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(target, hard)))
@@ -64,7 +64,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
+    k = max(0, min(len(ordered) - 1, round(p / 100.0 * len(ordered) + 0.5) - 1))
     return ordered[k]
 
 
@@ -193,7 +193,9 @@ def summarize_profile(path: Path, top: int = 25) -> str:
             continue
         n = int(count)
         samples += n
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" for f in stack.split(";")
+        ]
         self_n[frames[-1]] = self_n.get(frames[-1], 0) + n
         for f in set(frames):
             total_n[f] = total_n.get(f, 0) + n
@@ -282,7 +284,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=1) as resp:  # noqa: S310 - loopback
                     if resp.status == 200:
                         return time.perf_counter() - started
             except OSError:
@@ -393,7 +395,9 @@ def seed_players(
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             players,
         )
-        conn.executemany("INSERT OR REPLACE INTO farms (player_id, revision, doc, last_active) VALUES (?, ?, ?, ?)", farms)
+        conn.executemany(
+            "INSERT OR REPLACE INTO farms (player_id, revision, doc, last_active) VALUES (?, ?, ?, ?)", farms
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -456,10 +460,7 @@ class WsClient(asyncio.Protocol):
 
     def send_text(self, payload: bytes) -> None:
         n = len(payload)
-        if n < 126:
-            head = bytes((0x81, 0x80 | n))
-        else:
-            head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+        head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
         mask = os.urandom(4)
         rep = (mask * (n // 4 + 1))[:n]
         masked = (int.from_bytes(payload, "big") ^ int.from_bytes(rep, "big")).to_bytes(n, "big")
@@ -543,6 +544,7 @@ class LoadGen:
         self.lateness: list[float] = []
         self.per_tick: dict[float, float] = {}  # server_time -> latest arrival
         self.action_latency: list[float] = []
+        self.action_sent: list[float] = []
         self.action_ok = 0
         self.action_err = 0
         self.errors: dict[str, int] = {}
@@ -573,6 +575,7 @@ class LoadGen:
             sent = client.pending.pop(obj.get("id"), None)
             if sent is not None and self.measuring:
                 self.action_latency.append(now - sent)
+                self.action_sent.append(sent)
                 if obj["type"] == "result":
                     self.action_ok += 1
                 else:
@@ -617,6 +620,7 @@ class LoadGen:
         self.lateness = []
         self.per_tick = {}
         self.action_latency = []
+        self.action_sent = []
         self.action_ok = self.action_err = 0
         self.errors = {}
 
@@ -653,7 +657,19 @@ class LoadGen:
             "actions_per_s": (self.action_ok + self.action_err) / wall,
             "action_p50_ms": percentile(act, 50) * 1e3,
             "action_p99_ms": percentile(act, 99) * 1e3,
+            "action_stalls": self._stalls(),
         }
+
+    def _stalls(self, slow_s: float = 0.025) -> list[list[float]]:
+        """When answers were slow: [seconds into the window, slow answers, worst ms] per 100 ms."""
+        if not self.action_sent:
+            return []
+        t0 = min(self.action_sent)
+        buckets: dict[int, list[float]] = {}
+        for sent, lat in zip(self.action_sent, self.action_latency, strict=True):
+            if lat > slow_s:
+                buckets.setdefault(int((sent - t0) * 10), []).append(lat)
+        return [[k / 10, len(v), round(max(v) * 1e3, 1)] for k, v in sorted(buckets.items())]
 
     async def actions(self, seconds: float, rate: float, messages: list[str], in_flight: int) -> dict[str, Any]:
         """Send WS actions: at `rate` per second in all (0 = as fast as replies come back),

@@ -25,6 +25,7 @@ farm than the Python loop.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import statistics
 import sys
@@ -35,7 +36,7 @@ import numpy as np
 
 from llamawool.engine.engine import Engine, Resident
 from llamawool.game import FarmState
-from llamawool.observability import Metrics
+from llamawool.observability import Metrics, configure_logging
 from llamawool.settings import Settings, load_rules
 
 from .common import finish, print_table, round_floats
@@ -81,7 +82,7 @@ def build_engine(n: int, now: float, seed: int = 6) -> tuple[Engine, CountingSin
     table.value_rate[:n] = table.rates[:n] @ np.asarray(rules.tier_values)
     table.play[:n] = rng.uniform(0, 1e5, n)
     # thresholds far ahead: a realistic tick settles almost no farm
-    table.next_lifetime[:n] = table.lifetime[:n] * 10 + 1e12
+    table.next_lifetime[:n] = table.lifetime[:n] + table.value_rate[:n] * 1e6 + 1e12
     table.next_play[:n] = np.inf
     table.last_active[:n] = now
     table.undiscovered[:n] = False
@@ -105,6 +106,8 @@ def build_engine(n: int, now: float, seed: int = 6) -> tuple[Engine, CountingSin
         table.connections[row] = 1
         engine.row_owners[row] = res
         engine.residents[pid] = res
+    # Leases renewed now: their renewal (every third of the lease's TTL) is not the tick's work.
+    asyncio.run(engine.cluster.renew(list(engine.residents)))
     return engine, sink
 
 
@@ -229,10 +232,39 @@ LOOP_COLUMNS = (
 )
 
 
+def board_push_ms(n: int, now: float, runs: int = 3) -> list[float]:
+    """The leaderboard feed's push (every `leaderboard_push_s`, on the event loop) at n connected farms."""
+    engine, _ = build_engine(n, now)
+
+    async def go() -> list[float]:
+        out = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            await engine.boards.push()
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    return asyncio.run(go())
+
+
+def profile_ticks(engine: Engine, ticks: int = 20) -> None:
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for _ in range(ticks):
+        engine.tick()
+    profiler.stop()
+    print(f"\npyinstrument: {ticks} ticks at {engine.table.size:,} farms")
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tick")
     p.add_argument("--quick", action="store_true", help="a smoke run: small sizes, few repetitions")
+    p.add_argument("--profile", action="store_true", help="pyinstrument over 20 ticks at the largest size")
     a = p.parse_args(argv)
+    configure_logging("warning", "console", "bench")
     sizes = [10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000]
     reps = 3 if a.quick else 15
     min_s = 0.0 if a.quick else 1.0
@@ -305,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             "payload_us_per_connected_farm": payload_us,
             "ticks_measured": len(tick_t),
         }
+        if a.profile and n == sizes[-1]:
+            profile_ticks(engine)
         del engine, sink, copy
         gc.collect()
     print_table(
@@ -329,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\n(ms are medians; 'payload us/conn' = (tick - table.tick) per connected farm; loops per farm: "
         f"rules = best of 3 over {rules_m:,} farm states, lean = best of 3 over {loop_m:,} rows as lists)"
+    )
+    push_n = 2_000 if a.quick else CONNECTED_MAX
+    push = board_push_ms(push_n, now)
+    figures["board_push_ms_median"] = statistics.median(push)
+    figures["board_push_farms"] = push_n
+    print(
+        f"\nnot the tick, but on the same event loop: BoardFeed.push() at {push_n:,} connected farms "
+        f"(every leaderboard_push_s, local coordination): {', '.join(f'{x:.1f}' for x in push)} ms"
     )
     largest = sizes[-1]
     big = figures[f"n{largest}"]

@@ -61,6 +61,7 @@ def run_steps(
     local_addr: str,
     window_s: float,
     profile: Path | None = None,
+    settle_s: float = 2.0,
 ) -> list[dict[str, Any]]:
     assert server.stats is not None
     time.sleep(1.0)
@@ -73,14 +74,12 @@ def run_steps(
             assert server.proc is not None
             spy = start_profile(server.proc.pid, 600, profile / f"ws-{label}-{n}-connect.txt")
             time.sleep(0.5)
-        conn = gen.call(
-            "connect", url=server.ws_url, tokens=tokens[have:n], local_addr=local_addr, concurrency=256
-        )
+        conn = gen.call("connect", url=server.ws_url, tokens=tokens[have:n], local_addr=local_addr, concurrency=256)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait()
         have = n
-        time.sleep(2.0)  # settle: the connection burst's commits and first ticks
+        time.sleep(settle_s)  # settle: the connection burst's commits and first ticks
         spy = None
         if profile is not None and n == steps[-1]:
             assert server.proc is not None
@@ -127,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help="also 20,000 players")
     p.add_argument("--profile", type=Path, help="py-spy the servers at the largest step; stacks to this folder")
     p.add_argument("--steps", help="comma-separated player counts (overrides the mode's)")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds between connecting and measuring")
     a = p.parse_args(argv)
     limit = raise_nofile(65536)
     if a.quick:
@@ -149,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         with LoadGenProcess() as gen:
             with Server(work / "server", env=env, config=config) as server:
                 server.start()
-                ours = run_steps("llamawool", server, gen, steps, tokens, "127.0.0.2", window, a.profile)
+                ours = run_steps("llamawool", server, gen, steps, tokens, "127.0.0.2", window, a.profile, a.settle)
             payload = int(max((r["mean_tick_bytes"] for r in ours), default=300)) or 300
-            with bare_server(work / "bare", "bare-broadcast", "--interval", "1", "--payload-bytes", str(payload)) as bare:
+            with bare_server(
+                work / "bare", "bare-broadcast", "--interval", "1", "--payload-bytes", str(payload)
+            ) as bare:
                 bare.start()
-                base = run_steps("bare", bare, gen, steps, [""] * steps[-1], "127.0.0.3", window, a.profile)
+                base = run_steps("bare", bare, gen, steps, [""] * steps[-1], "127.0.0.3", window, a.profile, a.settle)
     rows = []
     figures: dict[str, Any] = {"window_s": window, "tick_payload_bytes": payload}
     for o, b in zip(ours, base, strict=True):

@@ -7,6 +7,7 @@ test process. No metric carries a per-player label.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -19,12 +20,28 @@ REDACTED_KEYS = frozenset(
 )
 
 
+# A JWT (base64url parts joined by dots, the first an encoded '{"'): a credential wherever
+# it shows up, such as a client's input quoted in a refusal's detail, even cut short.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_.-]*")
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Never let a secret reach a log line, whoever logged it."""
+    """Never let a secret reach a log line, whoever logged it (nested fields too)."""
     for key in list(event):
+        value = event[key]
         if key.lower() in REDACTED_KEYS:
             event[key] = "[redacted]"
+        elif isinstance(value, dict):
+            event[key] = _redact(_, __, dict(value))
+        elif isinstance(value, str) and "eyJ" in value:
+            event[key] = _JWT.sub("[redacted-jwt]", value)
     return event
+
+
+# Tracebacks as dicts, without each frame's local variables: structlog's default
+# (show_locals=True) would print the repr of `settings` (the JWT secret), of a
+# request body (a password) or of a `token` in any frame an exception unwinds.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 
 class _CurrentStdout:
@@ -45,7 +62,7 @@ def configure_logging(level: str = "info", fmt: str = "json", region: str = "loc
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
-            structlog.processors.dict_tracebacks,
+            _TRACEBACKS,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

@@ -66,6 +66,10 @@ class Settings(BaseModel):
     flag_decay_s: float = Field(86400, gt=0)
     ws_violations_before_close: int = Field(10, gt=0, description="limit errors on one socket within a minute")
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) whose pages may call the API; empty: same-origin only",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
     max_body_bytes: int = Field(64 * 1024, gt=0)
@@ -80,7 +84,12 @@ class Settings(BaseModel):
 
     mongodb_uri: str | None = Field(None, description="MongoDB replaces SQLite when set (MONGODB_URI)")
     mongodb_pool_size: int = Field(50, gt=0, description="connections per replica")
-    mongodb_timeout_s: float = Field(5.0, gt=0, description="server selection, connect and socket timeouts")
+    mongodb_timeout_s: float = Field(
+        5.0, gt=0, description="connect, socket and write-concern timeouts; the transaction retry budget"
+    )
+    mongodb_select_timeout_s: float = Field(
+        1.0, gt=0, description="how long an operation waits for a reachable primary before it fails (503)"
+    )
     redis_uri: str | None = Field(None, description="Redis replaces in-process coordination when set (REDIS_URI)")
     redis_pool_size: int = Field(32, ge=2, description="connections per replica (one holds the fan-out listener)")
     redis_timeout_s: float = Field(2.0, gt=0, description="connect, command and pool-wait timeout")
@@ -115,6 +124,16 @@ class Settings(BaseModel):
                 raise ValueError(f"trusted_proxies: {cidr!r} is not an IP network") from None
         return self
 
+    @model_validator(mode="after")
+    def _origins_are_origins(self) -> Settings:
+        import re
+
+        for origin in self.cors_origins:
+            # an exact origin, as browsers send it: no wildcard, path or trailing slash
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin such as https://play.example.com")
+        return self
+
     def resolved_save_secret(self) -> bytes:
         import hashlib
         import hmac
@@ -145,7 +164,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     for name, value in environ.items():
         if name.startswith("LLAMAWOOL_"):
             key = name.removeprefix("LLAMAWOOL_").lower()
-            if key == "trusted_proxies":
+            if key in ("trusted_proxies", "cors_origins"):
                 out[key] = [v.strip() for v in value.split(",") if v.strip()]
             elif key in Settings.model_fields:
                 out[key] = value

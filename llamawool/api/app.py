@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
@@ -143,8 +143,54 @@ def _allow(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "llamawool"
+SERVER_NAME = "llamawool"
+# aiohttp answers requests it cannot parse (a bad request line, oversized headers)
+# itself, before any app code or on_response_prepare runs, and names itself there
+# ("Server: Python/3.11 aiohttp/3.x"): make that default the server's plain name too.
+web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
+
+# CORS for the origins in settings.cors_origins (none by default: same-origin only).
+# Tokens travel in the Authorization header, never in cookies: no credentials mode.
+CORS_ALLOW_METHODS = "GET, POST, PATCH, DELETE"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, X-Request-Id"
+CORS_EXPOSE_HEADERS = (
+    "ETag, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, X-Request-Id, Idempotent-Replayed"
+)
+CORS_MAX_AGE_S = "600"
+
+
+def _cors_origin(request: web.Request) -> str | None:
+    """The request's Origin when it is one of the configured ones."""
+    origin = request.headers.get("Origin")
+    return origin if origin is not None and origin in request.app[CTX].settings.cors_origins else None
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a listed origin's preflight here: before routing (no route has OPTIONS)
+    and before authentication (a browser's preflight carries no Authorization)."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers and _cors_origin(request):
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
+                "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                "Access-Control-Max-Age": CORS_MAX_AGE_S,
+            },
+        )
+    return await handler(request)
+
+
+async def _response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+    if request.app[CTX].settings.cors_origins:
+        # the answer depends on Origin: a shared cache must not hand one origin's copy to another
+        vary = response.headers.get("Vary")
+        response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
+        origin = _cors_origin(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
 
 
 def create_app(
@@ -164,7 +210,7 @@ def create_app(
     auth = Auth(store, settings)
     anticheat = AntiCheat(coord, store, settings, rules, metrics, clock)
     trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies]
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=settings.max_body_bytes)
     app[CTX] = AppContext(settings, rules, store, engine, auth, metrics, coord, anticheat, trusted)
     coord.subscribe(lambda channel, message: _on_fanout(app, channel, message))
 
@@ -205,7 +251,7 @@ def create_app(
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    app.on_response_prepare.append(_server_header)
+    app.on_response_prepare.append(_response_headers)
     return app
 
 

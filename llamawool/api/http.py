@@ -43,7 +43,9 @@ class Route:
     extra_statuses: tuple[int, ...] = ()
     form: bool = False
     idempotent_key: bool = False
-    params: dict[str, str] = field(default_factory=dict)
+    # name -> description, or (description, JSON schema) when not any string
+    params: dict[str, str | tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    query: type[BaseModel] | None = None  # the model that validates the query string
 
 
 ROUTES: list[Route] = []
@@ -62,7 +64,8 @@ def route(
     extra_statuses: tuple[int, ...] = (),
     form: bool = False,
     idempotency: bool = False,
-    params: dict[str, str] | None = None,
+    params: dict[str, str | tuple[str, dict[str, Any]]] | None = None,
+    query: type[BaseModel] | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
@@ -80,6 +83,7 @@ def route(
                 form,
                 idempotency,
                 params or {},
+                query,
             )
         )
         return handler

@@ -15,17 +15,33 @@ from .http import API_PREFIX, ROUTES
 from .schemas import Health, Problem
 
 REF = "#/components/schemas/{model}"
-_STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content"}
+_STATUS_TEXT = {101: "Switching Protocols", 200: "OK", 201: "Created", 204: "No Content"}
+_NO_CONTENT = (101, 204)
 
 
-def _error_statuses(access: str, has_body: bool) -> list[int]:
+def _error_statuses(access: str, has_body: bool, validates: bool = False) -> list[int]:
     out = [400, 413, 415, 422] if has_body else []
+    if validates:  # path or query values the server checks beyond "a string"
+        out += [422]
     if access != "public":
         out += [401]
     if access == "admin":
         out += [403]
     out += [404, 409, 429, 503]
     return sorted(set(out))
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The query string's parameters, from the pydantic model that validates it."""
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", []))
+    out = []
+    for name, prop in schema.get("properties", {}).items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        out.append(param)
+    return out
 
 
 @functools.cache
@@ -51,13 +67,15 @@ def openapi_document() -> dict[str, Any]:
             "tags": [r.tag],
             "responses": {},
         }
-        params = [
-            {"name": name, "in": "path", "required": True, "description": desc, "schema": {"type": "string"}}
-            for name, desc in r.params.items()
-        ]
+        params = []
+        for name, spec in r.params.items():
+            desc, schema = spec if isinstance(spec, tuple) else (spec, {"type": "string"})
+            params.append({"name": name, "in": "path", "required": True, "description": desc, "schema": schema})
         for name in re.findall(r"{(\w+)}", r.path):
             if name not in r.params:
                 params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
+        if r.query is not None:
+            params += _query_parameters(r.query)
         if r.idempotent_key:
             params.append(
                 {
@@ -65,7 +83,7 @@ def openapi_document() -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "description": "A retry with the same key returns the first answer and applies nothing twice",
-                    "schema": {"type": "string", "maxLength": 200},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]{1,200}$"},
                 }
             )
         if params:
@@ -76,15 +94,19 @@ def openapi_document() -> dict[str, Any]:
             content = {"application/json": {"schema": {"$ref": REF.format(model=r.body.__name__)}}}
             if r.form:
                 content["application/x-www-form-urlencoded"] = {"schema": {"$ref": REF.format(model=r.body.__name__)}}
-            op["requestBody"] = {"required": True, "content": content}
+            # a body whose fields all have defaults may be left out (the server reads it as {})
+            required = any(f.is_required() for f in r.body.model_fields.values())
+            op["requestBody"] = {"required": required, "content": content}
         statuses = [r.status, *(st for st in r.extra_statuses if st < 400)]
         for st in statuses:
             resp: dict[str, Any] = {"description": _STATUS_TEXT.get(st, "OK")}
-            if st != 204:
+            if st not in _NO_CONTENT:
                 schema = {"$ref": REF.format(model=r.response.__name__)} if r.response else {"type": "object"}
                 resp["content"] = {"application/json": {"schema": schema}}
             op["responses"][str(st)] = resp
-        for st in sorted({*_error_statuses(r.access, r.body is not None), *(s for s in r.extra_statuses if s >= 400)}):
+        validates = r.query is not None or any(isinstance(spec, tuple) for spec in r.params.values())
+        errors = _error_statuses(r.access, r.body is not None, validates)
+        for st in sorted({*errors, *(s for s in r.extra_statuses if s >= 400)}):
             codes = sorted(c for c, (s, _) in CODES.items() if s == st)
             op["responses"][str(st)] = {
                 "description": ", ".join(codes) or "error",

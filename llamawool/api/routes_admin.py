@@ -9,29 +9,35 @@ import time
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from ..engine import farm_view
 from ..store import AuditRecord, PlayerRecord
 from .context import AppContext, ctx
 from .errors import ApiError
-from .http import json_response, principal, read_body, route
+from .http import json_response, principal, read_body, route, validation_problem
 from .routes_auth import player_view
 
 
 class RestoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    revision: int = Field(ge=1)
+    model_config = ConfigDict(extra="forbid", strict=True)  # as the player routes: true is not a revision
+    # the stores keep revisions as 64-bit integers (a larger one was a 500 from SQLite)
+    revision: int = Field(ge=1, le=2**63 - 1)
 
 
 class BroadcastRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     message: Annotated[str, StringConstraints(min_length=1, max_length=500)]
     level: Literal["info", "warning", "maintenance"] = "info"
 
 
 class EmptyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    limit: int = Field(100, ge=1, le=1000, description="how many entries, newest first")
 
 
 async def _audit(c: AppContext, request: web.Request, action: str, target: str | None, **details: Any) -> None:
@@ -146,13 +152,15 @@ async def admin_broadcast(request: web.Request) -> web.Response:
     return json_response({"sent": True})
 
 
-@route("GET", "/admin/audit", summary="The newest admin actions", access="admin", tag="admin")
+@route("GET", "/admin/audit", summary="The newest admin actions", access="admin", tag="admin", query=AuditQuery)
 async def admin_audit(request: web.Request) -> web.Response:
     c = ctx(request)
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise ApiError("VALIDATION_ERROR", "limit must be 1..1000", errors=[{"field": "limit"}])
-    records = await c.store.list_audit(int(raw))
+    try:
+        # (str.isdigit() then int() answered 500 to "²" and to 5,000-digit numbers)
+        q = AuditQuery.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    records = await c.store.list_audit(q.limit)
     return json_response(
         {
             "entries": [

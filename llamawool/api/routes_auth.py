@@ -63,7 +63,7 @@ def _no_store() -> dict[str, str]:
     tag="auth",
     body=GuestRequest,
     response=AuthResponse,
-    extra_statuses=(201,),
+    extra_statuses=(201, 401),  # 401: the device's farm belongs to a registered account
 )
 async def guest(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -98,6 +98,7 @@ async def guest(request: web.Request) -> web.Response:
     body=RegisterRequest,
     response=AuthResponse,
     status=201,
+    extra_statuses=(401,),  # an upgrading guest's token that is invalid
 )
 async def register(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -150,6 +151,7 @@ async def _find_login(store: Store, login: str) -> PlayerRecord | None:
     body=LoginRequest,
     response=AuthResponse,
     form=True,
+    extra_statuses=(401,),  # wrong login or password
 )
 async def login(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -177,6 +179,7 @@ async def login(request: web.Request) -> web.Response:
     tag="auth",
     body=RefreshRequest,
     response=AuthResponse,
+    extra_statuses=(401,),  # unknown, spent or expired refresh token
 )
 async def refresh(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -201,6 +204,7 @@ async def refresh(request: web.Request) -> web.Response:
     tag="auth",
     body=LogoutRequest,
     status=204,
+    extra_statuses=(401,),  # neither a refresh token nor a valid access token
 )
 async def logout(request: web.Request) -> web.Response:
     c = ctx(request)

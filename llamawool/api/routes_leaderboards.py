@@ -15,6 +15,9 @@ from .http import json_response, principal, route, validation_problem
 
 Q = TypeVar("Q", bound=BaseModel)
 Week = Annotated[str, StringConstraints(pattern=r"^\d{4}-W\d{2}$")]
+BOARD_PARAM: dict[str, str | tuple[str, dict[str, object]]] = {
+    "board": ("lifetime, prestige, rate or weekly", {"type": "string", "enum": list(BOARDS)})
+}
 
 
 class PageQuery(BaseModel):
@@ -53,10 +56,11 @@ def _period(c: AppContext, board: str, requested: str | None) -> str:
 @route(
     "GET",
     "/leaderboards/{board}",
+    query=PageQuery,
     summary="A board's top entries; follow next_cursor for the following page",
     access="public",
     tag="leaderboards",
-    params={"board": "lifetime, prestige, rate or weekly"},
+    params=BOARD_PARAM,
 )
 async def get_board(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -81,9 +85,10 @@ async def get_board(request: web.Request) -> web.Response:
 @route(
     "GET",
     "/leaderboards/{board}/me",
+    query=MeQuery,
     summary="Your rank on a board and the entries around you",
     tag="leaderboards",
-    params={"board": "lifetime, prestige, rate or weekly"},
+    params=BOARD_PARAM,
 )
 async def get_my_rank(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -117,7 +122,7 @@ async def get_my_rank(request: web.Request) -> web.Response:
     summary="Periods with entries, newest first (weekly: ISO weeks; others: all)",
     access="public",
     tag="leaderboards",
-    params={"board": "lifetime, prestige, rate or weekly"},
+    params=BOARD_PARAM,
 )
 async def get_periods(request: web.Request) -> web.Response:
     c = ctx(request)

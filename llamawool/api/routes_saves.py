@@ -16,7 +16,8 @@ from .context import AppContext, ctx
 from .errors import ApiError
 from .http import json_response, principal, raw_json_response, read_body, route
 
-_ETAG = re.compile(r'^\s*"(\d{1,18})"\s*$')
+_ETAG = re.compile(r'^\s*"([0-9]{1,18})"\s*$')
+REVISION = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() also takes "²", which int() refuses
 HISTORY_LIMIT = 100
 
 
@@ -68,7 +69,7 @@ async def list_saves(request: web.Request) -> web.Response:
     "/farm/saves/{revision}",
     summary="One signed save; `latest` saves the current revision now",
     tag="saves",
-    params={"revision": "a revision number, or latest"},
+    params={"revision": ("a revision number, or latest", {"type": "string", "pattern": "^([0-9]{1,18}|latest)$"})},
 )
 async def get_save(request: web.Request) -> web.Response:
     c = ctx(request)
@@ -77,7 +78,7 @@ async def get_save(request: web.Request) -> web.Response:
     if raw == "latest":
         body = await _current(c, who.player_id)
     else:
-        if not raw.isdigit() or len(raw) > 18:
+        if not REVISION.match(raw):
             raise ApiError("VALIDATION_ERROR", "revision must be a number or 'latest'", errors=[{"field": "revision"}])
         snap: Snapshot | None = await c.store.get_snapshot(who.player_id, int(raw))
         if snap is None:

@@ -62,7 +62,7 @@ class ShearRequest(Request):
 
 
 class PrestigeRequest(Request):
-    confirm: bool
+    confirm: Literal[True] = Field(description="must be true: prestige resets the run")
     expected_gain: Annotated[int, Field(ge=0)] | None = None
 
 

@@ -239,7 +239,15 @@ async def _await_auth_message(ws: web.WebSocketResponse, wait_s: float) -> str |
     return token if isinstance(token, str) else None
 
 
-@route("GET", "/ws", summary="The WebSocket (see docs/protocol.md)", access="public", tag="realtime", status=101)
+@route(
+    "GET",
+    "/ws",
+    summary="The WebSocket (see docs/protocol.md)",
+    access="public",
+    tag="realtime",
+    status=101,
+    extra_statuses=(400,),  # not a WebSocket upgrade request
+)
 async def websocket(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     if c.draining:

@@ -119,6 +119,11 @@ class Cluster:
         self._last_heard: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_renew = 0.0
+        # Coordination failed: farms were served here without a lease. Once it is back
+        # (and every replica has had a lease TTL to renew and drop what it lost), the
+        # engine drops its copies and reloads them (`resync_due`).
+        self._unsure = False
+        self._resync_at: float | None = None
         coord.subscribe(self._on_message)
 
     @property
@@ -135,6 +140,7 @@ class Cluster:
             owner = await self.coord.lease_owner(farm_id)
         except CoordinationUnavailable:
             # No coordination: serve locally; the revision check keeps data safe.
+            self._coordination_failed()
             return None
         return None if owner in (None, self.me) else owner
 
@@ -150,6 +156,7 @@ class Cluster:
                 if await self.coord.lease_owner(farm_id) not in (owner, None):
                     return  # a new owner: ask it
             except CoordinationUnavailable:
+                self._coordination_failed()
                 return
             await asyncio.sleep(min(0.5, self.lease_ttl_s / 10))
         log.warning("cluster.owner_slow", farm_id=farm_id, owner=owner)
@@ -161,9 +168,25 @@ class Cluster:
         """Renew our leases (every third of their TTL); return the farms we lost."""
         self._last_renew = time.monotonic()
         try:
-            return await self.coord.renew_leases(farm_ids, self.lease_ttl_s)
+            lost = await self.coord.renew_leases(farm_ids, self.lease_ttl_s)
         except CoordinationUnavailable:
+            self._coordination_failed()
             return []
+        if self._unsure and self._resync_at is None:
+            self._resync_at = time.monotonic() + self.lease_ttl_s
+        return lost
+
+    def _coordination_failed(self) -> None:
+        self._unsure = True
+        self._resync_at = None
+
+    def resync_due(self) -> bool:
+        """True once, a lease TTL after renewals work again following a coordination failure."""
+        if self._resync_at is None or time.monotonic() < self._resync_at:
+            return False
+        self._unsure = False
+        self._resync_at = None
+        return True
 
     async def release(self, farm_id: str) -> None:
         with contextlib.suppress(CoordinationUnavailable):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -230,7 +231,7 @@ class Engine:
         self._gauge()
         return res
 
-    def _evict(self, res: Resident) -> None:
+    def _evict(self, res: Resident, *, release: bool = True) -> None:
         if res.evicted:  # e.g. forgotten while a commit was in flight: its row is freed already
             return
         res.evicted = True
@@ -238,7 +239,8 @@ class Engine:
         self.table.remove(res.row)
         self.row_owners[res.row] = None
         self._gauge()
-        self._spawn(self.cluster.release(res.player_id))
+        if release:
+            self._spawn(self.cluster.release(res.player_id))
 
     def _gauge(self) -> None:
         self.metrics.farms_resident.set(len(self.residents))
@@ -294,7 +296,7 @@ class Engine:
         ok = await self.committer.commit(commit)
         if not ok:
             # Someone else committed a newer revision: our copy is stale.
-            self._evict(res)
+            self._drop_copy(res)
             raise FarmConflict(res.player_id)
         if snapshot:
             res.snapshot_revision = new.revision
@@ -457,10 +459,18 @@ class Engine:
 
     # ---- the public entry points: local when we own the farm, else the owner's ---------
 
-    async def _routed(self, player_id: str, local: Callable[[], Awaitable[T]], op: str, args: dict[str, Any]) -> Any:
+    async def _routed(
+        self,
+        player_id: str,
+        local: Callable[[], Awaitable[T]],
+        op: str,
+        args: dict[str, Any],
+        asked: list[str] | None = None,
+    ) -> Any:
         """Run `local` when this replica owns the farm (taking a free lease), else
         ask the owner; when the owner is unreachable, wait for its lease to lapse
-        and take over. A commit refused as stale reloads the farm and runs again."""
+        and take over. A commit refused as stale reloads the farm and runs again.
+        `asked` collects the owners the request was sent to."""
         for _ in range(4):
             owner = None if player_id in self.residents else await self.cluster.owner_elsewhere(player_id)
             if owner is None:
@@ -469,6 +479,8 @@ class Engine:
                 except FarmConflict:
                     continue  # our copy was stale: it was dropped; load the newest and retry
             try:
+                if asked is not None:
+                    asked.append(owner)
                 return await self.cluster.call(owner, op, player_id, args)
             except Rerouted:
                 continue
@@ -482,11 +494,18 @@ class Engine:
         Raises GameError (nothing changed), StorageUnavailable (nothing changed),
         IdempotencyMismatch.
         """
-        args = {
-            "action": action_to_wire(action),
-            "idem": [idempotency.key, idempotency.fingerprint] if idempotency else None,
-        }
-        out = await self._routed(player_id, lambda: self._submit_local(player_id, action, idempotency), "submit", args)
+        # A keyless action (WebSocket) sent to the owner carries a key of its own: when
+        # the owner's answer is lost (it died, Redis went away) and this replica then
+        # runs the action itself, the key finds the owner's commit instead of applying
+        # the action a second time.
+        sent = idempotency or IdempotentRequest.of(f"routed:{uuid.uuid4().hex}", action)
+        asked: list[str] = []
+        args = {"action": action_to_wire(action), "idem": [sent.key, sent.fingerprint]}
+
+        def local() -> Awaitable[Reply]:
+            return self._submit_local(player_id, action, sent if idempotency or asked else None)
+
+        out = await self._routed(player_id, local, "submit", args, asked)
         return (
             out
             if isinstance(out, Reply)
@@ -739,13 +758,38 @@ class Engine:
                 continue
             # Another replica owns it now (our renewals failed for a while): hand
             # our sockets over as watchers and drop our copy without writing.
-            local = [s for s in res.sinks if not isinstance(s, RemoteSink)]
-            log.warning("cluster.lease_lost", player_id=player_id, sockets=len(local))
-            res.sinks.clear()
-            self._evict(res)
-            if local:
-                self.cluster.watched.setdefault(player_id, set()).update(local)
-                self._spawn(self._rewatch(player_id))
+            log.warning("cluster.lease_lost", player_id=player_id, sockets=len(res.sinks))
+            self._drop_copy(res)
+        if self.cluster.resync_due():
+            await self._resync()
+
+    async def _resync(self) -> None:
+        """Coordination is back after an outage, and every replica has renewed its leases
+        since. Copies this replica loaded or kept without a lease may be older than what
+        another replica committed meanwhile (reads would show them until our next write
+        is refused): drop them all without writing (every change is committed already);
+        the next request or socket loads the newest revision under a lease."""
+        dropped = 0
+        for res in list(self.residents.values()):
+            async with res.lock:
+                if not res.evicted:
+                    self._drop_copy(res)
+                    dropped += 1
+        log.warning("cluster.resynced", farms=dropped)
+
+    def _drop_copy(self, res: Resident) -> None:
+        """Drop our copy of a farm without writing it (it is stale, or owned elsewhere now).
+        Its sockets stay with the farm: they become watchers and attach again, to the
+        new owner or to the copy this replica reloads."""
+        local = [s for s in res.sinks if not isinstance(s, RemoteSink)]
+        res.sinks.clear()
+        # Keep the lease: a release landing after this replica took it again to reload
+        # would leave a copy here without a lease while another replica takes the farm.
+        # (A lease we lost is not ours to release; one nobody uses lapses by itself.)
+        self._evict(res, release=False)
+        if local:
+            self.cluster.watched.setdefault(res.player_id, set()).update(local)
+            self._spawn(self._rewatch(res.player_id))
 
     async def _rewatch(self, player_id: str) -> None:
         """Our sockets of a farm owned elsewhere heard nothing for a while: the

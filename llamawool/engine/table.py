@@ -76,6 +76,7 @@ class FarmTable:
         self._tmp = np.zeros(capacity)
         self._mask = np.zeros(capacity, dtype=bool)
         self._mask2 = np.zeros(capacity, dtype=bool)
+        self._idle = np.zeros(capacity, dtype=bool)
 
     # Typed views of the columns (set dynamically by _alloc).
     anchor_time: F64
@@ -196,9 +197,10 @@ class FarmTable:
         np.add(self.last_active[:n], online_window_s, out=tmp)
         np.less_equal(tmp, now, out=mask)
         np.logical_and(mask, self.online[:n], out=mask)
-        np.logical_and(mask, self.connections[:n] == 0, out=mask)
+        idle = np.equal(self.connections[:n], 0, out=self._idle[:n])
+        np.logical_and(mask, idle, out=mask)
         offline_rows = np.flatnonzero(mask)
-        connected_rows = np.flatnonzero(self.connections[:n] > 0)
+        connected_rows = np.flatnonzero(np.logical_not(idle, out=idle))
         balances = self.balances[connected_rows]
         balances += self.rates[connected_rows] * dt[connected_rows, None]
         return TickResult(now, settle_rows, offline_rows, connected_rows, balances)

@@ -44,6 +44,7 @@ def store_from_uri(uri: str, settings: Settings) -> Store:
             uri,
             pool_size=settings.mongodb_pool_size,
             timeout_s=settings.mongodb_timeout_s,
+            select_timeout_s=settings.mongodb_select_timeout_s,
             snapshot_history=settings.snapshot_history,
             snapshot_daily_days=settings.snapshot_daily_days,
         )

@@ -55,6 +55,7 @@ from pymongo.errors import (
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
 )
 from pymongo.write_concern import WriteConcern
 
@@ -247,15 +248,20 @@ class MongoStore:
         database: str | None = None,
         pool_size: int = 50,
         timeout_s: float = 5.0,
+        select_timeout_s: float | None = None,
         snapshot_history: int = 50,
         snapshot_daily_days: int = 30,
         transactions: bool | None = None,
     ) -> None:
-        """`transactions` None detects support at open; False forces the per-farm fallback."""
+        """`transactions` None detects support at open; False forces the per-farm fallback.
+
+        `select_timeout_s` (default `timeout_s`) is how long an operation waits for a
+        reachable primary: when the server is down, that is how soon a request fails."""
         self.uri = uri
         self.database_name = database
         self.pool_size = pool_size
         self.timeout_s = timeout_s
+        self.select_timeout_s = timeout_s if select_timeout_s is None else select_timeout_s
         self.retention = (snapshot_history, snapshot_daily_days)
         self._want_transactions = transactions
         self.transactions = False
@@ -287,7 +293,7 @@ class MongoStore:
             client: AsyncMongoClient[Doc] = AsyncMongoClient(
                 self.uri,
                 maxPoolSize=self.pool_size,
-                serverSelectionTimeoutMS=ms,
+                serverSelectionTimeoutMS=max(1, int(self.select_timeout_s * 1000)),
                 connectTimeoutMS=ms,
                 socketTimeoutMS=ms,
                 retryWrites=True,
@@ -300,7 +306,7 @@ class MongoStore:
         self._client = client
         try:
             with _errors():
-                hello: Doc = await client.admin.command("hello")
+                hello: Doc = await self._hello(client)
                 # A replica set (setName) or mongos (msg isdbgrid) runs multi-document
                 # transactions and can acknowledge a write on a majority.
                 self.replica_set = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
@@ -320,6 +326,18 @@ class MongoStore:
             self._client = None
             self._db = None
             raise
+
+    async def _hello(self, client: AsyncMongoClient[Doc]) -> Doc:
+        """The first contact: a server that is still starting gets `timeout_s`, however
+        short the per-operation server selection is."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                hello: Doc = await client.admin.command("hello")
+                return hello
+            except ServerSelectionTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
 
     async def _create_indexes(self) -> None:
         string = {"$type": "string"}
@@ -401,7 +419,13 @@ class MongoStore:
                         # The deployment changed under us (or lied in hello): fall back for good.
                         self.transactions = False
                         return await fn(None)
-                    if exc.has_error_label("TransientTransactionError") and time.monotonic() < deadline:
+                    # No reachable server after a whole server selection: fail now (503)
+                    # rather than wait again; other transient errors are retried.
+                    if (
+                        exc.has_error_label("TransientTransactionError")
+                        and not isinstance(exc, ServerSelectionTimeoutError)
+                        and time.monotonic() < deadline
+                    ):
                         await _backoff(attempt)
                         continue
                     raise
@@ -413,7 +437,11 @@ class MongoStore:
                 await session.commit_transaction()
                 return
             except PyMongoError as exc:
-                if exc.has_error_label("UnknownTransactionCommitResult") and time.monotonic() < deadline:
+                if (
+                    exc.has_error_label("UnknownTransactionCommitResult")
+                    and not isinstance(exc, ServerSelectionTimeoutError)
+                    and time.monotonic() < deadline
+                ):
                     continue
                 raise
 

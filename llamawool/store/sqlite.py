@@ -1,19 +1,22 @@
 """Embedded storage on SQLite (stdlib sqlite3, WAL), kept off the event loop.
 
-Writes run on one dedicated thread with one connection, so a group commit is
-one transaction and one fsync for many farms. Reads run on a small pool of
+Writes run on one dedicated thread with one connection, and every write that
+arrives while a transaction is being written joins the next one (each in a
+savepoint): one transaction and one fsync for many writes, farms' group
+commits and account writes alike. Reads run on a small pool of
 threads with their own connections (WAL lets them read while a write runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -33,6 +36,8 @@ from .base import (
 )
 
 T = TypeVar("T")
+# a write waiting for the next transaction: the work, its caller's future, that caller's loop
+_PendingWrite = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 EXPORT_PAGE = 1000
 IMPORT_CHUNK = 500
 
@@ -127,6 +132,16 @@ def _player(row: tuple[Any, ...] | None, device_id: str | None = None) -> Player
     )
 
 
+def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in items:
+        if fut.done():  # its caller was cancelled; the write itself stands
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
 def _duplicate(exc: sqlite3.IntegrityError) -> DuplicateKey:
     msg = str(exc)
     for name in ("email", "username", "device_id"):
@@ -149,6 +164,10 @@ class SQLiteStore:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
         self._local = threading.local()
         self._write_conn: sqlite3.Connection | None = None
+        # writes waiting for the next transaction (see _write)
+        self._pending: list[_PendingWrite] = []
+        self._pending_lock = threading.Lock()
+        self._flushing = False
 
     # ---- plumbing ---------------------------------------------------------------
 
@@ -167,28 +186,70 @@ class SQLiteStore:
         return conn
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            conn = self._write_conn
-            if conn is None:
-                raise sqlite3.OperationalError("store is not open")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                out = fn(conn)
-                conn.execute("COMMIT")
-                return out
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        """Run `fn` in a write transaction; answer once that transaction is durable.
 
+        Group commit: writes that arrive while a transaction is being written
+        wait for the next one and share it (one fsync for all), each inside a
+        savepoint, so one write's failure rolls back that write alone.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((fn, fut, loop))
+            start = not self._flushing
+            self._flushing = True
+        if start:
+            self._writer.submit(self._flush)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+            return cast(T, await fut)
         except sqlite3.IntegrityError as exc:
             raise _duplicate(exc) from None
         except sqlite3.OperationalError as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    def _flush(self) -> None:
+        """On the writer thread: commit what is pending, batch after batch, until none is."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
+            outcomes = self._transaction([fn for fn, _, _ in batch])
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+            for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((fut, ok, value))
+            for loop, items in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                    loop.call_soon_threadsafe(_settle, items)
+
+    def _transaction(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        conn = self._write_conn
+        if conn is None:
+            return [(False, sqlite3.OperationalError("store is not open"))] * len(fns)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if len(fns) == 1:
+                outcomes.append((True, fns[0](conn)))
+            else:
+                for fn in fns:
+                    conn.execute("SAVEPOINT one_write")
+                    try:
+                        outcomes.append((True, fn(conn)))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO one_write")
+                        outcomes.append((False, exc))
+                    conn.execute("RELEASE one_write")
+            conn.execute("COMMIT")
+            return outcomes
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            return [(False, exc)] * len(fns)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:

@@ -29,7 +29,7 @@ def test_restore_drill_restores_serves_and_reports_against_rpo_and_rto(tmp_path:
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
             assert resp.status == 201
     finally:
         assert server.terminate() == 0
