@@ -50,6 +50,7 @@ class Settings(BaseModel):
     commit_max_batch: int = Field(512, gt=0)
     snapshot_history: int = Field(50, gt=0, description="newest snapshots kept per farm")
     snapshot_daily_days: int = Field(30, ge=0, description="plus the first snapshot of each day for this many days")
+    idempotency_ttl_s: float = Field(86400, gt=0, description="how long an Idempotency-Key is remembered")
     save_secret: str | None = Field(None, description="HMAC key for cloud saves; derived from the JWT secret if unset")
 
     leaderboard_push_s: float = Field(5.0, gt=0, le=10, description="how often online farms' scores are pushed")

@@ -39,6 +39,7 @@ from .views import farm_view, tick_message
 
 log = structlog.get_logger("llamawool.engine")
 T = TypeVar("T")
+PRUNE_EVERY_S = 3600.0  # how often old idempotency records are forgotten
 
 
 class Sink(Protocol):
@@ -133,6 +134,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self._last_autosave = 0.0
+        self._last_prune = 0.0
         self.online_window_s = rules.online_window_s
         self.autosave_s = rules.config.production.autoSaveInterval / 1000.0
         self.tick_listeners: list[Callable[[float], None]] = []
@@ -852,6 +854,9 @@ class Engine:
         try:
             await self.store.add_snapshots(snaps)
             await self.store.touch_farms(touched)
+            if now - self._last_prune >= PRUNE_EVERY_S:
+                self._last_prune = now
+                await self.store.prune_idempotency(now - self.settings.idempotency_ttl_s)
         except StorageUnavailable as exc:
             self.metrics.store_errors.inc()
             log.warning("engine.autosave_failed", error=str(exc), farms=len(snaps))

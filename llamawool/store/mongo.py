@@ -373,7 +373,10 @@ class MongoStore:
             [IndexModel([("player_id", ASCENDING), ("revision", ASCENDING)], unique=True, name="by_farm_revision")]
         )
         await self._c("idempotency").create_indexes(
-            [IndexModel([("player_id", ASCENDING), ("key", ASCENDING)], unique=True, name="by_player_key")]
+            [
+                IndexModel([("player_id", ASCENDING), ("key", ASCENDING)], unique=True, name="by_player_key"),
+                IndexModel([("created_at", ASCENDING)], name="by_age"),
+            ]
         )
         await self._c("audit_log").create_indexes([IndexModel([("at", ASCENDING), ("_id", ASCENDING)], name="by_time")])
 
@@ -709,6 +712,11 @@ class MongoStore:
                 farm = await self._c("farms").find_one({"_id": player_id, "idem.key": key}, {"idem": 1})
                 d = farm["idem"] if farm else None
         return _idem(d) if d else None
+
+    async def prune_idempotency(self, before: float) -> int:
+        with _errors():
+            r = await self._c("idempotency").delete_many({"created_at": {"$lt": before}})
+        return int(r.deleted_count)
 
     # ---- audit -------------------------------------------------------------------------------------
 

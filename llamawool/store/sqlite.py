@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at REAL NOT NULL,
     PRIMARY KEY (player_id, key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
 """
 
 PLAYER_COLUMNS = (
@@ -558,6 +559,11 @@ class SQLiteStore:
             return IdempotencyRecord(player_id, key, r[0], r[1], bytes(r[2]), r[3]) if r else None
 
         return await self._read(run)
+
+    async def prune_idempotency(self, before: float) -> int:
+        return await self._write(
+            lambda c: c.execute("DELETE FROM idempotency WHERE created_at < ?", (before,)).rowcount
+        )
 
     async def add_audit(self, record: AuditRecord) -> None:
         await self._write(

@@ -446,6 +446,19 @@ async def test_an_idempotency_record_commits_with_its_farm(store: Store) -> None
     assert await store.get_idempotency("p2", "key-1") is None
 
 
+async def test_old_idempotency_records_are_pruned_and_recent_ones_kept(store: Store) -> None:
+    await create_farm(store, "p1")
+    old = IdempotencyRecord("p1", "old", "fp-old", 200, b"{}", T0 + 1)
+    new = IdempotencyRecord("p1", "new", "fp-new", 200, b"{}", T0 + 100)
+    await store.commit([FarmCommit("p1", 1, 2, farm_doc("p1", 2.0), T0 + 1, idempotency=old)])
+    await store.commit([FarmCommit("p1", 2, 3, farm_doc("p1", 3.0), T0 + 100, idempotency=new)])
+
+    assert await store.prune_idempotency(T0 + 50) == 1
+
+    assert await store.get_idempotency("p1", "new") == new
+    assert await store.get_idempotency("p1", "old") is None
+
+
 # ---- snapshots --------------------------------------------------------------------------------------------
 
 
