@@ -77,8 +77,10 @@ class _Outbox:
 
     def mark(self, session: WsSession) -> None:
         self._ready[session] = None
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ws-outbox")
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._task = loop.create_task(self._run(), name="ws-outbox")
 
     def pending(self, session: WsSession) -> bool:
         return session in self._ready
@@ -163,7 +165,7 @@ class WsSession:
     async def _drain(self) -> None:
         """Called by the outbox: write while the socket takes data without waiting."""
         queue = self._queue
-        while queue and self._slow is None and not self._broken:
+        while queue and self._started and self._slow is None and not self._broken:
             if self._backlogged():
                 self._slow = asyncio.create_task(self._write_loop())
                 return
