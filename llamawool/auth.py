@@ -25,6 +25,7 @@ from .settings import Settings
 from .store import PlayerRecord, RefreshTokenRecord, Store
 
 JWT_ALGORITHM = "HS256"
+VERIFIED_CACHE_MAX = 100_000  # verified access tokens remembered (cleared whole when full)
 ACCESS = "access"
 
 
@@ -66,6 +67,7 @@ class Auth:
         self.refresh_ttl = settings.refresh_token_ttl_s
         # argon2id with the library's RFC 9106 "low memory" defaults.
         self.hasher = PasswordHasher()
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     # ---- passwords (hashing is CPU-heavy: off the event loop) -------------------
 
@@ -101,6 +103,16 @@ class Auth:
         return jwt.encode(claims, self.secret, algorithm=JWT_ALGORITHM)
 
     def decode_access(self, token: str) -> Principal:
+        """Verify an access token. A verified token is remembered until it expires,
+        so the signature is checked once per token rather than once per request."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            if hit[1] > time.time():
+                return hit[0]
+            del self._verified[token]
+        return self._decode(token)
+
+    def _decode(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
                 token, self.secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub", "typ"]}
@@ -111,7 +123,11 @@ class Auth:
             raise AuthError("INVALID_TOKEN", "the access token is invalid") from None
         if claims.get("typ") != ACCESS or not isinstance(claims.get("sub"), str):
             raise AuthError("INVALID_TOKEN", "not an access token")
-        return Principal(claims["sub"], str(claims.get("role", "player")))
+        principal = Principal(claims["sub"], str(claims.get("role", "player")))
+        if len(self._verified) >= VERIFIED_CACHE_MAX:
+            self._verified.clear()
+        self._verified[token] = (principal, float(claims["exp"]))
+        return principal
 
     async def issue(self, player: PlayerRecord, family_id: str | None = None) -> TokenPair:
         now = time.time()

@@ -181,8 +181,18 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+# The reference client is same-origin modules and a stylesheet: nothing inline to allow.
+PAGE_CSP = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
 async def _response_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER_NAME
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
     if request.app[CTX].settings.cors_origins:
         # the answer depends on Origin: a shared cache must not hand one origin's copy to another
         vary = response.headers.get("Vary")
@@ -287,7 +297,9 @@ async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
 
 
 async def _index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(
+        WEB_DIR / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}
+    )
 
 
 def context(app: web.Application) -> AppContext:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("llamawool.boards")
 
 ALL_TIME = "all"
+CHUNK = 500  # farms per slice of a push; the event loop runs ticks between slices
 TOP_LIVE = 10
 
 
@@ -117,7 +118,10 @@ class BoardFeed:
                 batches["rate"].append(ScoreUpdate(pid, rv, 0.0, now))
                 batches["weekly"].append(ScoreUpdate(pid, wv, 0.0, now))
             for board, updates in batches.items():
-                await self.coord.push_scores(board, period_of(board, now), updates)
+                period = period_of(board, now)
+                for start in range(0, len(updates), CHUNK):
+                    await self.coord.push_scores(board, period, updates[start : start + CHUNK])
+                    await asyncio.sleep(0)  # let ticks and requests run between chunks
         self.stale = False
         await self.coord.report_online(self.coord.replica_id, self.engine.online_count(), now, 3 * self.push_s)
         self.cluster_online.set(await self.coord.online_count(now))
@@ -138,7 +142,10 @@ class BoardFeed:
             log.warning("boards.push_failed", error=str(exc), player_id=pid)
 
     async def _notify_ranks(self, now: float) -> None:
-        for res in list(self.engine.residents.values()):
+        connected = [res for res in self.engine.residents.values() if res.sinks]
+        for i, res in enumerate(connected):
+            if i % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)  # thousands of rank lookups must not delay a tick
             if not res.sinks:
                 continue
             for board in BOARDS:

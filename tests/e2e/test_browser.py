@@ -80,9 +80,18 @@ def own_server(tmp_path: Path) -> Iterator[ServerProcess]:
 class Tab:
     """A browser context (its own localStorage: its own guest) with one page."""
 
-    def __init__(self, browser: Any, url: str, viewport: dict[str, int] = DESKTOP, device_id: str | None = None):
+    def __init__(
+        self,
+        browser: Any,
+        url: str,
+        viewport: dict[str, int] = DESKTOP,
+        device_id: str | None = None,
+        enforce_csp: bool = False,
+    ):
         self.url = url
-        self.context = browser.new_context(viewport=viewport)
+        # Playwright's wait_for_function evaluates strings in the page, which the page's
+        # CSP forbids; only the CSP test below runs with the policy enforced.
+        self.context = browser.new_context(viewport=viewport, bypass_csp=not enforce_csp)
         if device_id is not None:
             self.context.add_init_script(f"localStorage.setItem('llamawool.device_id', {json.dumps(device_id)})")
         self.page = self.context.new_page()
@@ -191,6 +200,20 @@ def guest_with_farm(server: ServerProcess, device_id: str) -> str:
 
 
 # ---- the tests ---------------------------------------------------------------------------
+
+
+def test_the_page_runs_under_its_content_security_policy(browser: Any, server: ServerProcess) -> None:
+    tab = Tab(browser, server.url + "/", enforce_csp=True)
+    try:
+        response = tab.page.goto(tab.url)
+        assert response is not None
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        tab.wait_online()
+        tab.page.click("#shear-btn")
+        tab.page.wait_for_selector("#tiers [data-tier=basic] .tier-amount[data-value]")
+        assert tab.errors == []
+    finally:
+        tab.close()
 
 
 def test_page_loads_without_console_errors(tab: Tab) -> None:
