@@ -20,6 +20,7 @@ from .state import FarmState, OfflineReport
 Event = dict[str, Any]
 Quantity = int | Literal["max"]
 HOUR = 3600.0
+RATES_CACHE_MAX = 65_536
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class Rules:
         self.shear_rules = balance.shear
         self.base_rate = config.production.baseProductionRate
         self.online_window_s = balance.offline.online_window_s
+        self._rates_cache: dict[tuple[object, ...], tuple[float, ...]] = {}
 
     @property
     def n_tiers(self) -> int:
@@ -113,7 +115,20 @@ class Rules:
         return out
 
     def rates(self, state: FarmState) -> list[float]:
-        return [r.rate for r in self.production(state)]
+        """Rates per tier. They depend only on what the farm owns, so they are
+        memoised by that (a pure function of its key; the cache is bounded)."""
+        key = (
+            tuple(sorted(state.buildings.items())),
+            tuple(state.upgrades),
+            state.soul_shears,
+            len(state.achievements),
+        )
+        hit = self._rates_cache.get(key)
+        if hit is None:
+            if len(self._rates_cache) >= RATES_CACHE_MAX:
+                self._rates_cache.clear()
+            hit = self._rates_cache[key] = tuple(r.rate for r in self.production(state))
+        return list(hit)
 
     def value_of(self, amounts: list[float]) -> float:
         return sum(a * v for a, v in zip(amounts, self.tier_values, strict=True))
