@@ -48,7 +48,7 @@ serve: $(STAMP)
 	$(PY) -m llamawool serve
 
 ## Lint, types and the whole test suite, against real servers the tests start.
-test: $(STAMP) lint types bench-quick unit
+test: $(STAMP) lint types bench-quick soak-quick unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llamawool tests
@@ -80,6 +80,15 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.ws --quick
 	$(PY) -m benchmarks.actions --quick
 	$(PY) -m benchmarks.startup --quick
+
+## The soak (RELIABILITY.md): 2,000 players (REST + WebSocket) for 30 minutes on one process; fails on a
+## growth trend over 5 % (RSS, open files, tasks, p99) or any error. soak-quick: 200 players for 60 s.
+.PHONY: soak soak-quick
+soak: bench-deps
+	$(PY) -m benchmarks.soak
+
+soak-quick: bench-deps
+	$(PY) -m benchmarks.soak --quick
 
 ## The full benchmarks (about ten minutes; see BENCHMARKS.md); fails when a goal is missed.
 bench: bench-deps

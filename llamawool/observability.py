@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REDACTED_KEYS = frozenset(
     {"password", "token", "access_token", "refresh_token", "authorization", "jwt_secret", "secret", "cookie"}
@@ -132,6 +132,9 @@ class Metrics:
             "llamawool_offline_credited_seconds_total", "Seconds of absence credited", registry=r
         )
         self.auth = Counter("llamawool_auth_total", "Authentication attempts", ["kind", "outcome"], registry=r)
+        # Leak watch (the soak test reads these): process_resident_memory_bytes, process_open_fds, ...
+        ProcessCollector(registry=r)
+        self.asyncio_tasks = Gauge("llamawool_asyncio_tasks", "asyncio tasks alive (set at each scrape)", registry=r)
         self.info.labels(version=_version(), region=region).set(1)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -75,6 +77,7 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     c = ctx(request)
     c.metrics.ws_active.set(len(c.sessions))
+    c.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
     resp = web.Response(body=generate_latest(c.metrics.registry))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

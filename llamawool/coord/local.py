@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import sqlite3
 import uuid
 from collections import deque
@@ -22,7 +23,16 @@ import orjson
 import structlog
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from .base import BadCursor, BoardEntry, BoardPage, Cursor, LimitResult, Listener, ScoreUpdate
+from .base import (
+    BadCursor,
+    BoardEntry,
+    BoardPage,
+    CoordinationUnavailable,
+    Cursor,
+    LimitResult,
+    Listener,
+    ScoreUpdate,
+)
 
 log = structlog.get_logger("llamawool.coord")
 
@@ -127,10 +137,19 @@ class LocalCoordinator:
 
         def run() -> None:
             db.execute("BEGIN")
-            db.executemany(sql, rows)
-            db.execute("COMMIT")
+            try:
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                # roll back, or every later BEGIN fails ("within a transaction") after the disk recovers
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
 
-        await asyncio.get_running_loop().run_in_executor(self._io, run)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, run)
+        except sqlite3.Error as exc:  # a full disk: the boards stay in memory, the next push writes them
+            raise CoordinationUnavailable(f"local boards: {exc}") from exc
 
     # ---- limits ------------------------------------------------------------------
 

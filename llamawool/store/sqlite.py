@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +41,7 @@ T = TypeVar("T")
 # a write waiting for the next transaction: the work, its caller's future, that caller's loop
 _PendingWrite = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 EXPORT_PAGE = 1000
+MIN_FREE_BYTES = 64 * 1024  # after a failed write, less free space than this keeps /ready at 503
 IMPORT_CHUNK = 500
 
 SCHEMA = """
@@ -169,6 +172,10 @@ class SQLiteStore:
         self._pending: list[_PendingWrite] = []
         self._pending_lock = threading.Lock()
         self._flushing = False
+        # why the last write transaction failed (a full disk, an I/O error); None once one commits
+        self._write_failure: str | None = None
+        self._checkpoint_owed = False  # set by a failed write; cleared by a complete TRUNCATE checkpoint
+        self._next_checkpoint = 0.0
 
     # ---- plumbing ---------------------------------------------------------------
 
@@ -231,6 +238,15 @@ class SQLiteStore:
         if conn is None:
             return [(False, sqlite3.OperationalError("store is not open"))] * len(fns)
         outcomes: list[tuple[bool, Any]] = []
+        if self._checkpoint_owed and time.monotonic() >= self._next_checkpoint:
+            # A write failed (a full disk?). The WAL only shrinks at a checkpoint, which SQLite
+            # runs after a commit once the WAL holds 1000 pages: on a nearly full disk the WAL
+            # takes all the space freed and that never comes, so writes would fail for good.
+            # Copy the WAL into the database and truncate it (retried at most once a second).
+            self._next_checkpoint = time.monotonic() + 1.0
+            with contextlib.suppress(sqlite3.Error):  # still no room: the next write tries again
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                self._checkpoint_owed = busy != 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             if len(fns) == 1:
@@ -245,11 +261,17 @@ class SQLiteStore:
                         outcomes.append((False, exc))
                     conn.execute("RELEASE one_write")
             conn.execute("COMMIT")
+            failed = next((v for ok, v in outcomes if not ok and isinstance(v, sqlite3.OperationalError)), None)
+            self._write_failure = str(failed) if failed is not None else None
+            self._checkpoint_owed = self._checkpoint_owed or failed is not None
             return outcomes
         except Exception as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                self._write_failure = str(exc)
+                self._checkpoint_owed = True
             return [(False, exc)] * len(fns)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -285,6 +307,21 @@ class SQLiteStore:
 
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
+        if self._write_failure is None:
+            return
+        # Writes failed last time (a full disk answers reads but not writes): ready
+        # again only once there is room and a write commits.
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = 0
+        if free < MIN_FREE_BYTES:
+            raise StorageUnavailable(f"sqlite: writes failing ({self._write_failure}); {free} bytes free")
+
+        def probe(c: sqlite3.Connection) -> None:  # rewrites one page: a real write through the WAL
+            c.execute("UPDATE farms SET last_active = last_active WHERE rowid = (SELECT MIN(rowid) FROM farms)")
+
+        await self._write(probe)
 
     # ---- players ---------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ Mid-stream the test injects one fault:
 
 - kill -9, then a restart on the same port and data;
 - SIGTERM (a drain), then a restart;
-- (SQLite) the disk full: the data folder is a 4 MiB tmpfs that a filler file
+- (SQLite) the disk full: the data folder is a 16 MiB tmpfs that a filler file
   fills; actions must answer 503 + Retry-After (never 500), `/ready` 503;
   the filler is then removed and the server must recover by itself.
 
@@ -53,7 +53,7 @@ PLAYERS = 12
 SOCKETS = 4  # players 0..3 also hold a WebSocket that reconnects
 WARM_ACKS = 60  # acknowledged actions before the fault
 AFTER_S = 3.0  # play after recovery before stopping
-DISK_MIB = 4
+DISK_MIB = 16  # more than SQLite's WAL at its automatic checkpoint (1000 pages, 4 MiB)
 SUMMARIES: list[str] = []
 
 
@@ -109,7 +109,7 @@ class Load:
     async def post(self, s: aiohttp.ClientSession, p: Player, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """POST with one Idempotency-Key, retried until the server gives a final answer."""
         key = uuid.uuid4().hex
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         tries = 0
         while True:
             tries += 1
@@ -133,7 +133,7 @@ class Load:
                 self.saw("no answer")
                 wait = 0.2
             if time.monotonic() > deadline:
-                raise AssertionError(f"{path} unanswered for 60 s")
+                raise AssertionError(f"{path} unanswered for 30 s")
             await asyncio.sleep(wait * random.uniform(0.5, 1.0))
 
     async def join(self, s: aiohttp.ClientSession, i: int) -> None:
@@ -212,8 +212,7 @@ async def playing(load: Load) -> AsyncIterator[aiohttp.ClientSession]:
         finally:
             load.stop.set()
             done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 70)
-            errors = [r for r in done if isinstance(r, BaseException)]
-            assert not errors, errors
+            load.bad += [f"client task failed: {r!r}" for r in done if isinstance(r, BaseException)]
 
 
 async def verify(load: Load, s: aiohttp.ClientSession) -> dict[str, int]:
@@ -323,7 +322,7 @@ async def test_process_death_under_load_loses_nothing_acknowledged(
         load = Load(server.url)
         restarted = ServerProcess(tmp_path / "data", port=server.port, env=be.env)
         try:
-            async with playing(load) as s:
+            async with playing(load):
                 load.fault_at = time.monotonic()
                 acked_at_fault = load.acked
                 if fault == "kill-9":
@@ -335,6 +334,7 @@ async def test_process_death_under_load_loses_nothing_acknowledged(
                 down_s = time.monotonic() - load.fault_at
                 await asyncio.to_thread(restarted.start)
                 ready_s = time.monotonic() - load.fault_at
+                load.fault_at, load.first_ack_after = time.monotonic(), None  # from ready to the first ack
                 deadline = time.monotonic() + 20
                 while load.first_ack_after is None and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
@@ -354,7 +354,7 @@ async def test_process_death_under_load_loses_nothing_acknowledged(
         exit_code=exit_code,
         process_gone_s=round(down_s, 3),
         fault_to_ready_s=round(ready_s, 3),
-        fault_to_first_ack_s=round(load.first_ack_after, 3),
+        ready_to_first_ack_s=round(load.first_ack_after, 3),
     )
     assert_nothing_lost(load, found)
     assert load.ws_welcomes > SOCKETS, "the sockets did not reconnect"
@@ -368,7 +368,7 @@ def small_disk(path: Path, mib: int) -> Any:
     path.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],  # noqa: S607 - the system's mount
+            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
             capture_output=True,
             text=True,
             timeout=10,
@@ -381,7 +381,7 @@ def small_disk(path: Path, mib: int) -> Any:
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10, check=False)  # noqa: S607
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10, check=False)
 
 
 def fill(path: Path) -> int:
@@ -408,39 +408,45 @@ async def test_disk_full_answers_503_reports_unready_and_recovers_by_itself(tmp_
             ready_seen: dict[str, int] = {}
             try:
                 async with playing(load) as s:
-                    filled = await asyncio.to_thread(fill, disk)
-                    load.fault_at = time.monotonic()
-                    acked_at_fault = load.acked
-                    # keep playing until the writes fail and /ready says so
-                    first_503_s = unready_s = None
-                    deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline and (first_503_s is None or unready_s is None):
-                        if first_503_s is None and load.statuses.get("503"):
-                            first_503_s = time.monotonic() - load.fault_at
-                        async with s.get(server.url + "/ready") as r:
-                            ready_seen[str(r.status)] = ready_seen.get(str(r.status), 0) + 1
-                            if r.status == 503 and unready_s is None:
-                                assert r.headers.get("Retry-After"), "/ready 503 without Retry-After"
-                                unready_s = time.monotonic() - load.fault_at
-                        await asyncio.sleep(0.1)
-                    assert first_503_s is not None, f"no action answered 503 on a full disk ({load.statuses})"
-                    assert unready_s is not None, f"/ready never reported the full disk ({ready_seen})"
-                    await asyncio.sleep(2.0)  # a while on the full disk
-                    statuses_full = dict(load.statuses)
-                    (disk / "filler").unlink()
-                    freed_at = time.monotonic()
-                    load.fault_at, load.first_ack_after = freed_at, None
-                    await wait_ready(server.url, s, timeout=30)
-                    ready_again_s = time.monotonic() - freed_at
-                    deadline = time.monotonic() + 20
-                    while load.first_ack_after is None and time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                    assert load.first_ack_after is not None, "no action succeeded after space was freed"
-                    await asyncio.sleep(AFTER_S)
+                    try:
+                        filled = await asyncio.to_thread(fill, disk)
+                        load.fault_at = time.monotonic()
+                        acked_at_fault = load.acked
+                        # keep playing until the writes fail and /ready says so
+                        first_503_s = unready_s = None
+                        deadline = time.monotonic() + 30
+                        while time.monotonic() < deadline and (first_503_s is None or unready_s is None):
+                            if first_503_s is None and load.statuses.get("503"):
+                                first_503_s = time.monotonic() - load.fault_at
+                            async with s.get(server.url + "/ready") as r:
+                                ready_seen[str(r.status)] = ready_seen.get(str(r.status), 0) + 1
+                                if r.status == 503 and unready_s is None:
+                                    assert r.headers.get("Retry-After"), "/ready 503 without Retry-After"
+                                    unready_s = time.monotonic() - load.fault_at
+                            await asyncio.sleep(0.1)
+                        assert first_503_s is not None, f"no action answered 503 on a full disk ({load.statuses})"
+                        assert unready_s is not None, f"/ready never reported the full disk ({ready_seen})"
+                        await asyncio.sleep(2.0)  # a while on the full disk
+                        statuses_full = dict(load.statuses)
+                        (disk / "filler").unlink()
+                        freed_at = time.monotonic()
+                        load.fault_at, load.first_ack_after = freed_at, None
+                        await wait_ready(server.url, s, timeout=30)
+                        ready_again_s = time.monotonic() - freed_at
+                        deadline = time.monotonic() + 20
+                        while load.first_ack_after is None and time.monotonic() < deadline:
+                            await asyncio.sleep(0.05)
+                        assert load.first_ack_after is not None, "no action succeeded after space was freed"
+                        await asyncio.sleep(AFTER_S)
+                    finally:  # free the disk even when the scenario fails
+                        with contextlib.suppress(FileNotFoundError):
+                            (disk / "filler").unlink()
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s2:
                     found = await verify(load, s2)
                 assert server.proc is not None and server.proc.poll() is None, "the server died on the full disk"
             finally:
+                with contextlib.suppress(FileNotFoundError):
+                    (disk / "filler").unlink()
                 server.kill()
     report(
         "disk-full",
@@ -460,4 +466,3 @@ async def test_disk_full_answers_503_reports_unready_and_recovers_by_itself(tmp_
     )
     assert_nothing_lost(load, found)
     assert "500" not in load.statuses
-
