@@ -26,13 +26,13 @@ from pydantic import TypeAdapter, ValidationError
 from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
 from ..coord import BOARDS
-from ..engine import FarmConflict, IdempotencyMismatch, PlayerGone
+from ..engine import FarmConflict, IdempotencyMismatch, IdempotentRequest, PlayerGone
 from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import AppContext, ctx
 from .errors import CODES
-from .http import route
+from .http import IDEMPOTENCY_KEY, route
 from .routes_auth import player_view
 from .routes_farm import VIOLATION_CODES
 from .schemas import WsAction, WsBuyBuilding, WsBuyUpgrade, WsEnvelope, WsPrestige, WsShear
@@ -380,15 +380,23 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
         session.error("RATE_LIMITED", f"too many {exc.scope} requests; slow down", env.id, retry_after=exc.retry_after)
         await _count_socket_violation(c, session)
         return
+    data = dict(env.data or {})
+    # Optional, as REST's Idempotency-Key: a retry after a lost reply applies nothing twice.
+    key = data.pop("idempotency_key", None)
+    if key is not None and not (isinstance(key, str) and IDEMPOTENCY_KEY.match(key)):
+        session.error("VALIDATION_ERROR", "data.idempotency_key must be 1..200 printable ASCII characters", env.id)
+        await c.anticheat.violation(who.player_id, "malformed_action", "bad idempotency_key")
+        return
     try:
-        parsed = _ACTION.validate_python(env.data or {})
+        parsed = _ACTION.validate_python(data)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
         session.error("VALIDATION_ERROR", fields, env.id)
         await c.anticheat.violation(who.player_id, "malformed_action", fields[:200])
         return
+    action = _to_action(parsed)
     try:
-        reply = await c.engine.submit(who.player_id, _to_action(parsed))
+        reply = await c.engine.submit(who.player_id, action, IdempotentRequest.of(key, action) if key else None)
     except GameError as exc:
         session.error(exc.code, exc.detail, env.id, **_json_safe(exc.extra))
         if exc.code in VIOLATION_CODES:
@@ -402,8 +410,8 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
     except PlayerGone:
         await session.close(CLOSE_AUTH, "account no longer exists")
         return
-    except IdempotencyMismatch:  # pragma: no cover - WS actions carry no key
-        session.error("CONFLICT", "idempotency key reused", env.id)
+    except IdempotencyMismatch:
+        session.error("CONFLICT", "this idempotency_key was used for a different request", env.id)
         return
     session.send('{"type":"result","id":' + orjson.dumps(env.id).decode() + ',"data":' + reply.body.decode() + "}")
 

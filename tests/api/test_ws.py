@@ -370,3 +370,33 @@ async def test_a_connected_farm_never_goes_offline(frozen: TestClient, clock: Fa
     assert farm["stats"]["offline_credits"] == 0
     assert farm["balances"]["basic"] == pytest.approx(0.1 * 600)  # full speed, not offline efficiency
     await ws.close()
+
+
+# ---- idempotent WebSocket actions ----------------------------------------------------------------
+
+
+async def test_a_ws_action_retried_with_the_same_idempotency_key_applies_once(client: TestClient) -> None:
+    guest = await new_guest(client)
+    ws, _ = await connect(client, guest["access_token"])
+    try:
+        action = {"action": "shear", "count": 3, "idempotency_key": "tap-0001"}
+        await ws.send_json({"type": "action", "id": "a1", "data": action})
+        first = await receive_until(ws, is_reply("a1"))
+        await ws.send_json({"type": "action", "id": "a2", "data": action})  # a retry after a "lost" reply
+        second = await receive_until(ws, is_reply("a2"))
+        assert first["type"] == second["type"] == "result"
+        assert second["data"] == first["data"]
+        farm = await get_farm(client, guest["headers"])
+        assert farm["stats"]["shears"] == 3
+
+        other = {"action": "shear", "count": 5, "idempotency_key": "tap-0001"}
+        await ws.send_json({"type": "action", "id": "a3", "data": other})
+        refused = await receive_until(ws, is_reply("a3"))
+        assert refused["type"] == "error" and refused["data"]["code"] == "CONFLICT"
+
+        await ws.send_json({"type": "action", "id": "a4", "data": {"action": "shear", "idempotency_key": ""}})
+        bad = await receive_until(ws, is_reply("a4"))
+        assert bad["data"]["code"] == "VALIDATION_ERROR" and "idempotency_key" in bad["data"]["message"]
+        assert (await get_farm(client, guest["headers"]))["stats"]["shears"] == 3
+    finally:
+        await ws.close()
