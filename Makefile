@@ -57,7 +57,13 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy llamawool
 
-unit: $(STAMP) deploy-deps e2e-deps security-deps
+## The real servers the tests start themselves (Debian's packages, installed only when missing).
+.PHONY: servers-deps
+servers-deps:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light)
+	@command -v redis-server >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
+
+unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps
 	$(VENV)/bin/pytest -q
 
 clean:
