@@ -16,7 +16,10 @@ closes reconnects (and counts as an error).
 Every sample reads the server's own /metrics (process_resident_memory_bytes
 and process_open_fds from prometheus_client's ProcessCollector,
 llamawool_asyncio_tasks, websocket_connections_active) and the p99 latency
-of the actions answered since the previous sample. The first sample(s) are
+of the actions answered since the previous sample. To tell where latency
+comes from, each sample also shows the p99 since the previous sample of the
+server's HTTP, group-commit, tick and event-loop-lag histograms (bucket upper
+bounds) and the load generator's own worst event-loop lag. The first sample(s) are
 warm-up (players joining, caches filling) and are left out; of the rest, the
 median of the last third is compared with the median of the first third.
 
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from .common import (
     Server,
@@ -172,6 +176,50 @@ class Player:
             await asyncio.sleep(random.uniform(0.5, 1.5) * interval_s)
 
 
+HISTOGRAMS = {
+    "http_request_duration_seconds": "srv_http",
+    "llamawool_store_commit_duration_seconds": "srv_commit",
+    "llamawool_tick_duration_seconds": "srv_tick",
+    "llamawool_event_loop_lag_seconds": "srv_lag",
+}
+
+
+def parse_histograms(text: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts of the server's histograms, summed over their labels."""
+    out: dict[str, dict[float, float]] = {short: {} for short in HISTOGRAMS.values()}
+    for family in text_string_to_metric_families(text):
+        short = HISTOGRAMS.get(family.name)
+        if short is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                out[short][le] = out[short].get(le, 0.0) + sample.value
+    return out
+
+
+def bucket_quantile(now: dict[float, float], before: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile `q` of what was observed between
+    two scrapes (Prometheus's histogram_quantile without the interpolation)."""
+    delta = sorted((le, n - before.get(le, 0.0)) for le, n in now.items())
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return 0.0
+    for le, n in delta:
+        if n >= q * total:
+            return le
+    return float("inf")
+
+
+async def watch_lag(lags: list[float], stop: asyncio.Event, every_s: float = 0.25) -> None:
+    """The load generator's own event-loop lag: a slow client inflates every latency it measures."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        asked = loop.time() + every_s
+        await asyncio.sleep(every_s)
+        lags.append(max(0.0, loop.time() - asked))
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     wanted = {
         "process_resident_memory_bytes": "rss",
@@ -212,13 +260,22 @@ async def soak(url: str, tokens: list[str], args: argparse.Namespace, server: Se
         tasks += [asyncio.create_task(p.play(s, stop, args.interval_s)) for p in players]
         started = time.monotonic()
         stats.latencies.clear()
+        client_lags: list[float] = []
+        tasks.append(asyncio.create_task(watch_lag(client_lags, stop)))
+        async with s.get(url + "/metrics") as r:
+            hist_before = parse_histograms(await r.text())
         n = 0
         while True:
             n += 1
             await asyncio.sleep(max(0.0, started + n * args.sample_s - time.monotonic()))
             lat, stats.latencies = stats.latencies, []
+            lags, client_lags[:] = list(client_lags), []
             async with s.get(url + "/metrics") as r:
-                m = parse_metrics(await r.text())
+                text = await r.text()
+            m = parse_metrics(text)
+            hist = parse_histograms(text)
+            server_p99 = {f"{k}_p99_ms": 1000 * bucket_quantile(hist[k], hist_before[k], 0.99) for k in hist}
+            hist_before = hist
             psutil_fds = server.stats.proc.num_fds() if server.stats else -1
             samples.append(
                 {
@@ -231,6 +288,10 @@ async def soak(url: str, tokens: list[str], args: argparse.Namespace, server: Se
                     "answered": len(lat),
                     "p50_ms": round(1000 * percentile(lat, 50), 2),
                     "p99_ms": round(1000 * percentile(lat, 99), 2),
+                    "max_ms": round(1000 * max(lat, default=0.0), 1),
+                    # where the time goes: the server's own histograms (bucket bounds) and the client's loop
+                    **server_p99,
+                    "client_lag_max_ms": round(1000 * max(lags, default=0.0), 1),
                     "errors": sum(stats.errors.values()),
                 }
             )

@@ -6,6 +6,7 @@ test process. No metric carries a per-player label.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -134,8 +135,28 @@ class Metrics:
         self.auth = Counter("llamawool_auth_total", "Authentication attempts", ["kind", "outcome"], registry=r)
         # Leak watch (the soak test reads these): process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=r)
+        self.loop_lag = Histogram(
+            "llamawool_event_loop_lag_seconds",
+            "How much later than asked a timer ran on the event loop (sampled every 0.25 s)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.asyncio_tasks = Gauge("llamawool_asyncio_tasks", "asyncio tasks alive (set at each scrape)", registry=r)
         self.info.labels(version=_version(), region=region).set(1)
+
+
+LOOP_LAG_EVERY_S = 0.25
+
+
+async def watch_loop_lag(metrics: Metrics, every_s: float = LOOP_LAG_EVERY_S) -> None:
+    """Sleep, and record how late the wake-up came: the time every callback on the
+    event loop waits behind whatever holds it (a long tick, a burst of sends, a
+    garbage collection). Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time() + every_s
+        await asyncio.sleep(every_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - asked))
 
 
 def _version() -> str:

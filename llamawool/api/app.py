@@ -20,7 +20,7 @@ from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordi
 from ..engine import Engine, FarmConflict, IdempotencyMismatch, PlayerGone
 from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import GameError, Rules
-from ..observability import Metrics
+from ..observability import Metrics, watch_loop_lag
 from ..settings import Settings, load_rules
 from ..store import StorageUnavailable, Store, open_store
 from . import (  # noqa: F401 - importing registers the routes
@@ -233,14 +233,15 @@ def create_app(
         app.router.add_get("/", _index)
         app.router.add_static("/static/", WEB_DIR, show_index=False)
 
-    sweeper: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[None]] = []
 
     async def startup(app: web.Application) -> None:
         await store.open()
         await coord.open()
         await engine.start(tick=tick)
+        background.append(asyncio.create_task(watch_loop_lag(metrics)))
         if tick:
-            sweeper.append(asyncio.create_task(_sweep_flags(anticheat)))
+            background.append(asyncio.create_task(_sweep_flags(anticheat)))
         log.info(
             "server.started",
             store=store.name,
@@ -252,7 +253,7 @@ def create_app(
 
     async def cleanup(app: web.Application) -> None:
         await drain(app)
-        for task in sweeper:
+        for task in background:
             task.cancel()
         await engine.stop()
         await coord.close()

@@ -35,6 +35,7 @@ from .base import (
     StorageUnavailable,
     StoredFarm,
     audit_key,
+    retained_revisions,
 )
 
 T = TypeVar("T")
@@ -537,8 +538,8 @@ class SQLiteStore:
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (idem.player_id, idem.key, idem.request_hash, idem.status, idem.body, idem.created_at),
                     )
-                if item.snapshot is not None:
-                    _insert_snapshot(c, item.snapshot, keep)
+            snaps = [item.snapshot for item, ok in zip(batch, applied, strict=True) if ok and item.snapshot]
+            _insert_snapshots(c, snaps, keep)
             return applied
 
         return await self._write(run)
@@ -561,8 +562,7 @@ class SQLiteStore:
         keep = self.retention
 
         def run(c: sqlite3.Connection) -> None:
-            for snap in snapshots:
-                _insert_snapshot(c, snap, keep)
+            _insert_snapshots(c, snapshots, keep)
 
         await self._write(run)
 
@@ -785,18 +785,45 @@ def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[An
             raise TypeError(f"not a store record: {type(rec).__name__}")
 
 
-def _insert_snapshot(c: sqlite3.Connection, snap: Snapshot, keep: tuple[int, int]) -> None:
-    """Insert, then apply the retention policy: the newest `keep[0]` snapshots,
-    plus the first snapshot of each UTC day for the last `keep[1]` days."""
-    last, days = keep
-    c.execute(
+def _insert_snapshots(c: sqlite3.Connection, snaps: list[Snapshot], keep: tuple[int, int]) -> None:
+    """Insert in order, applying the retention policy after each one (the newest
+    `keep[0]` snapshots, plus the first snapshot of each UTC day for the last
+    `keep[1]` days: `base.retained_revisions`, shared with the MongoDB store).
+
+    One read of the covering index per farm, the policy in memory, then exact
+    deletes: the cost per snapshot stays flat as a farm's history fills up (the
+    SQL form of the policy re-read the whole history for every insert, and the
+    autosave's batch of thousands held the writer for hundreds of milliseconds).
+    A snapshot the policy would drop at once is not written."""
+    if not snaps:
+        return
+    history, days = keep
+    state: dict[str, dict[int, float]] = {}
+    for snap in snaps:
+        if snap.player_id not in state:
+            rows = c.execute(
+                "SELECT revision, taken_at FROM snapshots WHERE player_id = ?", (snap.player_id,)
+            ).fetchall()
+            state[snap.player_id] = dict(rows)
+    before = {p: set(revs) for p, revs in state.items()}
+    latest: dict[tuple[str, int], Snapshot] = {}
+    for snap in snaps:
+        revs = state[snap.player_id]
+        revs[snap.revision] = snap.taken_at
+        latest[(snap.player_id, snap.revision)] = snap
+        if len(revs) > history:
+            kept = retained_revisions(list(revs.items()), snap.taken_at, history, days)
+            for rev in [r for r in revs if r not in kept]:
+                del revs[rev]
+    c.executemany(
         "INSERT OR REPLACE INTO snapshots (player_id, revision, taken_at, farm_value, doc) VALUES (?, ?, ?, ?, ?)",
-        (snap.player_id, snap.revision, snap.taken_at, snap.farm_value, orjson.dumps(snap.doc)),
+        [
+            (p, rev, snap.taken_at, snap.farm_value, orjson.dumps(snap.doc))
+            for (p, rev), snap in latest.items()
+            if rev in state[p]
+        ],
     )
-    c.execute(
-        "DELETE FROM snapshots WHERE player_id = ? "
-        "AND revision NOT IN (SELECT revision FROM snapshots WHERE player_id = ? ORDER BY revision DESC LIMIT ?) "
-        "AND revision NOT IN (SELECT MIN(revision) FROM snapshots WHERE player_id = ? AND taken_at >= ? "
-        "GROUP BY CAST(taken_at / 86400 AS INTEGER))",
-        (snap.player_id, snap.player_id, last, snap.player_id, snap.taken_at - days * 86400.0),
+    c.executemany(
+        "DELETE FROM snapshots WHERE player_id = ? AND revision = ?",
+        [(p, rev) for p, revs in before.items() for rev in sorted(revs - set(state[p]))],
     )

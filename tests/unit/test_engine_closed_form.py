@@ -564,3 +564,69 @@ async def test_forgetting_a_farm_during_its_commit_frees_its_row_once(tmp_path: 
             rows = [engine.residents[p].row for p in ("b", "c")]
             assert rows[0] != rows[1]
             assert len(engine.table._free) == len(set(engine.table._free))
+
+
+# ---- autosave ----------------------------------------------------------------------------------------------------
+
+
+class SnapshotLog:
+    """The real store, with each written `add_snapshots` call's farms recorded; the
+    call after `fail_after` more successful ones fails (a full disk)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+        self.fail_after: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def add_snapshots(self, snapshots: list[Any]) -> None:
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                self.fail_after = None
+                raise StorageUnavailable("database or disk is full")
+            self.fail_after -= 1
+        self.calls.append([s.player_id for s in snapshots])
+        await self.inner.add_snapshots(snapshots)
+
+
+async def test_the_autosave_writes_in_chunks_and_retries_what_a_failed_chunk_lost(tmp_path: Path) -> None:
+    from llamawool.engine.engine import AUTOSAVE_CHUNK
+
+    clock = FakeClock(T0)
+    farms = [f"p{i}" for i in range(2 * AUTOSAVE_CHUNK + 7)]
+    async with opened_store(tmp_path) as inner:
+        store = SnapshotLog(inner)
+        for pid in farms:
+            await add_player(inner, pid)
+        async with running_engine(store, clock, tmp_path) as engine:  # type: ignore[arg-type]
+            for pid in farms:
+                await engine.touch(pid)
+            clock.advance(600.0)
+            for pid in farms:
+                assert (await engine.submit(pid, Shear(1))).status == 200
+            revisions = {pid: engine.residents[pid].state.revision for pid in farms}
+            store.calls.clear()
+            store.fail_after = 1  # the second chunk meets a full disk
+
+            await engine.autosave()
+
+            assert len(store.calls) == 1, "the autosave stops at the failed chunk"
+            saved_first = store.calls[0]
+            assert len(saved_first) == AUTOSAVE_CHUNK
+            store.calls.clear()
+
+            await engine.autosave()
+
+            rewritten = [pid for call in store.calls for pid in call]
+            assert max(len(call) for call in store.calls) <= AUTOSAVE_CHUNK
+            assert sorted(rewritten) == sorted(set(farms) - set(saved_first)), "the lost chunks are written next time"
+            for pid in farms:
+                snap = await inner.get_snapshot(pid, revisions[pid])
+                assert snap is not None and snap.revision == revisions[pid]
+            store.calls.clear()
+
+            await engine.autosave()
+
+            assert store.calls == [], "nothing changed: nothing written"

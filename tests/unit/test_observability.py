@@ -1,0 +1,33 @@
+"""The event-loop lag watch: a callback held up on the loop shows in the histogram."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from llamawool.observability import Metrics, watch_loop_lag
+
+
+def lag(metrics: Metrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(f"llamawool_event_loop_lag_seconds_{name}")
+    return float(value or 0.0)
+
+
+async def test_a_blocked_event_loop_is_measured_as_lag() -> None:
+    metrics = Metrics()
+    watch = asyncio.create_task(watch_loop_lag(metrics, every_s=0.01))
+    try:
+        while lag(metrics, "count") < 1:  # the watch is running
+            await asyncio.sleep(0.005)
+        quiet = lag(metrics, "sum")
+        seen = lag(metrics, "count")
+
+        time.sleep(0.2)  # what a long synchronous callback does to everything else on the loop
+
+        while lag(metrics, "count") < seen + 1:
+            await asyncio.sleep(0.005)
+        assert lag(metrics, "sum") - quiet >= 0.15
+        under_100ms = metrics.registry.get_sample_value("llamawool_event_loop_lag_seconds_bucket", {"le": "0.1"})
+        assert lag(metrics, "count") - float(under_100ms or 0) >= 1, "the long wait lands above the 0.1 s bucket"
+    finally:
+        watch.cancel()
