@@ -181,6 +181,7 @@ HISTOGRAMS = {
     "llamawool_store_commit_duration_seconds": "srv_commit",
     "llamawool_tick_duration_seconds": "srv_tick",
     "llamawool_event_loop_lag_seconds": "srv_lag",
+    "llamawool_gc_pause_seconds": "srv_gc",
 }
 
 
@@ -209,6 +210,18 @@ def bucket_quantile(now: dict[float, float], before: dict[float, float], q: floa
         if n >= q * total:
             return le
     return float("inf")
+
+
+def bucket_max(now: dict[float, float], before: dict[float, float]) -> float:
+    """The upper bound of the highest bucket that gained an observation between two scrapes."""
+    delta = sorted((le, n - before.get(le, 0.0)) for le, n in now.items())
+    highest = 0.0
+    below = 0.0
+    for le, n in delta:
+        if n > below:
+            highest = le
+        below = n
+    return highest
 
 
 async def watch_lag(lags: list[float], stop: asyncio.Event, every_s: float = 0.25) -> None:
@@ -275,6 +288,7 @@ async def soak(url: str, tokens: list[str], args: argparse.Namespace, server: Se
             m = parse_metrics(text)
             hist = parse_histograms(text)
             server_p99 = {f"{k}_p99_ms": 1000 * bucket_quantile(hist[k], hist_before[k], 0.99) for k in hist}
+            server_p99["srv_gc_max_ms"] = 1000 * bucket_max(hist["srv_gc"], hist_before["srv_gc"])
             hist_before = hist
             psutil_fds = server.stats.proc.num_fds() if server.stats else -1
             samples.append(

@@ -7,10 +7,12 @@ test process. No metric carries a per-player label.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -141,11 +143,33 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "llamawool_gc_pause_seconds",
+            "Garbage-collection pauses (the whole process stops), by generation",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
         self.asyncio_tasks = Gauge("llamawool_asyncio_tasks", "asyncio tasks alive (set at each scrape)", registry=r)
         self.info.labels(version=_version(), region=region).set(1)
 
 
 LOOP_LAG_EVERY_S = 0.25
+
+
+def watch_gc(metrics: Metrics) -> Callable[[], None]:
+    """Time every garbage collection into `llamawool_gc_pause_seconds`; returns the undo."""
+    started: list[float] = [0.0]
+    by_generation = [metrics.gc_pause.labels(generation=str(g)) for g in range(3)]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            by_generation[min(info["generation"], 2)].observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+    return lambda: gc.callbacks.remove(callback)
 
 
 async def watch_loop_lag(metrics: Metrics, every_s: float = LOOP_LAG_EVERY_S) -> None:

@@ -43,6 +43,12 @@ class Settings(BaseModel):
 
     jwt_secret: str = DEV_JWT_SECRET
     jwt_secret_file: Path | None = None
+    password_min_length: int = Field(8, ge=8, le=64, description="ASVS 6.2.1: at least 8 (15 recommended)")
+    password_blocklist: bool | None = Field(
+        None,
+        description="refuse the most common passwords and the account's own name or email; "
+        "default: on in staging and production, off in development and test",
+    )
     access_token_ttl_s: int = Field(900, gt=0)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, gt=0)
 
@@ -105,6 +111,11 @@ class Settings(BaseModel):
                     f"(set JWT_SECRET or LLAMAWOOL_JWT_SECRET_FILE, at least {MIN_PRODUCTION_SECRET_LEN} characters)"
                 )
         return self
+
+    def blocks_weak_passwords(self) -> bool:
+        if self.password_blocklist is not None:
+            return self.password_blocklist
+        return self.env in ("staging", "production")
 
     def resolved_jwt_secret(self) -> str:
         if self.jwt_secret_file is not None:

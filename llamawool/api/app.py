@@ -20,7 +20,7 @@ from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordi
 from ..engine import Engine, FarmConflict, IdempotencyMismatch, PlayerGone
 from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import GameError, Rules
-from ..observability import Metrics, watch_loop_lag
+from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules
 from ..store import StorageUnavailable, Store, open_store
 from . import (  # noqa: F401 - importing registers the routes
@@ -224,6 +224,12 @@ def create_app(
     app[CTX] = AppContext(settings, rules, store, engine, auth, metrics, coord, anticheat, trusted)
     coord.subscribe(lambda channel, message: _on_fanout(app, channel, message))
 
+    async def announce(sessions: list[str], until: float) -> None:
+        await coord.publish("revoked", {"sessions": sessions, "until": until})
+
+    auth.announce = announce
+    auth.on_revoked.append(lambda sessions: _close_revoked(app, sessions))
+
     for r in ROUTES:
         app.router.add_route(r.method, API_PREFIX + r.path, _wrap(r))
     app.router.add_get(API_PREFIX + "/openapi.json", openapi)
@@ -234,12 +240,16 @@ def create_app(
         app.router.add_static("/static/", WEB_DIR, show_index=False)
 
     background: list[asyncio.Task[None]] = []
+    undo: list[Callable[[], None]] = []
 
     async def startup(app: web.Application) -> None:
         await store.open()
         await coord.open()
+        await auth.sync_revocations()
         await engine.start(tick=tick)
         background.append(asyncio.create_task(watch_loop_lag(metrics)))
+        undo.append(watch_gc(metrics))
+        background.append(asyncio.create_task(auth.watch_revocations()))
         if tick:
             background.append(asyncio.create_task(_sweep_flags(anticheat)))
         log.info(
@@ -255,6 +265,8 @@ def create_app(
         await drain(app)
         for task in background:
             task.cancel()
+        while undo:
+            undo.pop()()
         await engine.stop()
         await coord.close()
         await store.close()
@@ -279,10 +291,21 @@ async def _sweep_flags(anticheat: AntiCheat) -> None:
 
 
 def _on_fanout(app: web.Application, channel: str, message: dict[str, Any]) -> None:
-    """Messages every replica hears (admin broadcasts)."""
+    """Messages every replica hears (admin broadcasts, ended sessions)."""
+    c = app[CTX]
     if channel == "broadcast":
-        c = app[CTX]
         c.engine.broadcast(orjson.dumps({"type": "event", "data": {"type": "broadcast", **message}}).decode())
+    elif channel == "revoked":
+        sessions, until = message.get("sessions"), message.get("until")
+        if isinstance(sessions, list) and isinstance(until, int | float):
+            c.auth.revoked([s for s in sessions if isinstance(s, str)], float(until))
+
+
+def _close_revoked(app: web.Application, sessions: set[str]) -> None:
+    """Sockets opened with a token of an ended session close (4401) and must authenticate anew."""
+    for session in list(app[CTX].sessions):
+        if session.session_id is not None and session.session_id in sessions:
+            asyncio.get_running_loop().create_task(session.close(ws.CLOSE_AUTH, "session ended"))
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:

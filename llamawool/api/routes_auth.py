@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from ..auth import Auth, AuthError, TokenPair
+from ..passwords import password_problem
+from ..settings import Settings
 from ..store import DuplicateKey, PlayerRecord, Store
 from .context import ctx
 from .errors import ApiError
@@ -16,6 +18,7 @@ from .http import (
     authenticate,
     client_ip,
     json_response,
+    principal,
     read_body,
     route,
 )
@@ -24,6 +27,7 @@ from .schemas import (
     GuestRequest,
     LoginRequest,
     LogoutRequest,
+    PasswordChangeRequest,
     RefreshRequest,
     RegisterRequest,
 )
@@ -105,6 +109,7 @@ async def register(request: web.Request) -> web.Response:
     body = await read_body(request, RegisterRequest)
     caller = authenticate(request, c.auth.decode_access, "public")
     await c.anticheat.check_auth("register", client_ip(request, c.trusted))
+    check_new_password(c.settings, body.password, username=body.username, email=body.email)
     password_hash = await c.auth.hash_password(body.password)
     try:
         if caller is not None:
@@ -134,6 +139,22 @@ async def register(request: web.Request) -> web.Response:
     c.metrics.auth.labels(kind="register", outcome="ok").inc()
     tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), status=201, headers=_no_store())
+
+
+def check_new_password(
+    settings: Settings, password: str, *, username: str | None, email: str | None, field: str = "password"
+) -> None:
+    """422 naming the field when a new password breaks the policy (`llamawool.passwords`)."""
+    problem = password_problem(
+        password,
+        min_length=settings.password_min_length,
+        blocklist=settings.blocks_weak_passwords(),
+        username=username,
+        email=email,
+    )
+    if problem is not None:
+        error = {"field": field, "message": f"the password {problem}", "type": "weak_password"}
+        raise ApiError("VALIDATION_ERROR", f"{field}: the password {problem}", errors=[error])
 
 
 async def _find_login(store: Store, login: str) -> PlayerRecord | None:
@@ -216,4 +237,43 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-__all__ = ["Auth", "auth_body", "player_view"]
+@route(
+    "POST",
+    "/auth/password",
+    summary="Change your password (the current one is required); every session ends and a new one starts",
+    tag="auth",
+    body=PasswordChangeRequest,
+    response=AuthResponse,
+    extra_statuses=(403, 409),  # the current password is wrong; a guest has no password (register instead)
+)
+async def change_password(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = await read_body(request, PasswordChangeRequest)
+    player = await c.store.get_player(principal(request).player_id)
+    if player is None:
+        raise ApiError("INVALID_TOKEN", "the account no longer exists")
+    if player.is_guest or not player.password_hash:
+        raise ApiError("CONFLICT", "a guest account has no password: register to set one")
+    ip = client_ip(request, c.trusted)
+    subject = f"id:{player.id}"
+    await c.anticheat.check_login(ip, subject)  # the current password is guessable here too: same budget as login
+    if not await c.auth.verify_password(player.password_hash, body.current_password):
+        await c.anticheat.login_failed(ip, subject)
+        c.metrics.auth.labels(kind="password_change", outcome="failed").inc()
+        # 403, not 401: the access token is good, and a 401 would send clients to refresh it
+        raise ApiError("INVALID_CREDENTIALS", "the current password is wrong", status=403, field="current_password")
+    check_new_password(
+        c.settings, body.new_password, username=player.username, email=player.email, field="new_password"
+    )
+    if body.new_password == body.current_password:
+        error = {"field": "new_password", "message": "the new password is the current one", "type": "same_password"}
+        raise ApiError("VALIDATION_ERROR", "new_password: the new password is the current one", errors=[error])
+    player.password_hash = await c.auth.hash_password(body.new_password)
+    await c.store.update_player(player)
+    await c.auth.end_all_sessions(player.id)
+    c.metrics.auth.labels(kind="password_change", outcome="ok").inc()
+    tokens = await c.auth.issue(player)
+    return json_response(auth_body(player, tokens), headers=_no_store())
+
+
+__all__ = ["Auth", "auth_body", "check_new_password", "player_view"]

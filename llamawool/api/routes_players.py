@@ -54,6 +54,7 @@ async def patch_me(request: web.Request) -> web.Response:
 async def delete_me(request: web.Request) -> web.Response:
     c = ctx(request)
     player = await _me(request)
+    await c.auth.end_all_sessions(player.id)  # its tokens are refused everywhere from here on
     for session in list(c.sessions):
         if session.player_id == player.id:
             await session.close(4401, "account deleted")

@@ -42,6 +42,11 @@ class LogoutRequest(Request):
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
 
 
+class PasswordChangeRequest(Request):
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    new_password: Password
+
+
 class PlayerPatch(Request):
     username: Username | None = None
     settings: dict[str, str | int | float | bool | None] | None = Field(

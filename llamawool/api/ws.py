@@ -122,6 +122,7 @@ class WsSession:
         self.c = c
         self.ws = ws
         self.player_id: str | None = None
+        self.session_id: str | None = None  # the auth session (refresh-token family) of its token
         self._queue: deque[str] = deque()
         self._limit = c.settings.ws_send_queue
         self._transport = transport
@@ -299,6 +300,7 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
         await ws.close(code=CLOSE_AUTH, message=b"account no longer exists")
         return
     session.player_id = who.player_id
+    session.session_id = who.session_id
     session.start_writer()
     try:
         state, now = await c.engine.attach(who.player_id, session)

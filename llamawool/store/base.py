@@ -70,6 +70,16 @@ class SpendResult:
 
 
 @dataclass(slots=True)
+class Revocation:
+    """A session (refresh-token family) whose access tokens are refused until `until`
+    (when the last of them expires); `at` is when it was revoked."""
+
+    session_id: str
+    until: float
+    at: float
+
+
+@dataclass(slots=True)
 class StoredFarm:
     player_id: str
     revision: int
@@ -193,7 +203,17 @@ class Store(Protocol):
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult: ...
     async def revoke_family(self, family_id: str) -> None: ...
-    async def revoke_player_tokens(self, player_id: str) -> None: ...
+    async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
+        """Revoke every refresh token of the player; returns the families that had a token
+        issued after `issued_after` (those whose access tokens may still be alive)."""
+
+    # revoked sessions: access tokens are self-contained, so every replica keeps the list
+    async def add_revocations(self, revocations: list[Revocation]) -> None: ...
+    async def revocations_since(self, at: float) -> list[Revocation]:
+        """Revocations made at or after `at`, oldest first."""
+
+    async def prune_revocations(self, before: float) -> int:
+        """Forget revocations whose tokens have all expired (`until` before `before`)."""
 
     # farms
     async def load_farm(self, player_id: str) -> StoredFarm | None: ...

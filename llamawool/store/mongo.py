@@ -67,6 +67,7 @@ from .base import (
     PlayerRecord,
     Record,
     RefreshTokenRecord,
+    Revocation,
     Snapshot,
     SpendResult,
     StorageUnavailable,
@@ -379,6 +380,9 @@ class MongoStore:
             ]
         )
         await self._c("audit_log").create_indexes([IndexModel([("at", ASCENDING), ("_id", ASCENDING)], name="by_time")])
+        await self._c("revocations").create_indexes(
+            [IndexModel([("at", ASCENDING)], name="by_time"), IndexModel([("until", ASCENDING)], name="by_expiry")]
+        )
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None
@@ -555,9 +559,34 @@ class MongoStore:
         with _errors():
             await self._c("refresh_tokens").update_many({"family_id": family_id}, {"$set": {"revoked": True}})
 
-    async def revoke_player_tokens(self, player_id: str) -> None:
+    async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
         with _errors():
-            await self._c("refresh_tokens").update_many({"player_id": player_id}, {"$set": {"revoked": True}})
+            tokens = self._c("refresh_tokens")
+            live = await tokens.distinct("family_id", {"player_id": player_id, "issued_at": {"$gt": issued_after}})
+            await tokens.update_many({"player_id": player_id}, {"$set": {"revoked": True}})
+        return sorted(live)
+
+    async def add_revocations(self, revocations: list[Revocation]) -> None:
+        if not revocations:
+            return
+        with _errors():
+            await self._c("revocations").bulk_write(
+                [
+                    ReplaceOne({"_id": r.session_id}, {"_id": r.session_id, "until": r.until, "at": r.at}, upsert=True)
+                    for r in revocations
+                ],
+                ordered=False,
+            )
+
+    async def revocations_since(self, at: float) -> list[Revocation]:
+        with _errors():
+            cursor = self._c("revocations").find({"at": {"$gte": at}}).sort([("at", ASCENDING), ("_id", ASCENDING)])
+            return [Revocation(d["_id"], d["until"], d["at"]) async for d in cursor]
+
+    async def prune_revocations(self, before: float) -> int:
+        with _errors():
+            r = await self._c("revocations").delete_many({"until": {"$lt": before}})
+        return int(r.deleted_count)
 
     # ---- farms ---------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from .base import (
     PlayerRecord,
     Record,
     RefreshTokenRecord,
+    Revocation,
     Snapshot,
     SpendResult,
     StorageUnavailable,
@@ -109,6 +110,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (player_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    session_id TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revocations_by_time ON revocations(at);
 """
 
 PLAYER_COLUMNS = (
@@ -494,10 +501,39 @@ class SQLiteStore:
             lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (family_id,))
         )
 
-    async def revoke_player_tokens(self, player_id: str) -> None:
+    async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
+        def run(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT DISTINCT family_id FROM refresh_tokens WHERE player_id = ? AND issued_at > ? "
+                "ORDER BY family_id",
+                (player_id, issued_after),
+            ).fetchall()
+            c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE player_id = ?", (player_id,))
+            return [r[0] for r in rows]
+
+        return await self._write(run)
+
+    async def add_revocations(self, revocations: list[Revocation]) -> None:
+        if not revocations:
+            return
         await self._write(
-            lambda c: c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE player_id = ?", (player_id,))
+            lambda c: c.executemany(
+                "INSERT OR REPLACE INTO revocations (session_id, until, at) VALUES (?, ?, ?)",
+                [(r.session_id, r.until, r.at) for r in revocations],
+            )
         )
+
+    async def revocations_since(self, at: float) -> list[Revocation]:
+        def run(c: sqlite3.Connection) -> list[Revocation]:
+            rows = c.execute(
+                "SELECT session_id, until, at FROM revocations WHERE at >= ? ORDER BY at, session_id", (at,)
+            ).fetchall()
+            return [Revocation(*row) for row in rows]
+
+        return await self._read(run)
+
+    async def prune_revocations(self, before: float) -> int:
+        return await self._write(lambda c: c.execute("DELETE FROM revocations WHERE until < ?", (before,)).rowcount)
 
     # ---- farms -------------------------------------------------------------------------------
 

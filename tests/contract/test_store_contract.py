@@ -19,6 +19,7 @@ from llamawool.store import (
     IdempotencyRecord,
     PlayerRecord,
     RefreshTokenRecord,
+    Revocation,
     Snapshot,
     Store,
 )
@@ -319,10 +320,39 @@ async def test_revoke_family_and_revoke_player_tokens(store: Store) -> None:
 
     fam_b2 = token(p.id, "fam-b", "b2")
     await store.add_refresh_token(fam_b2)
-    await store.revoke_player_tokens(p.id)
+    assert await store.revoke_player_tokens(p.id, T0 - 1) == ["fam-a", "fam-b"]
     assert (await store.spend_refresh_token(fam_b.token_hash, T0)).reused
     assert (await store.spend_refresh_token(fam_b2.token_hash, T0)).reused
     assert not (await store.spend_refresh_token(theirs.token_hash, T0)).reused
+
+
+async def test_revoking_a_players_tokens_names_only_the_families_issued_lately(store: Store) -> None:
+    p = await store.create_player(player("uma"))
+    old = RefreshTokenRecord("h-old", "fam-old", p.id, issued_at=T0 - 3600, expires_at=T0 + 86400)
+    new = RefreshTokenRecord("h-new", "fam-new", p.id, issued_at=T0 - 60, expires_at=T0 + 86400)
+    for t in (old, new):
+        await store.add_refresh_token(t)
+
+    assert await store.revoke_player_tokens(p.id, T0 - 900) == ["fam-new"]
+    assert (await store.spend_refresh_token("h-old", T0)).reused, "every token is revoked all the same"
+    assert await store.revoke_player_tokens("nobody", 0.0) == []
+
+
+async def test_revocations_are_listed_since_a_time_and_pruned_once_expired(store: Store) -> None:
+    a = Revocation("sess-a", until=T0 + 900, at=T0)
+    b = Revocation("sess-b", until=T0 + 960, at=T0 + 60)
+    await store.add_revocations([a, b])
+    await store.add_revocations([])
+
+    assert await store.revocations_since(T0) == [a, b]
+    assert await store.revocations_since(T0 + 1) == [b]
+    assert await store.revocations_since(T0 + 61) == []
+
+    assert await store.prune_revocations(T0 + 901) == 1
+    assert await store.revocations_since(0.0) == [b]
+    again = Revocation("sess-b", until=T0 + 2000, at=T0 + 120)  # revoked again: the later entry stands
+    await store.add_revocations([again])
+    assert await store.revocations_since(0.0) == [again]
 
 
 async def test_concurrent_spends_of_one_token_succeed_once(store: Store) -> None:

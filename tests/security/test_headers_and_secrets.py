@@ -243,8 +243,19 @@ async def full_session(base: str, password: str) -> list[str]:
             headers=gh,
         )
         keep(upgraded)
+        last = await call("POST", "/auth/login", 200, json={"login": name, "password": password})
+        keep(last)
         await call("POST", "/auth/logout", 204, json={"refresh_token": again["refresh_token"]})
-        await call("POST", "/auth/logout", 204, headers=h)
+        await call("GET", "/farm", 401, headers=h)  # that session's access token ended with it
+        new_password = password + "-changed"
+        seen.append(new_password)
+        body = {"current_password": password + "-wrong", "new_password": new_password}
+        lh = {"Authorization": f"Bearer {last['access_token']}"}
+        await call("POST", "/auth/password", 403, json=body, headers=lh)
+        body["current_password"] = password
+        changed = await call("POST", "/auth/password", 200, json=body, headers=lh)
+        keep(changed)
+        await call("POST", "/auth/logout", 204, headers={"Authorization": f"Bearer {changed['access_token']}"})
     return seen
 
 
@@ -282,7 +293,8 @@ async def test_a_whole_session_leaves_no_secret_in_the_logs(tmp_path: Path) -> N
     assert not found, f"secrets in the server's logs: {found}"
     REPORT_LINES.append(
         f"Log secrets: a full session (register, login x3, refresh, spent-token replay, actions, save upload, "
-        f"refusals carrying secrets, 3 WebSocket auths, guest upgrade, logout) at log level debug wrote "
+        f"refusals carrying secrets, 3 WebSocket auths, guest upgrade, password change, logout) "
+        f"at log level debug wrote "
         f"{len(lines)} log lines "
         f"({len(logs)} bytes); searched them for {len(needles)} secrets "
         f"({len(handed)} credentials and passwords, their JWT parts, the JWT secret): found {len(found)}"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
-from llamawool.observability import Metrics, watch_loop_lag
+from llamawool.observability import Metrics, watch_gc, watch_loop_lag
 
 
 def lag(metrics: Metrics, name: str) -> float:
@@ -31,3 +32,22 @@ async def test_a_blocked_event_loop_is_measured_as_lag() -> None:
         assert lag(metrics, "count") - float(under_100ms or 0) >= 1, "the long wait lands above the 0.1 s bucket"
     finally:
         watch.cancel()
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    metrics = Metrics()
+    undo = watch_gc(metrics)
+    try:
+        gc.collect(2)
+        gc.collect(0)
+    finally:
+        undo()
+    gc.collect(2)  # after the undo: not counted
+
+    def count(generation: str) -> float:
+        value = metrics.registry.get_sample_value("llamawool_gc_pause_seconds_count", {"generation": generation})
+        return float(value or 0.0)
+
+    assert count("2") == 1
+    assert count("0") >= 1
+    assert (metrics.registry.get_sample_value("llamawool_gc_pause_seconds_sum", {"generation": "2"}) or 0) > 0
