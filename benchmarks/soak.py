@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import statistics
 import sys
@@ -270,6 +271,7 @@ async def soak(url: str, tokens: list[str], args: argparse.Namespace, server: Se
             if i % 50 == 49:
                 await asyncio.sleep(0.05)  # a gentle ramp: 1,000 sockets a second
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in joined)), 120)
+        gc.freeze()  # every player's socket and session: out of the generator's full collections
         tasks += [asyncio.create_task(p.play(s, stop, args.interval_s)) for p in players]
         started = time.monotonic()
         stats.latencies.clear()
@@ -340,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     if quick and args.interval_s == 10.0:
         args.interval_s = 2.0
     raise_nofile(65536)
+    # The load generator is one Python process holding every socket: the same garbage-collector
+    # tuning as the server's (llamawool.cli.tune_gc), so its own pauses do not pass for the server's.
+    gc.set_threshold(50_000, 10, 10)
 
     with Workdir("soak") as work:
         ids = seed_players(work / "data", args.players, balance=1e15, barns=10, offline_for_s=3600.0)

@@ -85,6 +85,9 @@ class Settings(BaseModel):
     ws_heartbeat_s: float = Field(30.0, gt=0)
     ws_send_queue: int = Field(64, gt=0)
     drain_grace_s: float = Field(25.0, gt=0)
+    gc_young_threshold: int = Field(
+        50_000, ge=700, description="new objects between young garbage collections (Python's default: 700)"
+    )
 
     lease_ttl_s: float = Field(10.0, gt=0, description="farm ownership lease (replicas)")
     rpc_timeout_s: float = Field(3.0, gt=0, description="how long to wait for a farm's owner to answer")

@@ -4,7 +4,7 @@
 
 import { formatDuration, formatNumber, formatPercent, formatRate } from "./format.js";
 import { FarmModel, GameConfig } from "./model.js";
-import { Api, ApiError, Auth, Connection, sleep } from "./net.js";
+import { Api, ApiError, Auth, Connection, newIdempotencyKey, sleep } from "./net.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -315,15 +315,24 @@ class App {
 
   // ---- actions ---------------------------------------------------------------------
 
-  /** Send an action: over the socket with an id, or over REST (with an Idempotency-Key) when it is down. */
+  /** Send an action: over the socket with an id, or over REST when it is down. Either
+   * way it carries one idempotency key: when the socket drops before the reply, the
+   * REST retry with the same key replays what the server did, or does it once. */
   async act(action) {
     if (this.slowUntil > Date.now()) {
       throw new ApiError(429, { code: "RATE_LIMITED", retry_after: (this.slowUntil - Date.now()) / 1000 });
     }
     this.pendingActions += 1;
+    const key = newIdempotencyKey();
     try {
-      if (this.conn.isOpen) return await this.conn.request("action", action);
-      const data = await this.api.action(action);
+      if (this.conn.isOpen) {
+        try {
+          return await this.conn.request("action", { ...action, idempotency_key: key });
+        } catch (err) {
+          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT") throw err;
+        }
+      }
+      const data = await this.api.action(action, key);
       for (const ev of data.events ?? []) this.onEvent(ev); // the socket is not there to push them
       return data;
     } catch (err) {

@@ -23,6 +23,11 @@ export class ApiError extends Error {
   }
 }
 
+/** A fresh Idempotency-Key: a retry that carries it again applies nothing twice. */
+export function newIdempotencyKey() {
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+}
+
 function newDeviceId() {
   const rnd = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   return `web-${rnd}`;
@@ -251,9 +256,9 @@ export class Api {
     return this.request("GET", path, opts);
   }
 
-  /** An action over REST (used when the socket is down), with an Idempotency-Key. */
-  action(action) {
-    const key = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  /** An action over REST (used when the socket is down), with an Idempotency-Key
+   * (the key a lost socket action carried, when this retries it). */
+  action(action, key = newIdempotencyKey()) {
     const opts = { idempotencyKey: key };
     switch (action.action) {
       case "shear":

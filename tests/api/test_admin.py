@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from llamawool import cli
+from llamawool.api.app import context
 from llamawool.api.http import API_PREFIX, ROUTES
 from llamawool.settings import Settings
 from tests.conftest import API, MakeClient, new_guest
@@ -74,8 +75,10 @@ async def test_the_cli_command_promotes_an_existing_account(
     assert await asyncio.to_thread(cli.main, argv) == 0
     assert f"admin kim promoted (id {player['id']})" in capsys.readouterr().out
 
-    # the role travels in the token: the old one stays a player's, a new login is an admin's
-    await expect_problem(await client.get(f"{API}/admin/audit", headers=old_token), 403, "FORBIDDEN")
+    # the role travels in the token, and the new password ended the account's sessions: the old
+    # token is refused (once the server has read the revocation list), a new login is an admin's
+    await context(client.server.app).auth.sync_revocations()
+    await expect_problem(await client.get(f"{API}/admin/audit", headers=old_token), 401, "INVALID_TOKEN")
     admin = await login(client, "kim", ADMIN_PASSWORD)
     assert admin["player"]["id"] == player["id"] and admin["player"]["role"] == "admin"
     assert (await client.get(f"{API}/admin/audit", headers=admin["headers"])).status == 200
@@ -87,6 +90,10 @@ async def test_create_admin_refuses_a_weak_password(
     monkeypatch.setenv("LLAMAWOOL_TEST_ADMIN_PASSWORD", "short")
     assert await cli.create_admin(settings, "boss", "boss@example.com", "LLAMAWOOL_TEST_ADMIN_PASSWORD") == 2
     assert "llamawool:" in capsys.readouterr().err
+    # a common password is refused for an admin even where players may choose one (the test env)
+    monkeypatch.setenv("LLAMAWOOL_TEST_ADMIN_PASSWORD", "Password123")
+    assert await cli.create_admin(settings, "boss", "boss@example.com", "LLAMAWOOL_TEST_ADMIN_PASSWORD") == 2
+    assert "most common passwords" in capsys.readouterr().err
 
 
 # ---- look-up, restore, broadcast, audit ---------------------------------------------------------

@@ -291,11 +291,47 @@ def test_shearing_adds_wool_in_batches(tab: Tab) -> None:
     shears = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "shear"]
     assert all(1 <= m["data"]["count"] <= 20 for m in shears)
     assert all(isinstance(m.get("id"), str) for m in shears), "actions carry ids"
+    keys = [m["data"].get("idempotency_key") for m in shears]
+    assert all(isinstance(k, str) and k for k in keys) and len(set(keys)) == len(keys), "each its own key"
     confirmed = tab.shears_confirmed()
     assert confirmed == sum(m["data"]["count"] for m in shears), "the server dropped shears the client sent"
     assert confirmed <= 6 + 40 + 5, "the client sent more than the bucket admits"
     first, last = shears[0]["at"], shears[-1]["at"]
     assert len(shears) <= 2 + (last - first) * 5, "shear messages are batched"
+    assert tab.errors == []
+
+
+def test_an_action_whose_reply_is_lost_is_retried_over_rest_with_its_key(tab: Tab) -> None:
+    """The socket carries the action, then drops before the reply: the client retries over
+    REST with the same key, and the server applies the shear once (or replays it)."""
+    tab.open()
+    tab.wait_for("!llamawool.shearer.busy")
+    before = tab.shears_confirmed()
+    keys: list[str] = []
+    tab.page.on(
+        "request",
+        lambda r: keys.append(r.headers.get("idempotency-key", "")) if r.url.endswith("/farm/shear") else None,
+    )
+
+    tab.js(
+        """() => {
+        const conn = llamawool.conn;
+        const send = conn.request.bind(conn);
+        conn.request = (type, data) => {
+          conn.request = send;  // once
+          send(type, data).catch(() => {});  // the frame goes out and the server acts on it...
+          return Promise.reject(Object.assign(new Error("lost"), { code: "CONNECTION_LOST" }));  // ...the reply is lost
+        };
+        return llamawool.act({ action: "shear", count: 3 });
+      }"""
+    )
+
+    sent = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "shear"]
+    assert sent and keys, (sent, keys)
+    assert keys == [sent[-1]["data"]["idempotency_key"]], "the REST retry carried the socket action's key"
+    tab.page.reload()
+    tab.wait_online()
+    assert tab.shears_confirmed() == before + 3, "applied exactly once"
     assert tab.errors == []
 
 

@@ -51,3 +51,17 @@ def test_garbage_collections_are_timed_by_generation() -> None:
     assert count("2") == 1
     assert count("0") >= 1
     assert (metrics.registry.get_sample_value("llamawool_gc_pause_seconds_sum", {"generation": "2"}) or 0) > 0
+
+
+def test_serve_tunes_the_collector_for_a_long_running_process() -> None:
+    from llamawool.cli import tune_gc
+    from llamawool.settings import Settings
+
+    saved = gc.get_threshold()
+    try:
+        tune_gc(Settings(env="test", gc_young_threshold=12_345))
+        assert gc.get_threshold() == (12_345, 10, 10)
+        assert gc.get_freeze_count() > 0, "what exists at start-up is frozen"
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
