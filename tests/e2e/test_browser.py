@@ -597,7 +597,10 @@ def test_prestige_shows_the_preview_and_asks_first(browser: Any, rich_server: tu
         tab.page.wait_for_selector("#prestige-dialog:not([open])", state="attached")
         tab.wait_for("llamawool.model.farm.soul_shears === 3")
         sent = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "prestige"]
-        assert [m["data"] for m in sent] == [{"action": "prestige", "confirm": True, "expected_gain": 1}]
+        assert [{k: v for k, v in m["data"].items() if k != "idempotency_key"} for m in sent] == [
+            {"action": "prestige", "confirm": True, "expected_gain": 1}
+        ]
+        assert all(m["data"]["idempotency_key"] for m in sent)
         assert tab.text("[data-building=barn] .level-n") == "0"
         assert tab.text("#soul-shears") == "3"
         assert tab.errors == []
