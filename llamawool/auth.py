@@ -10,7 +10,7 @@ A family is a session, and its id travels in every access token as `sid`.
 Ending a session (logout, a password change, account deletion, a replayed
 refresh token) also ends its access tokens at once: the session id is written
 to the store's revocation list, which every replica reads into memory (on
-start, then every REVOCATION_POLL_S, and at once when another replica
+start, then every `revocation_poll_s`, and at once when another replica
 announces one over the coordination channel) and checks on every request, so
 a self-contained token needs no round trip to be refused. An entry lives until
 the last access token it could cover expires.
@@ -36,7 +36,6 @@ from .settings import Settings
 from .store import PlayerRecord, RefreshTokenRecord, Revocation, Store
 
 JWT_ALGORITHM = "HS256"
-REVOCATION_POLL_S = 2.0  # how often a replica reads revocations made elsewhere
 REVOCATION_OVERLAP_S = 30.0  # re-read this far back each poll (replica clocks differ a little)
 CLOCK_SLACK_S = 60.0  # a revocation outlives its tokens' expiry by this much
 VERIFIED_CACHE_MAX = 100_000  # verified access tokens remembered (cleared whole when full)
@@ -81,6 +80,7 @@ class Auth:
         self.secret = settings.resolved_jwt_secret()
         self.access_ttl = settings.access_token_ttl_s
         self.refresh_ttl = settings.refresh_token_ttl_s
+        self.poll_s = settings.revocation_poll_s
         # argon2id with the library's RFC 9106 "low memory" defaults.
         self.hasher = PasswordHasher()
         self._verified: dict[str, tuple[Principal, float]] = {}
@@ -240,11 +240,11 @@ class Auth:
         for sid in [sid for sid, until in self._revoked.items() if until <= now]:
             del self._revoked[sid]
 
-    async def watch_revocations(self, every_s: float = REVOCATION_POLL_S) -> None:
+    async def watch_revocations(self) -> None:
         """Keep this replica's revocation list current; prunes the store now and then."""
         pruned = 0.0
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self.poll_s)
             try:
                 await self.sync_revocations()
                 if time.time() - pruned >= 600:

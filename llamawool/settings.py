@@ -51,6 +51,9 @@ class Settings(BaseModel):
     )
     access_token_ttl_s: int = Field(900, gt=0)
     refresh_token_ttl_s: int = Field(30 * 24 * 3600, gt=0)
+    revocation_poll_s: float = Field(
+        2.0, gt=0, description="how often a replica reads the sessions ended on other replicas"
+    )
 
     tick_interval_s: float = Field(1.0, gt=0, le=60)
     commit_max_batch: int = Field(512, gt=0)

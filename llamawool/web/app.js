@@ -562,6 +562,7 @@ class App {
     $("#register-form").addEventListener("submit", (e) => this.submitRegister(e));
     $("#login-form").addEventListener("submit", (e) => this.submitLogin(e));
     $("#logout-btn").addEventListener("click", () => this.logout());
+    $("#password-form").addEventListener("submit", (e) => this.submitPassword(e));
     const tabs = [...document.querySelectorAll("#board-tabs [role=tab]")];
     for (const tab of tabs) {
       tab.addEventListener("click", () => this.selectBoard(tab.dataset.board, false));
@@ -863,6 +864,23 @@ class App {
       this.toast(`Welcome back, ${s.player.username}!`, "info");
     } catch (err) {
       this._formError("#login-error", err);
+    }
+  }
+
+  async submitPassword(e) {
+    e.preventDefault();
+    const form = e.currentTarget;
+    if (!form.reportValidity()) return;
+    setText($("#password-error"), "");
+    const data = new FormData(form);
+    try {
+      await this.auth.changePassword(data.get("current_password"), data.get("new_password"));
+      form.reset();
+      $("#account-dialog").close();
+      this.toast("Password changed. Your other devices are signed out.", "info");
+    } catch (err) {
+      if (err.code === "INVALID_CREDENTIALS") setText($("#password-error"), "The current password is wrong.");
+      else this._formError("#password-error", err);
     }
   }
 

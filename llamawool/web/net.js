@@ -60,6 +60,7 @@ export class Auth {
   constructor() {
     this.session = this._load();
     this._refreshing = null;
+    this._changing = null; // a password change in flight (see changePassword)
     this._listeners = new Set();
     window.addEventListener("storage", (e) => {
       if (e.key === STORE_KEY) {
@@ -154,6 +155,20 @@ export class Auth {
     return this._store(await this._post("/auth/register", { email, password, username }, token));
   }
 
+  /** A new password: the server ends every session (this one too) and answers with a new one. */
+  async changePassword(currentPassword, newPassword) {
+    const token = await this.freshAccessToken();
+    const body = { current_password: currentPassword, new_password: newPassword };
+    // The server ends this session too, and its socket may hear of it (4401) before this
+    // answer arrives: a refresh meanwhile waits for the new session instead of spending the old.
+    this._changing = this._post("/auth/password", body, token).then((answer) => this._store(answer));
+    try {
+      return await this._changing;
+    } finally {
+      this._changing = null;
+    }
+  }
+
   async logout() {
     const refresh = this.session?.refresh_token;
     if (refresh) {
@@ -182,7 +197,10 @@ export class Auth {
   refresh() {
     if (!this._refreshing) {
       const spent = this.session?.refresh_token;
-      const run = () => this._refresh(spent);
+      const run = async () => {
+        if (this._changing) await this._changing.catch(() => {});
+        return this._refresh(spent);
+      };
       const locked = navigator.locks?.request ? navigator.locks.request("llamawool-refresh", run) : run();
       this._refreshing = locked.finally(() => {
         this._refreshing = null;

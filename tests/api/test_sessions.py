@@ -9,6 +9,7 @@ when it expires 15 minutes later.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ import jwt
 from aiohttp.test_utils import TestClient
 
 from llamawool.api.app import context
+from tests import redis_server as redis_fixtures
 from tests.conftest import API, MakeClient, new_guest
 
 from .support import bearer, expect_close, expect_problem, ok_json, receive_json
 
 PASSWORD = "correct horse battery"
+redis_server = redis_fixtures.redis_server  # the session's redis-server (fails under CI=true when it cannot start)
 NEW_PASSWORD = "a different long passphrase"
 
 
@@ -152,6 +155,27 @@ async def test_a_revocation_reaches_a_replica_that_shares_the_store(make_client:
     assert not await works(b, token)
     late = await make_client()  # a replica that starts afterwards reads the list before serving
     assert not await works(late, token)
+
+
+async def test_over_redis_the_announcement_reaches_the_other_replica_at_once(
+    make_client: MakeClient, redis_server: str
+) -> None:
+    """Two servers on one database and one Redis: b never polls (an hour apart), so only
+    the announcement over Redis can tell it; it refuses the token within moments."""
+    uri = redis_server.rsplit("/", 1)[0] + "/9"  # a database of its own (pub/sub is server-wide)
+    a = await make_client(redis_uri=uri)
+    b = await make_client(redis_uri=uri, revocation_poll_s=3600.0)
+    me = await register(a)
+    token = me["access_token"]
+    assert await works(b, token)
+
+    assert (await a.post(f"{API}/auth/logout", json={"refresh_token": me["refresh_token"]})).status == 204
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while await works(b, token):
+        assert loop.time() < deadline, "b still accepts the ended session's token"
+        await asyncio.sleep(0.02)
 
 
 # ---- password change ---------------------------------------------------------------------------------------------

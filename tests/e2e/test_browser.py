@@ -427,6 +427,52 @@ def test_register_keeps_the_farm_and_login_brings_it_back(tab: Tab) -> None:
     assert tab.shears_confirmed() >= 3
 
 
+def test_changing_the_password_keeps_this_browser_and_signs_out_the_others(browser: Any, server: ServerProcess) -> None:
+    here = Tab(browser, server.url + "/").open()
+    there = Tab(browser, server.url + "/").open()  # another device
+    try:
+        name = f"llama_{uuid.uuid4().hex[:8]}"
+        here.page.click("#account-btn")
+        here.page.get_by_label("Username", exact=True).fill(name)
+        here.page.get_by_label("Email", exact=True).fill(f"{name}@example.com")
+        here.page.locator("#reg-password").fill("correct horse battery")
+        here.page.get_by_role("button", name="Register and keep this farm").click()
+        here.page.wait_for_selector(f"#account-name:text-is('{name}')")
+        account = here.js("llamawool.player.id")
+        there.page.click("#account-btn")
+        there.page.get_by_label("Email or username").fill(name)
+        there.page.locator("#login-password").fill("correct horse battery")
+        there.page.get_by_role("button", name="Log in").click()
+        there.wait_for(
+            f"llamawool.player.id === {json.dumps(account)} && llamawool.model.farm.player_id === {json.dumps(account)}"
+        )
+
+        here.page.click("#account-btn")
+        here.page.locator("#pw-current").fill("not my password")
+        here.page.locator("#pw-new").fill("a brand new passphrase")
+        here.page.get_by_role("button", name="Change password").click()
+        here.page.wait_for_selector("#password-error:text('The current password is wrong')")
+        here.page.locator("#pw-current").fill("correct horse battery")
+        welcomes = here.js("llamawool.welcomes")
+        here.page.get_by_role("button", name="Change password").click()
+        here.page.wait_for_selector(".toast:has-text('Password changed')")
+
+        # this browser carries on in its new session: the server closed its old socket, it reconnected
+        here.wait_for(f"llamawool.welcomes > {welcomes}")
+        here.wait_online()
+        assert here.js("llamawool.player.id") == account
+        # the other device's session ended: it is back on its own guest farm
+        there.wait_for(f"llamawool.player && llamawool.player.id !== {json.dumps(account)}", timeout=15)
+        expected = [e for e in here.errors if "status of 403" in e and e.endswith("/auth/password)")]
+        assert len(expected) == 1, here.errors  # the browser logs the refused wrong password, nothing else
+        assert [e for e in here.errors if e not in expected] == [], here.errors
+        # the other device: at most the refusals of its ended session, which it recovered from
+        assert all("status of 401" in e for e in there.errors), there.errors
+    finally:
+        here.close()
+        there.close()
+
+
 def test_rate_limit_is_shown_as_slow_down(browser: Any, tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", env={"LLAMAWOOL_SHEAR_REQUESTS_PER_MINUTE": "3"}).start()
     tab = Tab(browser, server.url + "/")
