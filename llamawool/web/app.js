@@ -167,7 +167,14 @@ class App {
     this._wireControls();
     await this._retrying(() => this.auth.ensure());
     this._renderAccount();
-    this.auth.onChange(() => {
+    let shown = this.auth.player;
+    this.auth.onChange((player) => {
+      const before = shown;
+      shown = player;
+      if (before && !before.is_guest && player?.is_guest && !this.loggingOut) {
+        // Not our logout: the session was ended elsewhere (a logout everywhere, a password change).
+        this.toast("Your session ended (signed out elsewhere, or the password changed). Log in again.", "error", null, 10000);
+      }
       this._renderAccount();
       this.conn?.restart();
     });
@@ -885,6 +892,7 @@ class App {
   }
 
   async logout() {
+    this.loggingOut = true;
     try {
       const s = await this.auth.logout();
       this.player = s.player;
@@ -892,6 +900,8 @@ class App {
       this.toast("Logged out. A fresh guest farm is ready.", "info");
     } catch (err) {
       this.toast(err.message, "error");
+    } finally {
+      this.loggingOut = false;
     }
   }
 

@@ -412,6 +412,7 @@ def test_register_keeps_the_farm_and_login_brings_it_back(tab: Tab) -> None:
     tab.page.wait_for_selector("#account-name:text-is('Guest')")
     tab.wait_for(f"llamawool.player && llamawool.player.id !== {json.dumps(guest)} && llamawool.welcomes >= 3")
     assert tab.shears_confirmed() == 0, "a fresh guest farm after logging out"
+    assert tab.page.locator(".toast-error").count() == 0, "our own logout is not an ended session"
 
     tab.page.click("#account-btn")
     tab.page.get_by_label("Email or username").fill(name)
@@ -463,6 +464,7 @@ def test_changing_the_password_keeps_this_browser_and_signs_out_the_others(brows
         assert here.js("llamawool.player.id") == account
         # the other device's session ended: it is back on its own guest farm
         there.wait_for(f"llamawool.player && llamawool.player.id !== {json.dumps(account)}", timeout=15)
+        there.page.wait_for_selector(".toast-error:has-text('Your session ended')")
         expected = [e for e in here.errors if "status of 403" in e and e.endswith("/auth/password)")]
         assert len(expected) == 1, here.errors  # the browser logs the refused wrong password, nothing else
         assert [e for e in here.errors if e not in expected] == [], here.errors
