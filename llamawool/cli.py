@@ -135,8 +135,8 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
             player.email = email
             player.username = username
             player.password_hash = password_hash
+            await auth.end_all_sessions(player.id)  # a new password: the sessions end first (see change_password)
             await store.update_player(player)
-            await auth.end_all_sessions(player.id)  # a new password: the account's sessions end
             verb = "promoted"
         sys.stdout.write(f"admin {username} {verb} (id {player.id})\n")
         return 0

@@ -269,8 +269,11 @@ async def change_password(request: web.Request) -> web.Response:
         error = {"field": "new_password", "message": "the new password is the current one", "type": "same_password"}
         raise ApiError("VALIDATION_ERROR", "new_password: the new password is the current one", errors=[error])
     player.password_hash = await c.auth.hash_password(body.new_password)
-    await c.store.update_player(player)
+    # Sessions end before the password changes: should the process die in between,
+    # the account is signed out everywhere with its old password, never left with a
+    # new password and the old sessions still alive.
     await c.auth.end_all_sessions(player.id)
+    await c.store.update_player(player)
     c.metrics.auth.labels(kind="password_change", outcome="ok").inc()
     tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), headers=_no_store())

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp.test_utils import TestClient
 
 from llamawool.api.app import context
+from llamawool.store import StorageUnavailable
 from tests import redis_server as redis_fixtures
 from tests.conftest import API, MakeClient, new_guest
 
@@ -211,6 +213,32 @@ async def test_changing_the_password_needs_the_current_one_and_ends_every_other_
     old_password = await client.post(f"{API}/auth/login", json={"login": me["name"], "password": PASSWORD})
     await expect_problem(old_password, 401, "INVALID_CREDENTIALS")
     assert await works(client, (await login(client, me["name"], NEW_PASSWORD))["access_token"])
+
+
+async def test_a_password_change_cut_short_leaves_the_old_password_and_no_session(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage fails between ending the sessions and writing the new password (what a
+    crash there would leave): signed out everywhere, the old password still works."""
+    me = await register(client)
+    store = context(client.server.app).store
+
+    async def unavailable(player: Any) -> None:
+        raise StorageUnavailable("disk unplugged")
+
+    monkeypatch.setattr(store, "update_player", unavailable)
+    resp = await client.post(
+        f"{API}/auth/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(me["access_token"]),
+    )
+    monkeypatch.undo()
+
+    await expect_problem(resp, 503, "UNAVAILABLE")
+    assert not await works(client, me["access_token"]), "the sessions ended first"
+    assert await works(client, (await login(client, me["name"], PASSWORD))["access_token"])
+    refused = await client.post(f"{API}/auth/login", json={"login": me["name"], "password": NEW_PASSWORD})
+    await expect_problem(refused, 401, "INVALID_CREDENTIALS")
 
 
 async def test_a_guest_has_no_password_to_change(client: TestClient) -> None:
