@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +40,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def die_with_parent() -> list[str]:
+    """A prefix that makes a server get SIGTERM when the process (strictly: the thread)
+    that started it dies, even by SIGKILL, so a crashed or interrupted test run leaves
+    no server behind.
+
+    util-linux's `setpriv` sets the parent-death signal and execs the server (no Python
+    code runs between fork and exec); without it the server is only stopped by a clean
+    teardown.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 class ServerProcess:
     """`python -m llamawool serve` as a real subprocess on a free port."""
 
@@ -62,7 +76,17 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llamawool", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            [
+                *die_with_parent(),
+                sys.executable,
+                "-m",
+                "llamawool",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
             cwd=REPO,
             env=self.env,
             stdout=log,

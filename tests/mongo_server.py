@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, in_ci
+from tests.helpers import die_with_parent, free_port, in_ci
 
 ENABLE_HINT = (
     "MongoDB tests need SecantusDB's secantusd-py: `make install` (or `.venv/bin/pip install -c constraints.txt "
@@ -68,7 +68,17 @@ class SecantusServer:
         self._log = log_dir / f"secantusd-{self.port}.log"
         with self._log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [exe, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", self.storage, *self.extra],
+                [
+                    *die_with_parent(),
+                    exe,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--storage-path",
+                    self.storage,
+                    *self.extra,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -22,22 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, in_ci
+from tests.helpers import die_with_parent, free_port, in_ci
 
 ENABLE_HINT = (
     "Redis tests need redis-server 7 on PATH (Debian: `apt-get install redis-server`); "
     "with CI=true these tests fail instead of skipping"
 )
-
-
-def _die_with_parent() -> list[str]:
-    """A prefix that makes the server get SIGTERM when the test process dies, even by SIGKILL.
-
-    util-linux's `setpriv` sets the parent-death signal and execs the server (no Python code
-    runs between fork and exec); without it the server is only stopped by a clean teardown.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def redis_server_command() -> str | None:
@@ -79,7 +69,7 @@ class RedisServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
-                *_die_with_parent(),
+                *die_with_parent(),
                 exe,
                 "--port",
                 str(self.port),

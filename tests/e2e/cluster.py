@@ -130,18 +130,23 @@ class Cluster:
         }
 
     def start(self) -> Cluster:
-        start_or_skip(self.mongo)
+        """Start everything; if any part fails (or skips), stop what did start."""
         try:
-            self.redis.start()
-        except (RuntimeError, OSError) as exc:
-            unavailable(f"cannot start redis-server: {exc}")
-        for i in range(self.n):
-            self.replicas.append(ServerProcess(self.work / f"replica-{i}", env=self.replica_env()))
-        for r in self.replicas:  # start all, then wait: they boot in parallel
-            r.start_async()
-        for r in self.replicas:
-            r.wait_ready()
-        self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas]).start()
+            start_or_skip(self.mongo)
+            try:
+                self.redis.start()
+            except (RuntimeError, OSError) as exc:
+                unavailable(f"cannot start redis-server: {exc}")
+            for i in range(self.n):
+                self.replicas.append(ServerProcess(self.work / f"replica-{i}", env=self.replica_env()))
+            for r in self.replicas:  # start all, then wait: they boot in parallel
+                r.start_async()
+            for r in self.replicas:
+                r.wait_ready()
+            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas]).start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
@@ -150,9 +155,14 @@ class Cluster:
         return self.nginx.url
 
     def stop(self) -> None:
-        if self.nginx:
-            self.nginx.stop()
-        for r in self.replicas:
-            r.kill()
-        self.redis.stop()
-        self.mongo.stop()
+        """Stop every part, each even if stopping another failed."""
+        parts = [*([self.nginx.stop] if self.nginx else []), *(r.kill for r in self.replicas)]
+        parts += [self.redis.stop, self.mongo.stop]
+        failures = []
+        for stop in parts:
+            try:
+                stop()
+            except Exception as exc:  # each part gets its turn
+                failures.append(exc)
+        if failures:
+            raise failures[0]
