@@ -34,7 +34,7 @@ from . import (  # noqa: F401 - importing registers the routes
     ws,
 )
 from .context import CTX, AppContext
-from .errors import ApiError, problem_response
+from .errors import ApiError, field_error, problem_response
 from .http import API_PREFIX, PRINCIPAL, ROUTES, Handler, Route, authenticate
 from .routes_meta import OPS_ROUTES, openapi
 
@@ -100,7 +100,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 retry_after=exc.retry_after,
             ) from None
         except BadCursor as exc:
-            raise ApiError("VALIDATION_ERROR", str(exc), errors=[{"field": "cursor", "message": str(exc)}]) from None
+            raise field_error("cursor", str(exc), detail=str(exc)) from None
         except CoordinationUnavailable:
             raise ApiError(
                 "UNAVAILABLE", "coordination is unavailable; retry shortly", headers={"Retry-After": "5"}
@@ -303,9 +303,10 @@ def _on_fanout(app: web.Application, channel: str, message: dict[str, Any]) -> N
 
 def _close_revoked(app: web.Application, sessions: set[str]) -> None:
     """Sockets opened with a token of an ended session close (4401) and must authenticate anew."""
-    for session in list(app[CTX].sessions):
+    c = app[CTX]
+    for session in list(c.sessions):
         if session.session_id is not None and session.session_id in sessions:
-            asyncio.get_running_loop().create_task(session.close(ws.CLOSE_AUTH, "session ended"))
+            c.engine.spawn(session.close(ws.CLOSE_AUTH, "session ended"))
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:

@@ -54,6 +54,17 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def field_error(field: str, message: str, type_: str = "value_error", *, detail: str | None = None) -> ApiError:
+    """422 for one field, shaped like the schema's own refusals (`errors: [{field,
+    message, type}]`, see `http.validation_problem`), so clients read every field
+    error the same way."""
+    return ApiError(
+        "VALIDATION_ERROR",
+        detail or f"{field}: {message}",
+        errors=[{"field": field, "message": message, "type": type_}],
+    )
+
+
 def problem_body(code: str, detail: str, status: int | None = None, **extra: Any) -> dict[str, Any]:
     st, title = CODES.get(code, (status or 500, code.replace("_", " ").capitalize()))
     body: dict[str, Any] = {

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..auth import AuthError, Principal
-from .errors import ApiError
+from .errors import ApiError, field_error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Access = Literal["public", "player", "admin"]
@@ -133,7 +133,7 @@ async def read_body(request: web.Request, model: type[M], *, form: bool = False)
         accepted = "application/json" + (" or application/x-www-form-urlencoded" if form else "")
         raise ApiError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type must be {accepted}, not {ctype or 'missing'}")
     if not isinstance(data, dict):
-        raise ApiError("VALIDATION_ERROR", "request body must be a JSON object", errors=[])
+        raise field_error("(body)", "must be a JSON object", "dict_type", detail="request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -183,7 +183,11 @@ def idempotency_key(request: web.Request) -> str | None:
     if key is None:
         return None
     if not IDEMPOTENCY_KEY.match(key):
-        raise ApiError("VALIDATION_ERROR", "Idempotency-Key must be 1..200 printable ASCII characters", errors=[])
+        raise field_error(
+            "Idempotency-Key",
+            "must be 1..200 printable ASCII characters",
+            "string_pattern_mismatch",
+        )
     return key
 
 

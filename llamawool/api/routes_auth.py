@@ -13,7 +13,7 @@ from ..passwords import password_problem
 from ..settings import Settings
 from ..store import DuplicateKey, PlayerRecord, Store
 from .context import ctx
-from .errors import ApiError
+from .errors import ApiError, field_error
 from .http import (
     authenticate,
     client_ip,
@@ -153,8 +153,7 @@ def check_new_password(
         email=email,
     )
     if problem is not None:
-        error = {"field": field, "message": f"the password {problem}", "type": "weak_password"}
-        raise ApiError("VALIDATION_ERROR", f"{field}: the password {problem}", errors=[error])
+        raise field_error(field, f"the password {problem}", "weak_password")
 
 
 async def _find_login(store: Store, login: str) -> PlayerRecord | None:
@@ -266,8 +265,7 @@ async def change_password(request: web.Request) -> web.Response:
         c.settings, body.new_password, username=player.username, email=player.email, field="new_password"
     )
     if body.new_password == body.current_password:
-        error = {"field": "new_password", "message": "the new password is the current one", "type": "same_password"}
-        raise ApiError("VALIDATION_ERROR", "new_password: the new password is the current one", errors=[error])
+        raise field_error("new_password", "the new password is the current one", "same_password")
     player.password_hash = await c.auth.hash_password(body.new_password)
     # Sessions end before the password changes: should the process die in between,
     # the account is signed out everywhere with its old password, never left with a

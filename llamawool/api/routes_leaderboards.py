@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from ..coord import BOARDS, Cursor
 from ..engine.boards import ALL_TIME, period_of
 from .context import AppContext, ctx
-from .errors import ApiError
+from .errors import ApiError, field_error
 from .http import json_response, principal, route, validation_problem
 
 Q = TypeVar("Q", bound=BaseModel)
@@ -49,7 +49,9 @@ def _query(request: web.Request, model: type[Q]) -> Q:
 
 def _period(c: AppContext, board: str, requested: str | None) -> str:
     if requested is not None and board != "weekly":
-        raise ApiError("VALIDATION_ERROR", "period applies to the weekly board only", errors=[{"field": "period"}])
+        raise field_error(
+            "period", "applies to the weekly board only", detail="period applies to the weekly board only"
+        )
     return requested or period_of(board, c.engine.clock())
 
 

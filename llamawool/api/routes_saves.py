@@ -13,7 +13,7 @@ from ..engine.saves import SAVE_FORMAT, SAVE_VERSION, signed_save
 from ..game.saves import ClaimedFarm
 from ..store import Snapshot
 from .context import AppContext, ctx
-from .errors import ApiError
+from .errors import ApiError, field_error
 from .http import json_response, principal, raw_json_response, read_body, route
 
 _ETAG = re.compile(r'^\s*"([0-9]{1,18})"\s*$')
@@ -79,7 +79,9 @@ async def get_save(request: web.Request) -> web.Response:
         body = await _current(c, who.player_id)
     else:
         if not REVISION.match(raw):
-            raise ApiError("VALIDATION_ERROR", "revision must be a number or 'latest'", errors=[{"field": "revision"}])
+            raise field_error(
+                "revision", "must be a number or 'latest'", detail="revision must be a number or 'latest'"
+            )
         snap: Snapshot | None = await c.store.get_snapshot(who.player_id, int(raw))
         if snap is None:
             raise ApiError("NOT_FOUND", f"no save at revision {raw}")
@@ -104,12 +106,12 @@ async def upload_save(request: web.Request) -> web.Response:
         raise ApiError("PRECONDITION_REQUIRED", 'a save upload needs If-Match: "<base revision>"')
     m = _ETAG.match(header)
     if m is None:
-        raise ApiError(
-            "VALIDATION_ERROR", 'If-Match must be a strong ETag such as "42"', errors=[{"field": "If-Match"}]
+        raise field_error(
+            "If-Match", 'must be a strong ETag such as "42"', detail='If-Match must be a strong ETag such as "42"'
         )
     body = await read_body(request, SaveUpload)
     if int(m.group(1)) != body.revision:
-        raise ApiError("VALIDATION_ERROR", "If-Match and the save's revision differ", errors=[{"field": "revision"}])
+        raise field_error("revision", "differs from If-Match")
     claimed = ClaimedFarm(
         balances=dict(body.farm.balances),
         buildings=dict(body.farm.buildings),

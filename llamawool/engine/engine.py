@@ -176,7 +176,8 @@ class Engine:
             await self.cluster.release(player_id)
         await self.committer.stop()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run `coro` in the background, held until done; `stop` waits for what is left."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -243,7 +244,7 @@ class Engine:
         self.row_owners[res.row] = None
         self._gauge()
         if release:
-            self._spawn(self.cluster.release(res.player_id))
+            self.spawn(self.cluster.release(res.player_id))
 
     def _gauge(self) -> None:
         self.metrics.farms_resident.set(len(self.residents))
@@ -566,7 +567,7 @@ class Engine:
             watchers.discard(sink)
             if not watchers:
                 del self.cluster.watched[player_id]
-                self._spawn(self._detach_remote(player_id))
+                self.spawn(self._detach_remote(player_id))
             return
         self._detach_local(player_id, sink)
 
@@ -722,12 +723,12 @@ class Engine:
             res = owners[row]
             if res is not None and not res.busy:
                 res.busy = True
-                self._spawn(self._go_offline(res))
+                self.spawn(self._go_offline(res))
         for row in result.settle_rows.tolist():
             res = owners[row]
             if res is not None and not res.busy:
                 res.busy = True
-                self._spawn(self._settle(res))
+                self.spawn(self._settle(res))
         if result.connected_rows.size:
             balances = result.balances.tolist()
             keys = self.rules.tier_keys
@@ -744,11 +745,11 @@ class Engine:
         self.metrics.players_online.set(int(self.table.online[:n].sum()))
         if now - self._last_autosave >= self.autosave_s:
             self._last_autosave = now
-            self._spawn(self.autosave())
+            self.spawn(self.autosave())
         if self.residents and self.cluster.renew_due():
-            self._spawn(self._renew_leases())
+            self.spawn(self._renew_leases())
         for player_id in self.cluster.silent_farms(3 * self.settings.tick_interval_s + 2.0):
-            self._spawn(self._rewatch(player_id))
+            self.spawn(self._rewatch(player_id))
         for listener in self.tick_listeners:
             listener(now)
         self.metrics.tick_duration.observe(time.perf_counter() - started)
@@ -792,7 +793,7 @@ class Engine:
         self._evict(res, release=False)
         if local:
             self.cluster.watched.setdefault(res.player_id, set()).update(local)
-            self._spawn(self._rewatch(res.player_id))
+            self.spawn(self._rewatch(res.player_id))
 
     async def _rewatch(self, player_id: str) -> None:
         """Our sockets of a farm owned elsewhere heard nothing for a while: the
@@ -861,10 +862,11 @@ class Engine:
         written = 0
         try:
             for start in range(0, len(changed), AUTOSAVE_CHUNK):
-                chunk = [(res, res.state.revision) for res in changed[start : start + AUTOSAVE_CHUNK]]
-                await self.store.add_snapshots([self._snapshot(res.state) for res, _ in chunk])
-                for res, revision in chunk:
-                    res.snapshot_revision = max(res.snapshot_revision, revision)
+                chunk = changed[start : start + AUTOSAVE_CHUNK]
+                snaps = [self._snapshot(res.state) for res in chunk]
+                await self.store.add_snapshots(snaps)
+                for res, snap in zip(chunk, snaps, strict=True):
+                    res.snapshot_revision = max(res.snapshot_revision, snap.revision)
                 written += len(chunk)
             for start in range(0, len(touched), AUTOSAVE_CHUNK * 4):
                 await self.store.touch_farms(touched[start : start + AUTOSAVE_CHUNK * 4])

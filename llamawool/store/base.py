@@ -171,6 +171,28 @@ def retained_revisions(seen: list[tuple[int, float]], now: float, history: int, 
     return keep | set(firsts.values())
 
 
+def plan_snapshot_writes(
+    existing: dict[str, dict[int, float]], snapshots: list[Snapshot], history: int, daily_days: int
+) -> tuple[list[Snapshot], list[tuple[str, int]]]:
+    """Snapshots inserted in order, the retention policy applied after each one, in
+    memory: given each farm's stored (revision -> taken_at), what to write (a snapshot
+    the policy would drop at once is not written; the last of one revision wins) and
+    which stored (farm, revision) to delete. Both stores write exactly this."""
+    state = {p: dict(revs) for p, revs in existing.items()}
+    latest: dict[tuple[str, int], Snapshot] = {}
+    for snap in snapshots:
+        revs = state.setdefault(snap.player_id, {})
+        revs[snap.revision] = snap.taken_at
+        latest[(snap.player_id, snap.revision)] = snap
+        if len(revs) > history:  # fewer are all among the newest `history`: all kept
+            kept = retained_revisions(list(revs.items()), snap.taken_at, history, daily_days)
+            for rev in [r for r in revs if r not in kept]:
+                del revs[rev]
+    writes = [snap for (p, rev), snap in latest.items() if rev in state[p]]
+    deletes = [(p, rev) for p, revs in existing.items() for rev in sorted(set(revs) - set(state[p]))]
+    return writes, deletes
+
+
 class Store(Protocol):
     """Durable storage. Every method is a coroutine and safe to call concurrently."""
 

@@ -73,7 +73,7 @@ from .base import (
     StorageUnavailable,
     StoredFarm,
     audit_key,
-    retained_revisions,
+    plan_snapshot_writes,
 )
 
 T = TypeVar("T")
@@ -682,7 +682,7 @@ class MongoStore:
 
     async def _write_snapshots(self, snapshots: list[Snapshot], s: AsyncClientSession | None) -> None:
         """Insert in order, applying the retention policy after each one exactly as
-        SQLite does (`base.retained_revisions`), computed in memory from one read:
+        SQLite does (`base.plan_snapshot_writes`), computed in memory from one read:
         snapshots that would be pruned at once are not written at all.
 
         Only revisions this call read or wrote are deleted, so two writers pruning the
@@ -693,33 +693,28 @@ class MongoStore:
         snaps = self._c("snapshots")
         players = list({snap.player_id for snap in snapshots})
         fields = {"_id": 0, "player_id": 1, "revision": 1, "taken_at": 1}
-        state: dict[str, dict[int, float]] = {p: {} for p in players}
+        existing: dict[str, dict[int, float]] = {p: {} for p in players}
         async for d in snaps.find({"player_id": {"$in": players}}, fields, session=s):
-            state[d["player_id"]][d["revision"]] = d["taken_at"]
-        before = {p: set(revs) for p, revs in state.items()}
-        latest: dict[tuple[str, int], Snapshot] = {}
-        history, days = self.retention
-        for snap in snapshots:
-            revs = state[snap.player_id]
-            revs[snap.revision] = snap.taken_at
-            latest[(snap.player_id, snap.revision)] = snap
-            keep = retained_revisions(list(revs.items()), snap.taken_at, history, days)
-            for rev in [r for r in revs if r not in keep]:
-                del revs[rev]
-        writes = [
-            ReplaceOne({"player_id": p, "revision": rev}, _snapshot_doc(snap), upsert=True)
-            for (p, rev), snap in latest.items()
-            if rev in state[p]
-        ]
+            existing[d["player_id"]][d["revision"]] = d["taken_at"]
+        writes, deletes = plan_snapshot_writes(existing, snapshots, *self.retention)
         if writes:
-            await snaps.bulk_write(writes, ordered=True, session=s)
-        deletes = [
-            DeleteMany({"player_id": p, "revision": {"$in": sorted(gone)}})
-            for p, revs in before.items()
-            if (gone := revs - set(state[p]))
-        ]
-        if deletes:
-            await snaps.bulk_write(deletes, ordered=True, session=s)
+            await snaps.bulk_write(
+                [
+                    ReplaceOne({"player_id": w.player_id, "revision": w.revision}, _snapshot_doc(w), upsert=True)
+                    for w in writes
+                ],
+                ordered=True,
+                session=s,
+            )
+        gone: dict[str, list[int]] = {}
+        for p, rev in deletes:
+            gone.setdefault(p, []).append(rev)
+        if gone:
+            await snaps.bulk_write(
+                [DeleteMany({"player_id": p, "revision": {"$in": revs}}) for p, revs in gone.items()],
+                ordered=True,
+                session=s,
+            )
 
     async def list_snapshots(self, player_id: str, limit: int) -> list[Snapshot]:
         if limit <= 0:

@@ -36,7 +36,7 @@ from .base import (
     StorageUnavailable,
     StoredFarm,
     audit_key,
-    retained_revisions,
+    plan_snapshot_writes,
 )
 
 T = TypeVar("T")
@@ -822,44 +822,19 @@ def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[An
 
 
 def _insert_snapshots(c: sqlite3.Connection, snaps: list[Snapshot], keep: tuple[int, int]) -> None:
-    """Insert in order, applying the retention policy after each one (the newest
-    `keep[0]` snapshots, plus the first snapshot of each UTC day for the last
-    `keep[1]` days: `base.retained_revisions`, shared with the MongoDB store).
-
-    One read of the covering index per farm, the policy in memory, then exact
-    deletes: the cost per snapshot stays flat as a farm's history fills up (the
-    SQL form of the policy re-read the whole history for every insert, and the
-    autosave's batch of thousands held the writer for hundreds of milliseconds).
-    A snapshot the policy would drop at once is not written."""
+    """Insert in order with the retention policy applied after each one
+    (`base.plan_snapshot_writes`, as the MongoDB store does): one read of each
+    farm's (revision, time) pairs, the policy in memory, then exact writes and
+    deletes."""
     if not snaps:
         return
-    history, days = keep
-    state: dict[str, dict[int, float]] = {}
-    for snap in snaps:
-        if snap.player_id not in state:
-            rows = c.execute(
-                "SELECT revision, taken_at FROM snapshots WHERE player_id = ?", (snap.player_id,)
-            ).fetchall()
-            state[snap.player_id] = dict(rows)
-    before = {p: set(revs) for p, revs in state.items()}
-    latest: dict[tuple[str, int], Snapshot] = {}
-    for snap in snaps:
-        revs = state[snap.player_id]
-        revs[snap.revision] = snap.taken_at
-        latest[(snap.player_id, snap.revision)] = snap
-        if len(revs) > history:
-            kept = retained_revisions(list(revs.items()), snap.taken_at, history, days)
-            for rev in [r for r in revs if r not in kept]:
-                del revs[rev]
+    existing = {
+        p: dict(c.execute("SELECT revision, taken_at FROM snapshots WHERE player_id = ?", (p,)).fetchall())
+        for p in dict.fromkeys(snap.player_id for snap in snaps)
+    }
+    writes, deletes = plan_snapshot_writes(existing, snaps, *keep)
     c.executemany(
         "INSERT OR REPLACE INTO snapshots (player_id, revision, taken_at, farm_value, doc) VALUES (?, ?, ?, ?, ?)",
-        [
-            (p, rev, snap.taken_at, snap.farm_value, orjson.dumps(snap.doc))
-            for (p, rev), snap in latest.items()
-            if rev in state[p]
-        ],
+        [(s.player_id, s.revision, s.taken_at, s.farm_value, orjson.dumps(s.doc)) for s in writes],
     )
-    c.executemany(
-        "DELETE FROM snapshots WHERE player_id = ? AND revision = ?",
-        [(p, rev) for p, revs in before.items() for rev in sorted(revs - set(state[p]))],
-    )
+    c.executemany("DELETE FROM snapshots WHERE player_id = ? AND revision = ?", deletes)

@@ -832,63 +832,57 @@ class App {
     $("#account-dialog").showModal();
   }
 
-  _formError(id, err) {
+  _formError(id, err, wrongCredentials = "Wrong login or password.") {
     let text = err.message;
     if (err.rateLimited) text = `Slow down! Try again in ${Math.ceil(err.retryAfter ?? 5)} s.`;
-    else if (err.code === "INVALID_CREDENTIALS") text = "Wrong login or password.";
+    else if (err.code === "INVALID_CREDENTIALS") text = wrongCredentials;
     else if (err.code === "NETWORK") text = "Cannot reach the server. Try again in a moment.";
     setText($(id), text);
   }
 
-  async submitRegister(e) {
+  /** An account form: validate, run `send` with its fields, then reset it, close the dialog
+   * and toast what `send` returns; a refusal is shown under the form. */
+  async _submitAccountForm(e, errorId, send, wrongCredentials) {
     e.preventDefault();
     const form = e.currentTarget;
     if (!form.reportValidity()) return;
-    setText($("#register-error"), "");
-    const data = new FormData(form);
+    setText($(errorId), "");
     try {
+      const [text, kind] = await send(new FormData(form));
+      form.reset();
+      $("#account-dialog").close();
+      this.toast(text, kind);
+    } catch (err) {
+      this._formError(errorId, err, wrongCredentials);
+    }
+  }
+
+  submitRegister(e) {
+    return this._submitAccountForm(e, "#register-error", async (data) => {
       const s = await this.auth.register(data.get("email"), data.get("password"), data.get("username"));
       this.player = s.player;
-      form.reset();
-      $("#account-dialog").close();
-      this.toast(`Welcome, ${s.player.username}! Your farm is saved to your account.`, "achievement");
-    } catch (err) {
-      this._formError("#register-error", err);
-    }
+      return [`Welcome, ${s.player.username}! Your farm is saved to your account.`, "achievement"];
+    });
   }
 
-  async submitLogin(e) {
-    e.preventDefault();
-    const form = e.currentTarget;
-    if (!form.reportValidity()) return;
-    setText($("#login-error"), "");
-    const data = new FormData(form);
-    try {
+  submitLogin(e) {
+    return this._submitAccountForm(e, "#login-error", async (data) => {
       const s = await this.auth.login(data.get("login"), data.get("password"));
       this.player = s.player;
-      form.reset();
-      $("#account-dialog").close();
-      this.toast(`Welcome back, ${s.player.username}!`, "info");
-    } catch (err) {
-      this._formError("#login-error", err);
-    }
+      return [`Welcome back, ${s.player.username}!`, "info"];
+    });
   }
 
-  async submitPassword(e) {
-    e.preventDefault();
-    const form = e.currentTarget;
-    if (!form.reportValidity()) return;
-    setText($("#password-error"), "");
-    const data = new FormData(form);
-    try {
-      await this.auth.changePassword(data.get("current_password"), data.get("new_password"));
-      form.reset();
-      $("#account-dialog").close();
-      this.toast("Password changed. Your other devices are signed out.", "info");
-    } catch (err) {
-      if (err.code === "INVALID_CREDENTIALS") setText($("#password-error"), "The current password is wrong.");
-      else this._formError("#password-error", err);
-    }
+  submitPassword(e) {
+    return this._submitAccountForm(
+      e,
+      "#password-error",
+      async (data) => {
+        await this.auth.changePassword(data.get("current_password"), data.get("new_password"));
+        return ["Password changed. Your other devices are signed out.", "info"];
+      },
+      "The current password is wrong.",
+    );
   }
 
   async logout() {

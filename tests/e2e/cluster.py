@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.helpers import ServerProcess, free_port, in_ci
@@ -166,3 +170,32 @@ class Cluster:
                 failures.append(exc)
         if failures:
             raise failures[0]
+
+
+# ---- a simulated player's socket actions (shared by the cluster and outage simulations) ----
+
+Pending = dict[str, "asyncio.Future[dict[str, Any]]"]
+
+
+async def ws_action(
+    ws: aiohttp.ClientWebSocketResponse, pending: Pending, data: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    """Send an action with a fresh id and wait for the `result` or `error` with that id
+    (the socket's reader hands it over with `answered`). Raises what the socket or the
+    wait raised: then the client cannot know whether the action was applied."""
+    mid = uuid.uuid4().hex
+    fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    pending[mid] = fut
+    try:
+        await ws.send_json({"type": "action", "id": mid, "data": data})
+        async with asyncio.timeout(timeout_s):
+            return await fut
+    finally:
+        pending.pop(mid, None)
+
+
+def answered(pending: Pending, message: dict[str, Any]) -> None:
+    """The socket's reader got a `result` or `error`: wake whoever waits for its id."""
+    fut = pending.pop(str(message.get("id")), None)
+    if fut is not None and not fut.done():
+        fut.set_result(message)

@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = REPO / "test-artifacts"
+PASSWORD = "correct horse battery"  # the browser tests' accounts
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 HOUR = 3600.0
@@ -140,6 +141,15 @@ class Tab:
 
     def text(self, selector: str) -> str:
         return self.page.inner_text(selector)
+
+    def register(self, name: str, password: str = PASSWORD) -> None:
+        """Register through the account dialog, and wait until the page shows the name."""
+        self.page.click("#account-btn")
+        self.page.get_by_label("Username", exact=True).fill(name)
+        self.page.get_by_label("Email", exact=True).fill(f"{name}@example.com")
+        self.page.locator("#reg-password").fill(password)
+        self.page.get_by_role("button", name="Register and keep this farm").click()
+        self.page.wait_for_selector(f"#account-name:text-is('{name}')")
 
     def shears_confirmed(self) -> int:
         return int(self.js("llamawool.model.farm.stats.shears"))
@@ -397,12 +407,7 @@ def test_register_keeps_the_farm_and_login_brings_it_back(tab: Tab) -> None:
     tab.wait_for("llamawool.model.farm.stats.shears >= 3 && !llamawool.shearer.busy")
 
     name = f"llama_{uuid.uuid4().hex[:8]}"
-    tab.page.click("#account-btn")
-    tab.page.get_by_label("Username", exact=True).fill(name)
-    tab.page.get_by_label("Email", exact=True).fill(f"{name}@example.com")
-    tab.page.locator("#reg-password").fill("correct horse battery")
-    tab.page.get_by_role("button", name="Register and keep this farm").click()
-    tab.page.wait_for_selector(f"#account-name:text-is('{name}')")
+    tab.register(name)
     tab.wait_online()
     assert tab.js("llamawool.player.id") == guest, "registering upgrades the guest in place"
     assert tab.shears_confirmed() >= 3
@@ -419,7 +424,7 @@ def test_register_keeps_the_farm_and_login_brings_it_back(tab: Tab) -> None:
     tab.page.locator("#login-password").fill("wrong password!")
     tab.page.get_by_role("button", name="Log in").click()
     tab.page.wait_for_selector("#login-error:text('Wrong login or password')")
-    tab.page.locator("#login-password").fill("correct horse battery")
+    tab.page.locator("#login-password").fill(PASSWORD)
     tab.page.get_by_role("button", name="Log in").click()
     tab.page.wait_for_selector(f"#account-name:text-is('{name}')")
     tab.wait_for(
@@ -433,16 +438,11 @@ def test_changing_the_password_keeps_this_browser_and_signs_out_the_others(brows
     there = Tab(browser, server.url + "/").open()  # another device
     try:
         name = f"llama_{uuid.uuid4().hex[:8]}"
-        here.page.click("#account-btn")
-        here.page.get_by_label("Username", exact=True).fill(name)
-        here.page.get_by_label("Email", exact=True).fill(f"{name}@example.com")
-        here.page.locator("#reg-password").fill("correct horse battery")
-        here.page.get_by_role("button", name="Register and keep this farm").click()
-        here.page.wait_for_selector(f"#account-name:text-is('{name}')")
+        here.register(name)
         account = here.js("llamawool.player.id")
         there.page.click("#account-btn")
         there.page.get_by_label("Email or username").fill(name)
-        there.page.locator("#login-password").fill("correct horse battery")
+        there.page.locator("#login-password").fill(PASSWORD)
         there.page.get_by_role("button", name="Log in").click()
         there.wait_for(
             f"llamawool.player.id === {json.dumps(account)} && llamawool.model.farm.player_id === {json.dumps(account)}"
@@ -453,7 +453,7 @@ def test_changing_the_password_keeps_this_browser_and_signs_out_the_others(brows
         here.page.locator("#pw-new").fill("a brand new passphrase")
         here.page.get_by_role("button", name="Change password").click()
         here.page.wait_for_selector("#password-error:text('The current password is wrong')")
-        here.page.locator("#pw-current").fill("correct horse battery")
+        here.page.locator("#pw-current").fill(PASSWORD)
         welcomes = here.js("llamawool.welcomes")
         here.page.get_by_role("button", name="Change password").click()
         here.page.wait_for_selector(".toast:has-text('Password changed')")

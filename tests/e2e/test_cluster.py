@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.cluster import Cluster
+from tests.e2e.cluster import Cluster, answered, ws_action
 
 pytestmark = pytest.mark.slow
 
@@ -114,9 +114,7 @@ class Sim:
                             if self.mark:
                                 sock.ticks_after_mark += 1
                         elif m["type"] in ("result", "error"):
-                            fut = p.pending.pop(str(m.get("id")), None)
-                            if fut is not None and not fut.done():
-                                fut.set_result(m)
+                            answered(p.pending, m)
                         if self.stop_sockets.is_set():
                             break
                     sock.closes.append(ws.close_code or 0)
@@ -130,15 +128,9 @@ class Sim:
         ws = next((w for w in p.ws if w is not None and not w.closed), None)
         if ws is None:
             return
-        mid = uuid.uuid4().hex
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        p.pending[mid] = fut
         try:
-            await ws.send_json({"type": "action", "id": mid, "data": {"action": "shear", "count": count}})
-            async with asyncio.timeout(5):
-                m = await fut
+            m = await ws_action(ws, p.pending, {"action": "shear", "count": count}, 5)
         except (aiohttp.ClientError, ConnectionError, TimeoutError, RuntimeError):
-            p.pending.pop(mid, None)
             p.uncertain_shears += count
             return
         if m["type"] == "result":

@@ -41,7 +41,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.e2e.cluster import Cluster
+from tests.e2e.cluster import Cluster, answered, ws_action
 from tests.helpers import REPO
 from tests.mongo_server import SecantusServer
 
@@ -208,9 +208,7 @@ class Sim:
                         elif m["type"] == "event" and m["data"].get("type") == "broadcast":
                             sock.broadcasts.append(m["data"]["message"])
                         elif m["type"] in ("result", "error"):
-                            fut = p.pending.pop(str(m.get("id")), None)
-                            if fut is not None and not fut.done():
-                                fut.set_result(m)
+                            answered(p.pending, m)
                         if self.stop_sockets.is_set():
                             break
             except (TimeoutError, aiohttp.ClientError):
@@ -223,15 +221,9 @@ class Sim:
         ws = p.socket.ws if p.socket else None
         if ws is None or ws.closed:
             return
-        mid = uuid.uuid4().hex
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        p.pending[mid] = fut
         try:
-            await ws.send_json({"type": "action", "id": mid, "data": {"action": "shear", "count": count}})
-            async with asyncio.timeout(8):
-                m = await fut
+            m = await ws_action(ws, p.pending, {"action": "shear", "count": count}, 8)
         except (aiohttp.ClientError, ConnectionError, TimeoutError, RuntimeError):
-            p.pending.pop(mid, None)
             p.uncertain_shears += count
             return
         if m["type"] == "result":
@@ -392,6 +384,23 @@ async def all_sockets_tick(sim: Sim, within: float) -> float:
         raise AssertionError(f"sockets without ticks after the outage: players {silent}") from None
 
 
+async def play_on_then_check(
+    sim: Sim,
+    s: aiohttp.ClientSession,
+    t_restarted: float,
+    players: list[asyncio.Task[None]],
+    sockets: list[asyncio.Task[None]],
+) -> None:
+    """Play until AFTER_S past the restart, stop, report what the clients got, and check
+    that every acknowledged action is in the final state."""
+    await asyncio.sleep(max(0.0, AFTER_S - (time.monotonic() - t_restarted)))
+    await stop_all(sim, players)
+    after = sim.during(t_restarted, time.monotonic())
+    print(f"  after the restart: {sum(a.status == 200 for a in after)}/{len(after)} requests answered 200")
+    await final_checks(sim, s)
+    await close_sockets(sim, sockets)
+
+
 @asynccontextmanager
 async def playing(sim: Sim) -> AsyncIterator[None]:
     try:
@@ -529,12 +538,7 @@ async def test_redis_down_for_10s_keeps_serving_and_recovers(tmp_path: Path) -> 
                 f"recovery, seconds after Redis restarted: /ready ready {t_ready:.1f}, boards fresh {t_boards:.1f}, "
                 f"ticks on every socket {t_ticks:.1f}; broadcast delivered to every socket in {t_broadcast:.2f}s"
             )
-            await asyncio.sleep(max(0.0, AFTER_S - (time.monotonic() - t_restarted)))
-            await stop_all(sim, players)
-            after = sim.during(t_restarted, time.monotonic())
-            print(f"  after the restart: {sum(a.status == 200 for a in after)}/{len(after)} requests answered 200")
-            await final_checks(sim, s)
-            await close_sockets(sim, sockets)
+            await play_on_then_check(sim, s, t_restarted, players, sockets)
     finally:
         await asyncio.to_thread(cluster.stop)
 
@@ -627,11 +631,6 @@ async def test_mongodb_down_for_10s_answers_503_and_recovers(tmp_path: Path) -> 
                 f"recovery, seconds after MongoDB restarted: /ready and actions on every replica {t_ready:.1f}, "
                 f"ticks on every socket {t_ticks:.1f}"
             )
-            await asyncio.sleep(max(0.0, AFTER_S - (time.monotonic() - t_restarted)))
-            await stop_all(sim, players)
-            after = sim.during(t_restarted, time.monotonic())
-            print(f"  after the restart: {sum(a.status == 200 for a in after)}/{len(after)} requests answered 200")
-            await final_checks(sim, s)
-            await close_sockets(sim, sockets)
+            await play_on_then_check(sim, s, t_restarted, players, sockets)
     finally:
         await asyncio.to_thread(cluster.stop)
