@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
 from prometheus_client import Counter, Gauge
 
-from ..coord import BOARDS, BoardEntry, CoordinationUnavailable, Coordinator, ScoreUpdate
+from ..coord import BOARDS, BoardEntry, Boards, CoordinationUnavailable, Presence, ScoreUpdate
 from ..game import FarmState, Rules, iso_week, week_start
+from ..observability import Metrics
 from ..store import Store
-
-if TYPE_CHECKING:
-    from .engine import Engine, Sink
+from .residents import ResidentIndex, Sink
 
 log = structlog.get_logger("llamawool.boards")
 
@@ -37,20 +36,33 @@ def period_of(board: str, now: float) -> str:
     return iso_week(now) if board == "weekly" else ALL_TIME
 
 
+class FeedCoord(Boards, Presence, Protocol):
+    """The part of the coordinator the feed uses: the boards and the online count."""
+
+
 class BoardFeed:
-    def __init__(self, engine: Engine, coord: Coordinator, store: Store, push_s: float) -> None:
-        self.engine = engine
-        self.rules: Rules = engine.rules
+    def __init__(
+        self,
+        residents: ResidentIndex,
+        rules: Rules,
+        clock: Callable[[], float],
+        metrics: Metrics,
+        coord: FeedCoord,
+        store: Store,
+        push_s: float,
+    ) -> None:
+        self.residents = residents
+        self.rules = rules
         self.coord = coord
         self.store = store
         self.push_s = push_s
-        self.clock: Callable[[], float] = engine.clock
+        self.clock = clock
         self.week: str | None = None
         self.subscribers: dict[str, set[Sink]] = {b: set() for b in BOARDS}
         self._last_top: dict[str, bytes] = {}
         self._task: asyncio.Task[None] | None = None
         self.stale = False
-        registry = engine.metrics.registry
+        registry = metrics.registry
         self.rollovers = Counter(
             "llamawool_leaderboard_rollovers_total", "Weekly board rollovers performed", registry=registry
         )
@@ -61,7 +73,7 @@ class BoardFeed:
             "llamawool_players_online_cluster", "Players online on every replica (as last reported)", registry=registry
         )
         # Profiles (usernames on boards) are cached for the ConfigMap's userProfileTTL.
-        self.profile_ttl_s = float(engine.rules.config.cache.userProfileTTL)
+        self.profile_ttl_s = float(rules.config.cache.userProfileTTL)
         self._names: dict[str, tuple[str, float]] = {}
 
     def start(self) -> None:
@@ -102,10 +114,10 @@ class BoardFeed:
         """One batch: every online or changed resident farm's four scores."""
         now = self.clock()
         await self.check_rollover(now)
-        table = self.engine.table
+        table = self.residents.table
         rows, lifetime, shears, rate, weekly = table.scores(now, week_start(now))
         if rows.size:
-            owners = self.engine.row_owners
+            owners = self.residents.row_owners
             ids = [owners[r].player_id if owners[r] is not None else "" for r in rows.tolist()]
             batches: dict[str, list[ScoreUpdate]] = {b: [] for b in BOARDS}
             for pid, lv, ss, rv, wv in zip(
@@ -123,7 +135,7 @@ class BoardFeed:
                     await self.coord.push_scores(board, period, updates[start : start + CHUNK])
                     await asyncio.sleep(0)  # let ticks and requests run between chunks
         self.stale = False
-        await self.coord.report_online(self.coord.replica_id, self.engine.online_count(), now, 3 * self.push_s)
+        await self.coord.report_online(self.coord.replica_id, self.residents.online_count(), now, 3 * self.push_s)
         self.cluster_online.set(await self.coord.online_count(now))
         await self._notify_ranks(now)
         await self._notify_tops(now)
@@ -142,7 +154,7 @@ class BoardFeed:
             log.warning("boards.push_failed", error=str(exc), player_id=pid)
 
     async def _notify_ranks(self, now: float) -> None:
-        connected = [res for res in self.engine.residents.values() if res.sinks]
+        connected = [res for res in self.residents.all() if res.sinks]
         for i, res in enumerate(connected):
             if i % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # thousands of rank lookups must not delay a tick
