@@ -32,7 +32,7 @@ from llamawool.store import (
     StoredFarm,
 )
 from llamawool.store.export_guard import answered_revision
-from llamawool.store.portable import backup, canonical_dump, restore
+from llamawool.store.portable import backup, canonical_dump, migrate, restore
 from tests.conftest import API, MakeClient, new_guest
 from tests.mongo_server import shared_server
 
@@ -138,6 +138,9 @@ async def test_a_backup_paused_while_players_act_restores_only_what_was_there(tm
             for revision in range(2, 6):
                 acknowledged.append(await act(source, player_id, revision, f"{player_id}-{revision}"))
         before = await canonical_dump(source)
+        if isinstance(source, MongoStore):  # each setup takes the path it names
+            assert source.snapshot_reads == (kind == "mongo")
+            assert source.transactions == (kind != "mongo-standalone")
 
         async def a_player_joins() -> None:  # while the players are being read
             await join(source, "zz-late")
@@ -249,3 +252,28 @@ async def test_sqlite_writes_do_not_wait_for_a_backup_and_the_backup_lets_go_of_
         store._next_checkpoint = 0.0
         await act(store, "a-first", 3, "k-3")
         assert not store._checkpoint_owed  # the WAL was truncated: no reader held it
+
+
+@pytest.mark.parametrize(("source_kind", "target_kind"), [("sqlite", "mongo"), ("mongo", "sqlite")])
+async def test_a_migration_from_a_store_in_play_copies_and_verifies_what_it_read(
+    tmp_path: Path, source_kind: str, target_kind: str
+) -> None:
+    """`migrate` checks the target against the export it copied, not a second read of a
+    source that has moved on since (which failed verification whenever the source was
+    written to meanwhile)."""
+    async with open_backend(source_kind, tmp_path) as source, open_backend(target_kind, tmp_path) as target:
+        await join(source, "a-first")
+        acknowledged = [await act(source, "a-first", revision, f"k-{revision}") for revision in (2, 3)]
+        before = await canonical_dump(source)
+
+        async def the_farm_moves_on() -> None:
+            await act(source, "a-first", 4, "k-4")
+            await join(source, "b-late")
+
+        copied = await migrate(cast(Store, PausedExport(source, {StoredFarm: the_farm_moves_on})), target)
+
+        assert copied.counts["farm"] == 1
+        assert problems(await records_of(target), acknowledged) == []
+        assert set((await canonical_dump(target)).splitlines()) <= set(before.splitlines())
+        if source_kind == "sqlite":
+            assert await canonical_dump(target) == before
