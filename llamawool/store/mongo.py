@@ -75,7 +75,7 @@ from .base import (
     audit_key,
     plan_snapshot_writes,
 )
-from .export_guard import ExportGuard
+from .export_guard import ExportGuard, answered_revision
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -801,14 +801,31 @@ class MongoStore:
                 yield p
         async for d in self._c("refresh_tokens").find(session=s).sort("_id", ASCENDING):
             yield _token(d)
+        # A fallback commit's record rides in its farm (`idem`) until it is copied to its
+        # collection, and `get_idempotency` answers from there: exported too when the
+        # farm's last commit carried it and the collection lacks it (a copy cut short, or
+        # not made yet while the export ran), so a restore keeps that replay answer.
+        embedded: dict[tuple[str, str], IdempotencyRecord] = {}
         async for d in self._c("farms").find(session=s).sort("_id", ASCENDING):
+            if isinstance(d.get("idem"), dict):
+                rec = _idem(d["idem"])
+                if answered_revision(rec) == d["revision"]:
+                    embedded[(rec.player_id, rec.key)] = rec
             yield StoredFarm(d["_id"], d["revision"], d["doc"], d["last_active"])
         cursor = self._c("snapshots").find(session=s).sort([("player_id", ASCENDING), ("revision", ASCENDING)])
         async for d in cursor:
             yield _snapshot(d)
+        riding = sorted(embedded.items(), reverse=True)  # by (player id, key), smallest last
         cursor = self._c("idempotency").find(session=s).sort([("player_id", ASCENDING), ("key", ASCENDING)])
         async for d in cursor:
-            yield _idem(d)
+            rec = _idem(d)
+            while riding and riding[-1][0] < (rec.player_id, rec.key):
+                yield riding.pop()[1]
+            if riding and riding[-1][0] == (rec.player_id, rec.key):
+                riding.pop()  # copied: the collection's record stands
+            yield rec
+        while riding:
+            yield riding.pop()[1]
         async for d in self._c("audit_log").find(session=s).sort([("at", ASCENDING), ("_id", ASCENDING)]):
             yield _audit(d)
 

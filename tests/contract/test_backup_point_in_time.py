@@ -56,21 +56,23 @@ def answer(revision: int) -> bytes:
     return orjson.dumps({"result": {"sheared": 1}, "events": [], "farm": {"revision": revision}})
 
 
-async def act(store: Store, player_id: str, revision: int, key: str) -> Acknowledged:
-    """One action on a farm at `revision - 1`: the farm, its idempotency record and snapshot
-    in one commit, as the engine writes them."""
-    body = answer(revision)
-    item = FarmCommit(
+def action(player_id: str, revision: int, key: str) -> FarmCommit:
+    """One action on a farm at `revision - 1`: the farm, its idempotency record and
+    snapshot, as the engine commits them."""
+    return FarmCommit(
         player_id,
         revision - 1,
         revision,
         farm_doc(player_id, float(revision)),
         T0 + revision,
-        idempotency=IdempotencyRecord(player_id, key, f"sha-{key}", 200, body, T0 + revision),
+        idempotency=IdempotencyRecord(player_id, key, f"sha-{key}", 200, answer(revision), T0 + revision),
         snapshot=Snapshot(player_id, revision, T0 + revision, float(revision), farm_doc(player_id, revision)),
     )
-    assert await store.commit([item]) == [True]
-    return Acknowledged(player_id, key, revision, body)
+
+
+async def act(store: Store, player_id: str, revision: int, key: str) -> Acknowledged:
+    assert await store.commit([action(player_id, revision, key)]) == [True]
+    return Acknowledged(player_id, key, revision, answer(revision))
 
 
 async def join(store: Store, player_id: str) -> None:
@@ -277,3 +279,25 @@ async def test_a_migration_from_a_store_in_play_copies_and_verifies_what_it_read
         assert set((await canonical_dump(target)).splitlines()) <= set(before.splitlines())
         if source_kind == "sqlite":
             assert await canonical_dump(target) == before
+
+
+async def test_a_replay_answer_still_riding_in_its_farm_is_backed_up(tmp_path: Path) -> None:
+    """Without transactions a commit writes the farm with its idempotency record inside,
+    then copies the record to its collection; cut short between the two (a crash, or a
+    backup reading meanwhile), the farm holds the action and answers its retry from the
+    farm. The backup carries that answer, so a retry after a restore is not applied twice."""
+    file = tmp_path / "backup.jsonl.gz"
+    async with open_backend("mongo-standalone", tmp_path) as source, open_backend("sqlite", tmp_path) as target:
+        assert isinstance(source, MongoStore)
+        await join(source, "a-first")
+        acknowledged = [await act(source, "a-first", 2, "k-2")]
+        assert await source._cas_one(action("a-first", 3, "k-3"))  # the farm's write, not the copy
+        riding = await source.get_idempotency("a-first", "k-3")
+        assert riding is not None and answered_revision(riding) == 3
+
+        await backup(source, file)
+        await restore(target, file)
+
+        assert await target.get_idempotency("a-first", "k-3") == riding
+        assert await target.get_idempotency("a-first", "k-2") == await source.get_idempotency("a-first", "k-2")
+        assert problems(await records_of(target), acknowledged) == []
