@@ -45,6 +45,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, IndexModel, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -79,6 +80,7 @@ from .export_guard import ExportGuard, answered_revision
 
 T = TypeVar("T")
 Doc = dict[str, Any]
+_log = structlog.get_logger("llamawool.store")
 
 DEFAULT_DATABASE = "llamawool"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -786,6 +788,8 @@ class MongoStore:
                     async for record in self._export_records(session):
                         if guard.keep(record):
                             yield record
+                if guard.dropped:  # written while the export ran, after what they refer to was read
+                    _log.info("export.left_out_later_writes", snapshot_session=session is not None, **guard.dropped)
             except OperationFailure as exc:
                 if exc.code == _SNAPSHOT_TOO_OLD:
                     raise StorageUnavailable(

@@ -18,6 +18,7 @@ from typing import Any, cast
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from llamawool.store import (
     FarmCommit,
@@ -153,7 +154,8 @@ async def test_a_backup_paused_while_players_act_restores_only_what_was_there(tm
             await act(source, "b-second", 6, "b-second-6")
 
         paused = PausedExport(source, {PlayerRecord: a_player_joins, StoredFarm: the_first_farm_moves_on})
-        await backup(cast(Store, paused), file)
+        with capture_logs() as logs:
+            await backup(cast(Store, paused), file)
         assert not paused.meanwhile, "the export never reached a pause"
         await restore(target, file)
 
@@ -166,6 +168,9 @@ async def test_a_backup_paused_while_players_act_restores_only_what_was_there(tm
         assert b"zz-late" not in dump
         if kind == "sqlite":
             assert dump == before  # one read transaction: exactly the store as it stood
+        else:  # the guard says what it left out: the newcomer's session and farm, the later actions
+            left_out = [e for e in logs if e["event"] == "export.left_out_later_writes"]
+            assert [(e["RefreshTokenRecord"], e["StoredFarm"]) for e in left_out] == [(1, 1)]
         # (SecantusDB, the tests' MongoDB, accepts snapshot sessions without pinning their
         # reads, so on it the guard alone keeps the backup consistent; not one instant.)
 
