@@ -172,8 +172,16 @@ class Auth:
         return TokenPair(self.access_token(player, now, family), refresh, self.access_ttl)
 
     async def refresh(self, refresh_token: str) -> tuple[PlayerRecord, TokenPair]:
+        """Rotate: spend the token and store its successor in one step of the store, which
+        refuses a family revoked before or during it, so once a logout, a password change,
+        an account deletion or a detected replay has answered, no token of the sessions
+        it ended can be rotated again. The player is read after the rotation: an account
+        erased meanwhile leaves an orphan token that no refresh can use."""
         now = time.time()
-        spent = await self.store.spend_refresh_token(_hash_token(refresh_token), now)
+        successor = secrets.token_urlsafe(32)
+        spent = await self.store.rotate_refresh_token(
+            _hash_token(refresh_token), _hash_token(successor), now, now + self.refresh_ttl
+        )
         if spent.record is None:
             raise AuthError("INVALID_TOKEN", "unknown refresh token")
         if spent.reused:
@@ -182,10 +190,13 @@ class Auth:
             raise AuthError("INVALID_TOKEN", "refresh token already used: its session has been revoked")
         if spent.record.expires_at <= now:
             raise AuthError("INVALID_TOKEN", "the refresh token has expired")
+        if spent.ended:
+            raise AuthError("INVALID_TOKEN", "the session has ended (logged out, password changed or revoked)")
         player = await self.store.get_player(spent.record.player_id)
         if player is None:
             raise AuthError("INVALID_TOKEN", "the account no longer exists")
-        return player, await self.issue(player, spent.record.family_id)
+        family = spent.record.family_id
+        return player, TokenPair(self.access_token(player, now, family), successor, self.access_ttl)
 
     async def logout(self, refresh_token: str | None, player_id: str | None) -> None:
         """End the refresh token's session; with no refresh token, every session of

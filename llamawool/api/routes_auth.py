@@ -11,7 +11,7 @@ from aiohttp import web
 from ..auth import Auth, AuthError, TokenPair
 from ..passwords import password_problem
 from ..settings import Settings
-from ..store import DuplicateKey, PlayerRecord, Store
+from ..store import DuplicateKey, PlayerChanges, PlayerRecord, Store
 from .context import ctx
 from .errors import ApiError, field_error
 from .http import (
@@ -118,11 +118,22 @@ async def register(request: web.Request) -> web.Response:
                 raise ApiError("INVALID_TOKEN", "the account no longer exists")
             if not player.is_guest:
                 raise ApiError("CONFLICT", "this account is already registered")
-            player.email = body.email
-            player.username = body.username
-            player.password_hash = password_hash
-            player.is_guest = False
-            await c.store.update_player(player)
+            await _refuse_taken(c.store, player.id, body.email, body.username)
+            # A password now guards the account: the sessions its device id opened end
+            # (first, as for a password change), and the caller gets a fresh pair below.
+            await c.auth.end_all_sessions(player.id)
+            upgrade: PlayerChanges = {
+                "email": body.email,
+                "username": body.username,
+                "password_hash": password_hash,
+                "is_guest": False,
+            }
+            # only while it is still a guest: two upgrades racing, one wins
+            if not await c.store.update_player_fields(player.id, upgrade, expect={"is_guest": True}):
+                raise ApiError("CONFLICT", "this account is already registered")
+            player = await c.store.get_player(player.id)
+            if player is None:
+                raise ApiError("INVALID_TOKEN", "the account no longer exists")
         else:
             player = await c.store.create_player(
                 PlayerRecord(
@@ -139,6 +150,17 @@ async def register(request: web.Request) -> web.Response:
     c.metrics.auth.labels(kind="register", outcome="ok").inc()
     tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), status=201, headers=_no_store())
+
+
+async def _refuse_taken(store: Store, player_id: str, email: str, username: str) -> None:
+    """409 before a guest's upgrade ends its sessions, when the name or email is taken
+    (the unique indexes still decide a race; this spares the common case a sign-out)."""
+    for field, other in (
+        ("email", await store.find_player(email=email)),
+        ("username", await store.find_player(username=username)),
+    ):
+        if other is not None and other.id != player_id:
+            raise DuplicateKey(field)
 
 
 def check_new_password(
@@ -266,12 +288,18 @@ async def change_password(request: web.Request) -> web.Response:
     )
     if body.new_password == body.current_password:
         raise field_error("new_password", "the new password is the current one", "same_password")
-    player.password_hash = await c.auth.hash_password(body.new_password)
+    new_hash = await c.auth.hash_password(body.new_password)
     # Sessions end before the password changes: should the process die in between,
     # the account is signed out everywhere with its old password, never left with a
     # new password and the old sessions still alive.
     await c.auth.end_all_sessions(player.id)
-    await c.store.update_player(player)
+    # Only the password is written, and only over the one verified above: a concurrent
+    # change that won answers 409 here rather than being overwritten.
+    if not await c.store.update_player_fields(
+        player.id, {"password_hash": new_hash}, expect={"password_hash": player.password_hash}
+    ):
+        raise ApiError("CONFLICT", "the password was changed meanwhile: log in with the new one")
+    player.password_hash = new_hash
     c.metrics.auth.labels(kind="password_change", outcome="ok").inc()
     tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), headers=_no_store())
