@@ -130,7 +130,6 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
             await store.create_player(player)
             verb = "created"
         else:
-            await auth.end_all_sessions(player.id)  # a new password: the sessions end first (see change_password)
             admin: PlayerChanges = {
                 "role": "admin",
                 "is_guest": False,
@@ -138,7 +137,7 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
                 "username": username,
                 "password_hash": password_hash,
             }
-            await store.update_player_fields(player.id, admin)
+            await auth.change_credentials(player.id, admin)  # a new password: every session ends
             verb = "promoted"
         sys.stdout.write(f"admin {username} {verb} (id {player.id})\n")
         return 0

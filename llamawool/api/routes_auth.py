@@ -88,8 +88,11 @@ async def guest(request: web.Request) -> web.Response:
         )
         existing = await c.store.create_player(candidate)
         status = 201 if existing.id == pid else 200
+    # the device id opens a guest only: one that registered meanwhile gets no session
+    tokens = await c.auth.issue_if(existing, lambda now: now.is_guest)
+    if tokens is None:
+        raise ApiError("INVALID_CREDENTIALS", "this device's farm belongs to a registered account: log in")
     c.metrics.auth.labels(kind="guest", outcome="ok").inc()
-    tokens = await c.auth.issue(existing)
     return json_response(auth_body(existing, tokens), status=status, headers=_no_store())
 
 
@@ -119,17 +122,16 @@ async def register(request: web.Request) -> web.Response:
             if not player.is_guest:
                 raise ApiError("CONFLICT", "this account is already registered")
             await _refuse_taken(c.store, player.id, body.email, body.username)
-            # A password now guards the account: the sessions its device id opened end
-            # (first, as for a password change), and the caller gets a fresh pair below.
-            await c.auth.end_all_sessions(player.id)
             upgrade: PlayerChanges = {
                 "email": body.email,
                 "username": body.username,
                 "password_hash": password_hash,
                 "is_guest": False,
             }
-            # only while it is still a guest: two upgrades racing, one wins
-            if not await c.store.update_player_fields(player.id, upgrade, expect={"is_guest": True}):
+            # A password now guards the account: every session its device id opened ends
+            # and the caller gets a fresh pair below. Only while it is still a guest: of
+            # two upgrades racing, one wins.
+            if not await c.auth.change_credentials(player.id, upgrade, expect={"is_guest": True}):
                 raise ApiError("CONFLICT", "this account is already registered")
             player = await c.store.get_player(player.id)
             if player is None:
@@ -208,8 +210,13 @@ async def login(request: web.Request) -> web.Response:
         await c.anticheat.login_failed(ip, subject)
         c.metrics.auth.labels(kind="login", outcome="failed").inc()
         raise ApiError("INVALID_CREDENTIALS", "wrong login or password")
+    # the password verified must still be the account's when the session starts
+    verified = player.password_hash
+    tokens = await c.auth.issue_if(player, lambda now: now.password_hash == verified)
+    if tokens is None:
+        c.metrics.auth.labels(kind="login", outcome="failed").inc()
+        raise ApiError("INVALID_CREDENTIALS", "the password was changed meanwhile: log in with the new one")
     c.metrics.auth.labels(kind="login", outcome="ok").inc()
-    tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), headers=_no_store())
 
 
@@ -289,13 +296,10 @@ async def change_password(request: web.Request) -> web.Response:
     if body.new_password == body.current_password:
         raise field_error("new_password", "the new password is the current one", "same_password")
     new_hash = await c.auth.hash_password(body.new_password)
-    # Sessions end before the password changes: should the process die in between,
-    # the account is signed out everywhere with its old password, never left with a
-    # new password and the old sessions still alive.
-    await c.auth.end_all_sessions(player.id)
-    # Only the password is written, and only over the one verified above: a concurrent
-    # change that won answers 409 here rather than being overwritten.
-    if not await c.store.update_player_fields(
+    # Every session ends (see Auth.change_credentials). Only the password is written,
+    # and only over the one verified above: a concurrent change that won answers 409
+    # here rather than being overwritten.
+    if not await c.auth.change_credentials(
         player.id, {"password_hash": new_hash}, expect={"password_hash": player.password_hash}
     ):
         raise ApiError("CONFLICT", "the password was changed meanwhile: log in with the new one")

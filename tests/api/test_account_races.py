@@ -45,32 +45,34 @@ async def client(request: pytest.FixtureRequest, make_client: MakeClient) -> Asy
 
 
 class Pause:
-    """Stop the next `get_player` of one player after it has read, until `release`."""
+    """Stop the next call of `obj.method` whose first argument is `key`, once it has
+    returned, until `finish` (by default: `get_player` of the store)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.player_id: str | None = None
+    def __init__(self, obj: Any, method: str = "get_player") -> None:
+        self.obj = obj
+        self.method = method
+        self.key: Any = None
         self.reached = asyncio.Event()
         self.go_on = asyncio.Event()
-        self._read = store.get_player
+        self._inner = getattr(obj, method)
 
-    async def _paused_read(self, player_id: str) -> Any:
-        found = await self._read(player_id)
-        if player_id == self.player_id:
-            self.player_id = None  # once
+    async def _paused(self, *args: Any, **kwargs: Any) -> Any:
+        out = await self._inner(*args, **kwargs)
+        if self.key is not None and (args[:1] or list(kwargs.values())[:1]) == [self.key]:
+            self.key = None  # once
             self.reached.set()
             await self.go_on.wait()
-        return found
+        return out
 
-    async def start(self, player_id: str, work: Awaitable[Any]) -> asyncio.Task[Any]:
+    async def start(self, key: Any, work: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run `work` until it reaches the pause (or ends without reaching it)."""
-        self.player_id = player_id
-        self.store.get_player = self._paused_read  # type: ignore[method-assign]
+        self.key = key
+        setattr(self.obj, self.method, self._paused)
         task = asyncio.ensure_future(work)
         reached = asyncio.ensure_future(self.reached.wait())
         await asyncio.wait([task, reached], return_when=asyncio.FIRST_COMPLETED)
         reached.cancel()
-        self.player_id = None
+        self.key = None
         return task
 
     async def finish(self, task: asyncio.Task[Any]) -> Any:
@@ -78,7 +80,7 @@ class Pause:
         try:
             return await task
         finally:
-            self.store.get_player = self._read  # type: ignore[method-assign]
+            setattr(self.obj, self.method, self._inner)
 
 
 def store_of(client: TestClient) -> Store:
@@ -169,6 +171,43 @@ async def test_refreshes_racing_the_end_of_their_session_over_http(client: TestC
             assert await session_ended(client, await resp.json())
         else:
             await expect_problem(resp, 401, "INVALID_TOKEN")
+
+
+async def test_a_login_that_checked_the_old_password_gets_no_session_past_a_change(client: TestClient) -> None:
+    """The login has verified the old password and not yet started its session when the
+    password change ends every session and writes the new password."""
+    me = await register(client)
+    stored = await store_of(client).get_player(me["player"]["id"])
+    assert stored is not None
+    pause = Pause(context(client.server.app).auth, "verify_password")
+    login = await pause.start(
+        stored.password_hash, client.post(f"{API}/auth/login", json={"login": me["name"], "password": PASSWORD})
+    )
+    await _change_password(client, me)
+    resp = await pause.finish(login)
+
+    if resp.status == 200:
+        assert await session_ended(client, await resp.json()), "a session of the old password outlived the change"
+    else:
+        await expect_problem(resp, 401, "INVALID_CREDENTIALS")
+
+
+async def test_a_device_sign_in_racing_the_guests_upgrade_gets_no_session_past_it(client: TestClient) -> None:
+    """`POST /auth/guest` has found the device's player, still a guest, and not yet
+    started its session when the guest registers (which ends every device session)."""
+    device = f"dev-{uuid.uuid4().hex}"
+    guest = await new_guest(client, device)
+    pause = Pause(store_of(client), "find_player")
+    signing_in = await pause.start(device, client.post(f"{API}/auth/guest", json={"device_id": device}))
+    name = f"u{uuid.uuid4().hex[:10]}"
+    body = {"email": f"{name}@example.com", "password": PASSWORD, "username": name}
+    await ok_json(await client.post(f"{API}/auth/register", json=body, headers=guest["headers"]), 201)
+    resp = await pause.finish(signing_in)
+
+    if resp.status == 200:
+        assert await session_ended(client, await resp.json()), "a device-id session outlived the upgrade"
+    else:
+        await expect_problem(resp, 401, "INVALID_CREDENTIALS")
 
 
 # ---- 2. player records: no write undoes another ------------------------------------------------------------------
