@@ -58,7 +58,7 @@ class Pause:
 
     async def _paused(self, *args: Any, **kwargs: Any) -> Any:
         out = await self._inner(*args, **kwargs)
-        if self.key is not None and (args[:1] or list(kwargs.values())[:1]) == [self.key]:
+        if self.key is not None and (list(args[:1]) or list(kwargs.values())[:1]) == [self.key]:
             self.key = None  # once
             self.reached.set()
             await self.go_on.wait()
