@@ -10,6 +10,8 @@ Collections (one database, the URI's default database or `llamawool`):
   partial index (`email`, `device_id`, `flagged_at`) are absent, not null, when
   unset.
 - `refresh_tokens`: `_id` = token hash; indexes by family and by player.
+- `refresh_families`: `_id` = family (session) id, `player_id`, `revoked`: what a
+  rotation reads to know its family was revoked (see `rotate_refresh_token`).
 - `farms`: `_id` = player id, `revision`, `doc`, `last_active`.
 - `snapshots`: unique (player_id, revision).
 - `idempotency`: unique (player_id, key).

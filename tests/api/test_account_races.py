@@ -288,6 +288,27 @@ async def test_a_cleared_flag_keeps_the_violations_counted_meanwhile(client: Tes
     assert player is not None and player.violations_total == anticheat.threshold + 1
 
 
+async def test_the_flag_decay_keeps_a_flag_whose_player_offended_again_meanwhile(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep judged the flag old enough to decay; a violation comes before it clears."""
+    guest = await new_guest(client)
+    pid = guest["player"]["id"]
+    anticheat = context(client.server.app).anticheat
+    for _ in range(anticheat.threshold):
+        await anticheat.violation(pid, "test")
+    later = anticheat.clock() + 2 * anticheat.settings.flag_decay_s
+    monkeypatch.setattr(anticheat, "clock", lambda: later)
+    pause = Pause(store_of(client))
+    sweeping = await pause.start(pid, anticheat.sweep())
+
+    await anticheat.violation(pid, "test")
+    assert await pause.finish(sweeping) == 0
+
+    player = await store_of(client).get_player(pid)
+    assert player is not None and player.flagged_at is not None, "offended again: the flag stays"
+
+
 async def test_an_upgraded_guest_does_not_turn_back_into_a_guest(client: TestClient) -> None:
     guest = await new_guest(client)
     pid = guest["player"]["id"]
