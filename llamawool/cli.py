@@ -94,7 +94,7 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
     from .api.schemas import Email, Password, Username
     from .auth import Auth
     from .passwords import password_problem
-    from .store import PlayerRecord, open_store
+    from .store import PlayerChanges, PlayerRecord, open_store
 
     password = os.environ.get(password_env) or getpass.getpass("admin password: ")
     try:
@@ -130,13 +130,14 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
             await store.create_player(player)
             verb = "created"
         else:
-            player.role = "admin"
-            player.is_guest = False
-            player.email = email
-            player.username = username
-            player.password_hash = password_hash
-            await auth.end_all_sessions(player.id)  # a new password: the sessions end first (see change_password)
-            await store.update_player(player)
+            admin: PlayerChanges = {
+                "role": "admin",
+                "is_guest": False,
+                "email": email,
+                "username": username,
+                "password_hash": password_hash,
+            }
+            await auth.change_credentials(player.id, admin)  # a new password: every session ends
             verb = "promoted"
         sys.stdout.write(f"admin {username} {verb} (id {player.id})\n")
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..store import DuplicateKey
+from ..store import DuplicateKey, PlayerChanges
 from .context import ctx
 from .errors import ApiError
 from .http import json_response, principal, read_body, route
@@ -37,16 +37,20 @@ async def get_me(request: web.Request) -> web.Response:
 async def patch_me(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_body(request, PlayerPatch)
-    player = await _me(request)
+    player_id = principal(request).player_id
+    changes: PlayerChanges = {}
     if body.username is not None:
-        player.username = body.username
+        changes["username"] = body.username
     if body.settings is not None:
-        player.settings = dict(body.settings)
+        changes["settings"] = dict(body.settings)
     try:
-        await c.store.update_player(player)
+        # only the fields sent: a concurrent write of any other field stands
+        if changes and not await c.store.update_player_fields(player_id, changes):
+            raise ApiError("INVALID_TOKEN", "the account no longer exists")
     except DuplicateKey as exc:
         raise ApiError("CONFLICT", f"{exc.field} is already taken", field=exc.field) from None
-    c.engine.boards.forget_name(player.id)
+    c.engine.boards.forget_name(player_id)
+    player = await _me(request)
     return json_response(player_view(player), headers={"Cache-Control": "private, no-store"})
 
 

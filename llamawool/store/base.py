@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 
 class StoreError(Exception):
@@ -49,6 +49,21 @@ class PlayerRecord:
     violations_total: int = 0
 
 
+class PlayerChanges(TypedDict, total=False):
+    """The fields of a player a write changes (`Store.update_player_fields`): only
+    these are written, so concurrent writers of other fields lose nothing."""
+
+    username: str
+    email: str | None
+    password_hash: str | None
+    role: str
+    is_guest: bool
+    settings: dict[str, Any]
+    flagged_at: float | None
+    flag_reason: str | None
+    last_violation_at: float | None
+
+
 @dataclass(slots=True)
 class RefreshTokenRecord:
     token_hash: str
@@ -63,10 +78,13 @@ class RefreshTokenRecord:
 @dataclass(slots=True)
 class SpendResult:
     """Outcome of spending a refresh token: `record` when it was fresh;
-    `reused` when it had been spent or revoked already (its family is revoked now)."""
+    `reused` when it had been spent or revoked already (its family is revoked now);
+    `ended` when it was fresh but its family was revoked while it was being rotated
+    (no successor is live)."""
 
     record: RefreshTokenRecord | None
     reused: bool = False
+    ended: bool = False
 
 
 @dataclass(slots=True)
@@ -211,8 +229,17 @@ class Store(Protocol):
     async def find_player(
         self, *, email: str | None = None, username: str | None = None, device_id: str | None = None
     ) -> PlayerRecord | None: ...
-    async def update_player(self, player: PlayerRecord) -> None:
-        """Replace the record; DuplicateKey when email or username is taken."""
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        """Write only the fields in `changes`, and only while the stored record holds the
+        values in `expect` (a compare-and-set: None means unset). Returns whether the
+        player exists and matched; DuplicateKey when the email or username is taken."""
+
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        """Count one violation in the store itself (`violations_total` + 1, `last_violation_at`);
+        with `flag_reason`, flag the player unless flagged already. Returns whether it was
+        flagged now; None when there is no such player."""
 
     async def delete_player(self, player_id: str) -> None:
         """Erase the player and everything of theirs (farm, snapshots, tokens, keys)."""
@@ -224,6 +251,15 @@ class Store(Protocol):
     # refresh-token families
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult: ...
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        """Spend the token and store its successor in the same family as one step: the
+        successor is stored only when the token was fresh and unexpired, and once a
+        revocation of the family (`revoke_family`, `revoke_player_tokens`, a replay) has
+        returned, no successor of it is live: a rotation that loses that race answers
+        `ended` and its successor is revoked."""
+
     async def revoke_family(self, family_id: str) -> None: ...
     async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
         """Revoke every refresh token of the player; returns the families that had a token

@@ -10,6 +10,8 @@ Collections (one database, the URI's default database or `llamawool`):
   partial index (`email`, `device_id`, `flagged_at`) are absent, not null, when
   unset.
 - `refresh_tokens`: `_id` = token hash; indexes by family and by player.
+- `refresh_families`: `_id` = family (session) id, `player_id`, `revoked`: what a
+  rotation reads to know its family was revoked (see `rotate_refresh_token`).
 - `farms`: `_id` = player id, `revision`, `doc`, `last_active`.
 - `snapshots`: unique (player_id, revision).
 - `idempotency`: unique (player_id, key).
@@ -65,6 +67,7 @@ from .base import (
     DuplicateKey,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     Record,
     RefreshTokenRecord,
@@ -161,6 +164,28 @@ def _player_doc(p: PlayerRecord) -> Doc:
     if p.device_id is not None:
         doc["device_id"] = p.device_id
     return doc
+
+
+def _player_fields(changes: PlayerChanges) -> tuple[Doc, list[str]]:
+    """The document fields to set, and those to remove, for these player fields: the
+    name keys follow their names, and a field with a partial index is absent when unset."""
+    sets: Doc = {}
+    unset: list[str] = []
+    for name, value in changes.items():
+        if name == "username":
+            sets.update(username=value, username_key=fold(str(value)))
+        elif name == "email":
+            if value is None:
+                unset += ["email", "email_key"]
+            else:
+                sets.update(email=value, email_key=fold(str(value)))
+        elif name == "flagged_at" and value is None:
+            unset.append("flagged_at")
+        elif name in PlayerChanges.__annotations__:
+            sets[name] = value
+        else:
+            raise ValueError(f"not a player field: {name}")
+    return sets, unset
 
 
 def _player(d: Doc | None) -> PlayerRecord | None:
@@ -384,6 +409,7 @@ class MongoStore:
                 IndexModel([("player_id", ASCENDING)], name="by_player"),
             ]
         )
+        await self._c("refresh_families").create_indexes([IndexModel([("player_id", ASCENDING)], name="by_player")])
         await self._c("snapshots").create_indexes(
             [IndexModel([("player_id", ASCENDING), ("revision", ASCENDING)], unique=True, name="by_farm_revision")]
         )
@@ -475,10 +501,13 @@ class MongoStore:
                 found = _player(await players.find_one({"device_id": player.device_id}))
                 if found is not None:
                     return found
+            doc = _player_doc(player)
             try:
-                await players.insert_one(_player_doc(player))
+                await players.insert_one(doc)
             except DuplicateKeyError as exc:
                 dup = _duplicate(exc)
+                if dup.field == "id" and await players.find_one({"_id": player.id}) == doc:
+                    return player  # this very insert, run twice by the driver's retry (see _insert_token)
                 if dup.field == "device_id" and player.device_id is not None:
                     # Another request registered this device a moment ago: theirs wins.
                     found = _player(await players.find_one({"device_id": player.device_id}))
@@ -505,20 +534,45 @@ class MongoStore:
         with _errors():
             return _player(await self._c("players").find_one(query))
 
-    async def update_player(self, player: PlayerRecord) -> None:
-        doc = _player_doc(player)
-        doc.pop("_id")
-        doc.pop("device_id", None)  # a device stays with the player it was registered to
-        unset = {k: "" for k in ("email", "email_key", "flagged_at") if k not in doc}
-        update: Doc = {"$set": doc}
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        if not changes:
+            raise ValueError("no fields to change")
+        sets, unset = _player_fields(changes)
+        update: Doc = {}
+        if sets:
+            update["$set"] = sets
         if unset:
-            update["$unset"] = unset
+            update["$unset"] = dict.fromkeys(unset, "")
+        query: Doc = {"_id": player_id}
+        wanted, absent = _player_fields(expect or {})
+        query.update(wanted)
+        query.update(dict.fromkeys(absent, None))  # matches an absent field (and a null one)
         with _errors():
-            await self._c("players").update_one({"_id": player.id}, update)
+            result = await self._c("players").update_one(query, update)
+        return bool(result.matched_count == 1)
+
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        players = self._c("players")
+        with _errors():
+            counted = await players.update_one(
+                {"_id": player_id}, {"$inc": {"violations_total": 1}, "$set": {"last_violation_at": at}}
+            )
+            if counted.matched_count != 1:
+                return None
+            if flag_reason is None:
+                return False
+            flagged = await players.update_one(
+                {"_id": player_id, "flagged_at": {"$exists": False}},
+                {"$set": {"flagged_at": at, "flag_reason": flag_reason}},
+            )
+        return bool(flagged.matched_count == 1)
 
     async def delete_player(self, player_id: str) -> None:
         async def run(s: AsyncClientSession | None) -> None:
             for name, key in (
+                ("refresh_families", "player_id"),
                 ("refresh_tokens", "player_id"),
                 ("snapshots", "player_id"),
                 ("idempotency", "player_id"),
@@ -550,34 +604,97 @@ class MongoStore:
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
         with _errors():
-            await self._c("refresh_tokens").insert_one(_token_doc(record))
+            # The family record first (never un-revoking one), then its token.
+            await self._c("refresh_families").update_one(
+                {"_id": record.family_id},
+                {"$setOnInsert": {"player_id": record.player_id, "revoked": False}},
+                upsert=True,
+            )
+            await self._insert_token(_token_doc(record))
+
+    async def _insert_token(self, doc: Doc) -> None:
+        """Insert, idempotently: the driver retries a write whose reply it lost, and a
+        retry that reaches the server while the first attempt is still running (a reply
+        slower than the socket timeout, under load) runs the insert again, so the first
+        attempt's own document answers DuplicateKey. A token hash is 256 random bits:
+        the same document under its `_id` can only be this write, applied already."""
+        tokens = self._c("refresh_tokens")
+        try:
+            await tokens.insert_one(doc)
+        except DuplicateKeyError:
+            if await tokens.find_one({"_id": doc["_id"]}) != doc:
+                raise
 
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
-        tokens = self._c("refresh_tokens")
         with _errors():
-            # One atomic conditional update: of any number of concurrent spends, one wins.
-            fresh = await tokens.find_one_and_update(
-                {"_id": token_hash, "spent_at": None, "revoked": False}, {"$set": {"spent_at": now}}
-            )
-            if fresh is not None:
-                rec = _token(fresh)
-                rec.spent_at = now
-                return SpendResult(rec)
-            seen = await tokens.find_one({"_id": token_hash})
-            if seen is None:
-                return SpendResult(None)
-            await tokens.update_many({"family_id": seen["family_id"]}, {"$set": {"revoked": True}})
-            return SpendResult(_token(seen), reused=True)
+            return await self._spend(token_hash, now)
+
+    async def _spend(self, token_hash: str, now: float) -> SpendResult:
+        tokens = self._c("refresh_tokens")
+        # One atomic conditional update: of any number of concurrent spends, one wins.
+        fresh = await tokens.find_one_and_update(
+            {"_id": token_hash, "spent_at": None, "revoked": False}, {"$set": {"spent_at": now}}
+        )
+        if fresh is not None:
+            rec = _token(fresh)
+            rec.spent_at = now
+            return SpendResult(rec)
+        seen = await tokens.find_one({"_id": token_hash})
+        if seen is None:
+            return SpendResult(None)
+        await self._revoke_families([seen["family_id"]], seen["player_id"])
+        return SpendResult(_token(seen), reused=True)
+
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        """Spend, insert the successor, then read the family record. A revocation writes
+        the family record first and the family's tokens after; each single-document
+        write is atomic, so either this read sees the revocation (the successor is
+        revoked here) or the revocation's token update comes after the successor's
+        insert and revokes it there. No transaction needed, on a replica set or not."""
+        with _errors():
+            spent = await self._spend(token_hash, now)
+            rec = spent.record
+            if rec is None or spent.reused or rec.expires_at <= now:
+                return spent
+            successor = RefreshTokenRecord(successor_hash, rec.family_id, rec.player_id, now, expires_at)
+            await self._insert_token(_token_doc(successor))
+            family = await self._c("refresh_families").find_one({"_id": rec.family_id})
+            if family is None or not family.get("revoked"):
+                return spent  # no record: a family from before family records, not revoked
+            await self._c("refresh_tokens").update_one({"_id": successor_hash}, {"$set": {"revoked": True}})
+            return SpendResult(rec, ended=True)
+
+    async def _revoke_families(self, family_ids: list[str], player_id: str) -> None:
+        """Mark the families revoked (the record rotations read), then every token of
+        theirs: in this order (see `rotate_refresh_token`)."""
+        if not family_ids:
+            return
+        await self._c("refresh_families").bulk_write(
+            [
+                UpdateOne(
+                    {"_id": f}, {"$set": {"revoked": True}, "$setOnInsert": {"player_id": player_id}}, upsert=True
+                )
+                for f in family_ids
+            ],
+            ordered=False,
+        )
+        await self._c("refresh_tokens").update_many({"family_id": {"$in": family_ids}}, {"$set": {"revoked": True}})
 
     async def revoke_family(self, family_id: str) -> None:
         with _errors():
-            await self._c("refresh_tokens").update_many({"family_id": family_id}, {"$set": {"revoked": True}})
+            seen = await self._c("refresh_tokens").find_one({"family_id": family_id}, {"player_id": 1})
+            await self._revoke_families([family_id], seen["player_id"] if seen else "")
 
     async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
         with _errors():
             tokens = self._c("refresh_tokens")
             live = await tokens.distinct("family_id", {"player_id": player_id, "issued_at": {"$gt": issued_after}})
-            await tokens.update_many({"player_id": player_id}, {"$set": {"revoked": True}})
+            families = set(await tokens.distinct("family_id", {"player_id": player_id}))
+            # a family whose first token is still being inserted has its record already
+            families |= set(await self._c("refresh_families").distinct("_id", {"player_id": player_id}))
+            await self._revoke_families(sorted(families), player_id)
         return sorted(live)
 
     async def add_revocations(self, revocations: list[Revocation]) -> None:

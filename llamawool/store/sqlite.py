@@ -27,6 +27,7 @@ from .base import (
     DuplicateKey,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     Record,
     RefreshTokenRecord,
@@ -119,6 +120,8 @@ CREATE TABLE IF NOT EXISTS revocations (
 CREATE INDEX IF NOT EXISTS revocations_by_time ON revocations(at);
 """
 
+# the fields `update_player_fields` may write (PlayerChanges), each a players column
+PLAYER_FIELDS = frozenset(PlayerChanges.__annotations__)
 PLAYER_COLUMNS = (
     "id, username, email, password_hash, role, is_guest, created_at, settings, "
     "flagged_at, flag_reason, last_violation_at, violations_total"
@@ -143,6 +146,53 @@ def _player(row: tuple[Any, ...] | None, device_id: str | None = None) -> Player
         last_violation_at=row[10],
         violations_total=row[11],
     )
+
+
+def _player_columns(changes: PlayerChanges) -> list[tuple[str, Any]]:
+    """(column, SQL value) of each field in `changes`, in the players table's terms."""
+    out: list[tuple[str, Any]] = []
+    for name, value in changes.items():
+        if name not in PLAYER_FIELDS:
+            raise ValueError(f"not a player field: {name}")
+        if name == "is_guest":
+            value = int(bool(value))
+        elif name == "settings":
+            value = orjson.dumps(value).decode()
+        out.append((name, value))
+    return out
+
+
+def _insert_token(c: sqlite3.Connection, record: RefreshTokenRecord) -> None:
+    c.execute(
+        "INSERT INTO refresh_tokens (token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.token_hash,
+            record.family_id,
+            record.player_id,
+            record.issued_at,
+            record.expires_at,
+            record.spent_at,
+            int(record.revoked),
+        ),
+    )
+
+
+def _spend(c: sqlite3.Connection, token_hash: str, now: float) -> SpendResult:
+    row = c.execute(
+        "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+        "FROM refresh_tokens WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return SpendResult(None)
+    rec = RefreshTokenRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+    if rec.spent_at is not None or rec.revoked:
+        c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (rec.family_id,))
+        return SpendResult(rec, reused=True)
+    c.execute("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?", (now, token_hash))
+    rec.spent_at = now
+    return SpendResult(rec)
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -405,28 +455,35 @@ class SQLiteStore:
 
         return await self._read(run)
 
-    async def update_player(self, player: PlayerRecord) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            c.execute(
-                "UPDATE players SET username = ?, email = ?, password_hash = ?, role = ?, is_guest = ?, "
-                "settings = ?, flagged_at = ?, flag_reason = ?, last_violation_at = ?, violations_total = ? "
-                "WHERE id = ?",
-                (
-                    player.username,
-                    player.email,
-                    player.password_hash,
-                    player.role,
-                    int(player.is_guest),
-                    orjson.dumps(player.settings).decode(),
-                    player.flagged_at,
-                    player.flag_reason,
-                    player.last_violation_at,
-                    player.violations_total,
-                    player.id,
-                ),
-            )
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        if not changes:
+            raise ValueError("no fields to change")
+        sets = [(f"{col} = ?", value) for col, value in _player_columns(changes)]
+        checks = [(f"{col} IS ?", value) for col, value in _player_columns(expect or {})]
+        sql = f"UPDATE players SET {', '.join(s for s, _ in sets)} WHERE id = ?"
+        sql += "".join(f" AND {c}" for c, _ in checks)
+        params = [v for _, v in sets] + [player_id] + [v for _, v in checks]
+        return await self._write(lambda c: c.execute(sql, params).rowcount == 1)
 
-        await self._write(run)
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        def run(c: sqlite3.Connection) -> bool | None:
+            counted = c.execute(
+                "UPDATE players SET violations_total = violations_total + 1, last_violation_at = ? WHERE id = ?",
+                (at, player_id),
+            ).rowcount
+            if counted != 1:
+                return None
+            if flag_reason is None:
+                return False
+            flagged = c.execute(
+                "UPDATE players SET flagged_at = ?, flag_reason = ? WHERE id = ? AND flagged_at IS NULL",
+                (at, flag_reason, player_id),
+            ).rowcount
+            return flagged == 1
+
+        return await self._write(run)
 
     async def delete_player(self, player_id: str) -> None:
         def run(c: sqlite3.Connection) -> None:
@@ -466,40 +523,23 @@ class SQLiteStore:
     # ---- refresh tokens ------------------------------------------------------------------
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO refresh_tokens "
-                "(token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.token_hash,
-                    record.family_id,
-                    record.player_id,
-                    record.issued_at,
-                    record.expires_at,
-                    record.spent_at,
-                    int(record.revoked),
-                ),
-            )
-
-        await self._write(run)
+        await self._write(lambda c: _insert_token(c, record))
 
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
+        return await self._write(lambda c: _spend(c, token_hash, now))
+
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        """One transaction: revocations are transactions too, so one either precedes this
+        (the token is revoked: `reused`) or follows it (and revokes the successor)."""
+
         def run(c: sqlite3.Connection) -> SpendResult:
-            row = c.execute(
-                "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
-                "FROM refresh_tokens WHERE token_hash = ?",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                return SpendResult(None)
-            rec = RefreshTokenRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
-            if rec.spent_at is not None or rec.revoked:
-                c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (rec.family_id,))
-                return SpendResult(rec, reused=True)
-            c.execute("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?", (now, token_hash))
-            rec.spent_at = now
-            return SpendResult(rec)
+            spent = _spend(c, token_hash, now)
+            rec = spent.record
+            if rec is not None and not spent.reused and rec.expires_at > now:
+                _insert_token(c, RefreshTokenRecord(successor_hash, rec.family_id, rec.player_id, now, expires_at))
+            return spent
 
         return await self._write(run)
 

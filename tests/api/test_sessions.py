@@ -223,10 +223,10 @@ async def test_a_password_change_cut_short_leaves_the_old_password_and_no_sessio
     me = await register(client)
     store = context(client.server.app).store
 
-    async def unavailable(player: Any) -> None:
+    async def unavailable(*args: Any, **kwargs: Any) -> bool:
         raise StorageUnavailable("disk unplugged")
 
-    monkeypatch.setattr(store, "update_player", unavailable)
+    monkeypatch.setattr(store, "update_player_fields", unavailable)
     resp = await client.post(
         f"{API}/auth/password",
         json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},

@@ -407,9 +407,18 @@ def test_register_keeps_the_farm_and_login_brings_it_back(tab: Tab) -> None:
     tab.wait_for("llamawool.model.farm.stats.shears >= 3 && !llamawool.shearer.busy")
 
     name = f"llama_{uuid.uuid4().hex[:8]}"
+    guest_session = tab.js("JSON.parse(localStorage.getItem('llamawool.session'))")
+    welcomes = tab.js("llamawool.welcomes")
     tab.register(name)
+    # the upgrade ended the guest's session (its socket closed 4401): the tab carries on in the new one
+    tab.wait_for(f"llamawool.welcomes > {welcomes}")
     tab.wait_online()
     assert tab.js("llamawool.player.id") == guest, "registering upgrades the guest in place"
+    assert (
+        tab.js("JSON.parse(localStorage.getItem('llamawool.session'))")["refresh_token"]
+        != (guest_session["refresh_token"])
+    )
+    assert tab.page.locator(".toast-error").count() == 0, "our own upgrade is not an ended session"
     assert tab.shears_confirmed() >= 3
 
     tab.page.click("#account-btn")
