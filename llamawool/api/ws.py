@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections import deque
 from typing import Any
@@ -131,6 +132,7 @@ class WsSession:
         self._broken = False  # a write failed: the socket is gone
         self._slow: asyncio.Task[None] | None = None  # the writer while backlogged
         self.closing = False
+        self.opened_at = time.monotonic()  # rebalancing sheds the newest first
         self.limit_errors: deque[float] = deque()
 
     # -- Sink --

@@ -12,6 +12,7 @@ from .base import (
     Coordinator,
     Cursor,
     LimitResult,
+    ReplicaLoad,
     ScoreUpdate,
 )
 from .local import LocalCoordinator
@@ -46,6 +47,7 @@ __all__ = [
     "Cursor",
     "LimitResult",
     "LocalCoordinator",
+    "ReplicaLoad",
     "ScoreUpdate",
     "open_coordinator",
 ]

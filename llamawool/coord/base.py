@@ -45,6 +45,19 @@ class ScoreUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What one replica carries, as it last reported it (for rebalancing sockets).
+
+    A draining replica still reports (with `draining` set) so its peers leave it
+    out of the fair share at once instead of when its report lapses.
+    """
+
+    sockets: int
+    farms: int = 0
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class BoardEntry:
     rank: int
     player_id: str
@@ -140,6 +153,12 @@ class Coordinator(Protocol):
 
     async def online_count(self, now: float) -> int:
         """Players served by every replica whose report has not lapsed."""
+
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        """This replica's open sockets and resident farms; the report lapses after `ttl_s` unless renewed."""
+
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        """Every replica whose load report has not lapsed (one round trip)."""
 
     # farm ownership: one lease holder per farm
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:

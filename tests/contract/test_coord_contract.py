@@ -37,6 +37,7 @@ from llamawool.coord import (
     Coordinator,
     Cursor,
     LocalCoordinator,
+    ReplicaLoad,
     ScoreUpdate,
     open_coordinator,
 )
@@ -451,6 +452,20 @@ async def test_online_count_sums_current_reports(coord: Coordinator) -> None:
     await coord.report_online("r1", 4, T0 + 31, 30.0)
     assert await coord.online_count(T0 + 35) == 9
     assert await coord.online_count(T0 + 100) == 0
+
+
+async def test_replica_loads_are_the_current_reports(coord: Coordinator) -> None:
+    assert await coord.replica_loads(T0) == {}
+    await coord.report_load("r1", ReplicaLoad(30, 12), T0, 15.0)
+    await coord.report_load("r2", ReplicaLoad(0, 0), T0 + 10, 15.0)
+    assert await coord.replica_loads(T0 + 5) == {"r1": ReplicaLoad(30, 12), "r2": ReplicaLoad(0, 0)}
+    await coord.report_load("r1", ReplicaLoad(25, 10), T0 + 12, 15.0)  # a report replaces the last
+    assert await coord.replica_loads(T0 + 20) == {"r1": ReplicaLoad(25, 10), "r2": ReplicaLoad(0, 0)}
+    assert await coord.replica_loads(T0 + 25) == {"r1": ReplicaLoad(25, 10)}  # r2's report lapsed
+    await coord.report_load("r1", ReplicaLoad(3, 1, draining=True), T0 + 26, 15.0)
+    assert await coord.replica_loads(T0 + 27) == {"r1": ReplicaLoad(3, 1, draining=True)}
+    assert await coord.replica_loads(T0 + 100) == {}
+    assert await coord.online_count(T0 + 27) == 0  # presence of players is a separate report
 
 
 # ---- Redis only: many replicas on one server --------------------------------------------------------
