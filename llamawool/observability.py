@@ -99,6 +99,11 @@ class Metrics:
             "Sockets closed (1012, reason rebalancing) because this replica held more than its fair share",
             registry=r,
         )
+        self.rebalance_refused = Counter(
+            "llamawool_rebalance_refused_total",
+            "New sockets refused (503) because this replica was above its band while a peer had room",
+            registry=r,
+        )
         self.rebalance_fair_share = Gauge(
             "llamawool_rebalance_fair_share",
             "Sockets per live replica as of this replica's last rebalancing round",

@@ -97,14 +97,14 @@ class Settings(BaseModel):
 
     # rebalancing sockets over replicas (llamawool/api/rebalance.py)
     rebalance_interval_s: float = Field(
-        5.0, gt=0, description="how often a replica reports its sockets and sheds what it holds above its share"
+        3.0, gt=0, description="how often a replica reports its sockets and sheds what it holds above its share"
     )
     rebalance_tolerance: float = Field(
         0.1, ge=0, description="a replica sheds only when it holds more than fair share x (1 + this)"
     )
     rebalance_min_excess: int = Field(2, ge=1, description="sockets above fair share before any is shed")
     rebalance_step: float = Field(
-        0.25, ge=0, le=1, description="fraction of the excess shed per interval; 0 turns shedding off"
+        0.35, ge=0, le=1, description="fraction of the excess shed per interval; 0 turns shedding off"
     )
     rebalance_warmup_s: float = Field(
         20.0, ge=0, description="a replica sheds nothing this long after it starts (its peers' reports settle)"

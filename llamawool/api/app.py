@@ -33,10 +33,10 @@ from . import (  # noqa: F401 - importing registers the routes
     routes_saves,
     ws,
 )
-from .context import CTX, AppContext
+from .context import CTX, REBALANCER, AppContext
 from .errors import ApiError, field_error, problem_response
 from .http import API_PREFIX, PRINCIPAL, ROUTES, Handler, Route, authenticate
-from .rebalance import REBALANCER, Rebalancer
+from .rebalance import Rebalancer
 from .routes_meta import OPS_ROUTES, openapi
 
 log = structlog.get_logger("llamawool.api")

@@ -27,14 +27,18 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
 from ..coord import CoordinationUnavailable, ReplicaLoad
 from ..settings import Settings
 from .context import AppContext
-from .ws import CLOSE_RESTART, WsSession
+from .ws import CLOSE_RESTART
+
+if TYPE_CHECKING:
+    from .ws import WsSession
 
 log = structlog.get_logger("llamawool.rebalance")
 
@@ -50,6 +54,15 @@ def fair_share(loads: dict[str, ReplicaLoad]) -> float | None:
     return sum(load.sockets for load in live) / len(live)
 
 
+def excess(own: int, fair: float, settings: Settings) -> float:
+    """Sockets above fair share when `own` is outside the band (above fair x (1 + tolerance)
+    by at least the minimum excess); 0 inside it."""
+    over = own - fair
+    if own <= fair * (1 + settings.rebalance_tolerance) or over < settings.rebalance_min_excess:
+        return 0.0
+    return over
+
+
 def sockets_to_shed(me: str, loads: dict[str, ReplicaLoad], settings: Settings) -> int:
     """How many of its sockets replica `me` closes this round (0 when within its band)."""
     mine = loads.get(me)
@@ -57,56 +70,110 @@ def sockets_to_shed(me: str, loads: dict[str, ReplicaLoad], settings: Settings) 
     fair = fair_share(loads)
     if mine is None or mine.draining or live < 2 or fair is None:
         return 0
-    excess = mine.sockets - fair
-    if mine.sockets <= fair * (1 + settings.rebalance_tolerance) or excess < settings.rebalance_min_excess:
-        return 0
-    return min(int(excess), math.ceil(excess * settings.rebalance_step))
+    over = excess(mine.sockets, fair, settings)
+    return min(int(over), math.ceil(over * settings.rebalance_step))
+
+
+def room_elsewhere(me: str, loads: dict[str, ReplicaLoad], settings: Settings) -> bool:
+    """A live peer holds at least the minimum excess fewer sockets than fair share."""
+    fair = fair_share(loads)
+    if fair is None:
+        return False
+    return any(
+        replica != me and not load.draining and load.sockets + settings.rebalance_min_excess <= fair
+        for replica, load in loads.items()
+    )
 
 
 def choose_shed(sessions: Iterable[WsSession], n: int, owned_here: Callable[[str], bool]) -> list[WsSession]:
-    """The `n` sockets to close: those whose farm lives elsewhere first, then the newest."""
+    """The `n` sockets to close: those whose farm lives elsewhere first, then the oldest."""
     if n <= 0:
         return []
     candidates = [s for s in sessions if s.player_id is not None and not s.closing]
-    candidates.sort(key=lambda s: (owned_here(s.player_id or ""), -s.opened_at))
+    candidates.sort(key=lambda s: (owned_here(s.player_id or ""), s.opened_at))
     return candidates[:n]
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the last round read: the fair share, and whether a peer has room."""
+
+    fair: float
+    room_elsewhere: bool
+    at: float  # monotonic
+
+
 class Rebalancer:
-    """One replica's side of rebalancing: report its load, shed above its share."""
+    """One replica's side of rebalancing: report its load, shed above its share, and
+    turn new sockets away while it is full and a peer has room."""
 
     def __init__(self, c: AppContext, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.c = c
         self.monotonic = monotonic
         self.started_at = monotonic()
+        self._view: _View | None = None
+        self._reported = 0  # sockets in the previous round's report (none before the first)
 
     def load(self) -> ReplicaLoad:
         c = self.c
         return ReplicaLoad(len(c.sessions), len(c.engine.residents), c.draining)
 
-    async def report(self) -> None:
+    async def report(self) -> ReplicaLoad:
         """Tell the peers what this replica holds now (draining included)."""
         s = self.c.settings
+        load = self.load()
         ttl = REPORT_TTL_INTERVALS * s.rebalance_interval_s
-        await self.c.coord.report_load(self.c.coord.replica_id, self.load(), self.c.engine.clock(), ttl)
+        await self.c.coord.report_load(self.c.coord.replica_id, load, self.c.engine.clock(), ttl)
+        return load
+
+    def _active(self) -> bool:
+        s = self.c.settings
+        return s.rebalance_step > 0 and self.monotonic() - self.started_at >= s.rebalance_warmup_s
+
+    def full(self) -> bool:
+        """Refuse a new socket: this replica is above its band while a peer has room.
+
+        The load balancer retries the upgrade on the next replica (`proxy_next_upstream
+        http_503`), so a socket shed for rebalancing that a round-robin balancer sends
+        straight back lands elsewhere. Judged on the last round's reports (never older
+        than two intervals) and this replica's live count: no Redis round trip here.
+        """
+        view = self._view
+        if view is None or not view.room_elsewhere or self.c.draining or not self._active():
+            return False
+        if self.monotonic() - view.at > 2 * self.c.settings.rebalance_interval_s:
+            return False
+        if excess(len(self.c.sessions), view.fair, self.c.settings) > 0:
+            self.c.metrics.rebalance_refused.inc()
+            return True
+        return False
 
     async def round(self) -> int:
         """Report, read every replica's load, shed this replica's excess; return how many closed."""
         c, s = self.c, self.c.settings
+        me = c.coord.replica_id
         try:
-            await self.report()
+            sent = await self.report()
             if c.draining:
                 return 0
             loads = await c.coord.replica_loads(c.engine.clock())
         except CoordinationUnavailable as exc:
+            self._view = None  # blind: neither shed nor refuse
             log.warning("rebalance.unavailable", error=str(exc))
             return 0
+        # Judge this replica by the lower of its last two counts: peers' reports are up to one
+        # interval old, so while everyone fills up (a wave of connects) this replica's fresh
+        # count would look like an excess that is not there. An excess must show twice.
+        loads[me] = replace(sent, sockets=min(sent.sockets, self._reported))
+        self._reported = sent.sockets
         fair = fair_share(loads)
         c.metrics.replicas_live.set(sum(1 for load in loads.values() if not load.draining))
-        if fair is not None:
-            c.metrics.rebalance_fair_share.set(fair)
-        warming = self.monotonic() - self.started_at < s.rebalance_warmup_s
-        n = 0 if warming else sockets_to_shed(c.coord.replica_id, loads, s)
+        if fair is None:
+            self._view = None
+            return 0
+        c.metrics.rebalance_fair_share.set(fair)
+        self._view = _View(fair, room_elsewhere(me, loads, s), self.monotonic())
+        n = sockets_to_shed(me, loads, s) if self._active() else 0
         shed = choose_shed(list(c.sessions), n, lambda pid: c.engine.resident_state(pid) is not None)
         if not shed:
             return 0
@@ -132,6 +199,12 @@ class Rebalancer:
             log.warning("rebalance.unavailable", error=str(exc))
 
 
-REBALANCER = web.AppKey("rebalancer", Rebalancer)
-
-__all__ = ["REASON", "REBALANCER", "Rebalancer", "choose_shed", "fair_share", "sockets_to_shed"]
+__all__ = [
+    "REASON",
+    "Rebalancer",
+    "choose_shed",
+    "excess",
+    "fair_share",
+    "room_elsewhere",
+    "sockets_to_shed",
+]

@@ -31,7 +31,7 @@ from ..engine import FarmConflict, IdempotencyMismatch, IdempotentRequest, Playe
 from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
-from .context import AppContext, ctx
+from .context import REBALANCER, AppContext, ctx
 from .errors import CODES
 from .http import IDEMPOTENCY_KEY, route
 from .routes_auth import player_view
@@ -257,6 +257,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     if c.draining:
         return web.Response(status=503, headers={"Retry-After": "1"}, text="draining")
+    if request.app[REBALANCER].full():
+        # The load balancer tries the next replica (proxy_next_upstream http_503).
+        return web.Response(
+            status=503, headers={"Retry-After": "1"}, text="rebalancing: a replica with room will take it"
+        )
     s = c.settings
     ws = web.WebSocketResponse(
         heartbeat=s.ws_heartbeat_s,

@@ -18,7 +18,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from llamawool.api.app import context, drain
-from llamawool.api.rebalance import REASON, REBALANCER, choose_shed, fair_share, sockets_to_shed
+from llamawool.api.context import REBALANCER
+from llamawool.api.rebalance import REASON, choose_shed, excess, fair_share, room_elsewhere, sockets_to_shed
 from llamawool.coord import ReplicaLoad
 from llamawool.settings import Settings
 from tests.conftest import API, MakeClient, new_guest
@@ -55,6 +56,15 @@ def test_sockets_to_shed(loads: dict[str, ReplicaLoad], expected: int) -> None:
     assert sockets_to_shed("me", loads, S) == expected
 
 
+def test_room_elsewhere_needs_a_live_peer_below_fair_share_by_the_minimum() -> None:
+    assert room_elsewhere("me", {"me": L(30), "b": L(30), "c": L(0)}, S)
+    assert not room_elsewhere("me", {"me": L(30), "b": L(29)}, S)  # fair 29.5: b is 0.5 below
+    assert not room_elsewhere("me", {"me": L(30), "b": L(0, draining=True)}, S)
+    assert not room_elsewhere("me", {"me": L(0), "b": L(30)}, S)  # only this replica has room
+    assert excess(30, 20.0, S) == 10
+    assert excess(22, 20.0, S) == 0  # within the band
+
+
 def test_a_step_of_zero_never_sheds_and_a_step_of_one_sheds_only_the_excess() -> None:
     loads = {"me": L(30), "b": L(30), "c": L(0)}
     assert sockets_to_shed("me", loads, S.model_copy(update={"rebalance_step": 0.0})) == 0
@@ -68,7 +78,9 @@ class FakeSession:
     closing: bool = False
 
 
-def test_sockets_relayed_from_elsewhere_go_first_then_the_newest() -> None:
+def test_sockets_relayed_from_elsewhere_go_first_then_the_oldest() -> None:
+    """Oldest first: a socket that just came back through the balancer is not the one moved
+    again (shedding the newest would bounce the same few players between replicas)."""
     owned = {"p1", "p2", "p3"}
     sessions = [
         FakeSession("p1", 1.0),
@@ -79,7 +91,7 @@ def test_sockets_relayed_from_elsewhere_go_first_then_the_newest() -> None:
         FakeSession("x2", 3.0),
     ]
     chosen = choose_shed(sessions, 3, lambda pid: pid in owned)  # type: ignore[arg-type]
-    assert [s.player_id for s in chosen] == ["x2", "x1", "p2"]
+    assert [s.player_id for s in chosen] == ["x1", "x2", "p1"]
     assert choose_shed(sessions, 0, lambda pid: True) == []  # type: ignore[arg-type]
 
 
@@ -133,12 +145,13 @@ async def test_a_replica_above_its_share_closes_its_newest_sockets_with_1012(mak
     now = c.engine.clock()
     await c.coord.report_load("peer", ReplicaLoad(0), now, 60.0)  # a replica just added, empty
 
+    assert await rebalancer.round() == 0  # an excess must show in two rounds in a row
     assert await rebalancer.round() == 4  # fair share 4: the excess, all of it at step 1.0
     closed = [t for t in tabs if t.closed.done()]
     assert len(closed) == 4
     assert all(t.closed.result() == (1012, REASON) for t in closed)
     assert REASON.startswith("rebalancing")  # what clients (docs/client.md) look for
-    assert closed == tabs[4:]  # the newest four (every farm is owned here)
+    assert closed == tabs[:4]  # the oldest four (every farm is owned here)
     assert _metric(client, "llamawool_rebalance_closed_total") == 4
     assert _metric(client, "llamawool_rebalance_fair_share") == 4
     assert _metric(client, "llamawool_replicas_live") == 2
@@ -150,6 +163,28 @@ async def test_a_replica_above_its_share_closes_its_newest_sockets_with_1012(mak
     assert loads[c.coord.replica_id] == ReplicaLoad(4, 8)  # four sockets, eight farms resident
     for t in tabs[:4]:
         await t.ws.close()
+
+
+async def test_a_full_replica_turns_new_sockets_away_while_a_peer_has_room(make_client: MakeClient) -> None:
+    """The load balancer retries a refused upgrade on the next replica: with round robin, a
+    socket shed for rebalancing would otherwise come straight back one time in N."""
+    client = await _replica(make_client, rebalance_step=0.25)
+    c = context(client.server.app)
+    await _open_tabs(client, 6)
+    await c.coord.report_load("peer", ReplicaLoad(0), c.engine.clock(), 60.0)
+    await client.server.app[REBALANCER].round()  # the first count
+    assert await client.server.app[REBALANCER].round() == 1  # fair share 3, excess 3: one this round
+    guest = await new_guest(client)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(f"{API}/ws", headers=bearer(guest["access_token"]))
+    assert (refused.value.status, refused.value.headers["Retry-After"]) == (503, "1")
+    assert _metric(client, "llamawool_rebalance_refused_total") == 1
+
+    await c.coord.report_load("peer", ReplicaLoad(5), c.engine.clock(), 60.0)  # the peer filled up
+    await client.server.app[REBALANCER].round()
+    ws = await client.ws_connect(f"{API}/ws", headers=bearer(guest["access_token"]))
+    assert (await receive_json(ws))["type"] == "welcome"  # no peer has room: nobody is turned away
+    await ws.close()
 
 
 async def test_nothing_is_shed_while_warming_up_or_draining(make_client: MakeClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -33,7 +34,9 @@ def unavailable(message: str) -> None:
 
 
 class Nginx:
-    """nginx in the foreground with its own prefix, proxying HTTP and WebSockets round robin."""
+    """nginx in the foreground with its own prefix, proxying HTTP and WebSockets to the
+    replica with the fewest connections (`least_conn`, as deploy/nginx/llamawool.conf does:
+    sockets closed for rebalancing reconnect to the emptiest replica)."""
 
     def __init__(self, work: Path, upstream_ports: list[int]) -> None:
         self.work = work
@@ -63,6 +66,7 @@ http {{
   scgi_temp_path {w}/scgi;
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   upstream llamawool {{
+    least_conn;
 {servers}
   }}
   server {{
@@ -108,6 +112,15 @@ http {{
                 time.sleep(0.05)
         raise RuntimeError("nginx did not come up")
 
+    def set_upstreams(self, ports: list[int]) -> None:
+        """Route to these replicas from now on: rewrite the config and reload (SIGHUP), as an
+        operator or the ingress controller does when a replica is added or removed. Open
+        connections stay on the old worker until they close."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.upstream_ports = list(ports)
+        (self.work / "nginx.conf").write_text(self.config())
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -152,6 +165,15 @@ class Cluster:
             self.stop()
             raise
         return self
+
+    def add_replica(self) -> ServerProcess:
+        """Start one more replica and route to it (a scale-out)."""
+        replica = ServerProcess(self.work / f"replica-{len(self.replicas)}", env=self.replica_env())
+        self.replicas.append(replica)
+        replica.start()
+        assert self.nginx is not None
+        self.nginx.set_upstreams([r.port for r in self.replicas])
+        return replica
 
     @property
     def url(self) -> str:
