@@ -16,10 +16,11 @@ afterwards, exactly once, and every socket is back on the two that remain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,10 @@ class Crowd:
             # As llamawool/web/net.js: soon after a 1012 (restart or rebalancing), spread out.
             await asyncio.sleep(0.25 + random.random() if code == CLOSE_RESTART else random.uniform(0.2, 0.5))
 
-    def all_connected(self) -> bool:
-        return all(p.connected for p in self.players)
+    async def all_on(self, replicas: list[ServerProcess]) -> bool:
+        """Every player holds a socket, and these replicas hold them all."""
+        connected = all(p.connected for p in self.players)
+        return connected and sum(await sockets_on(self.http, replicas)) == len(self.players)
 
     def rebalanced(self) -> int:
         return sum(1 for p in self.players for code, reason in p.closes if reason.startswith("rebalancing"))
@@ -154,51 +157,54 @@ async def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
         await asyncio.sleep(0.25)
 
 
-async def test_a_replica_added_under_load_takes_its_share_of_sockets(tmp_path: Path) -> None:
-    players = 60
-    cluster = Cluster(tmp_path, replicas=2, env=ENV)
+@contextlib.asynccontextmanager
+async def crowd_on(tmp_path: Path, replicas: int, players: int) -> AsyncIterator[tuple[Cluster, Crowd]]:
+    """A cluster of `replicas` with `players` connected through its nginx; everything stopped after."""
+    cluster = Cluster(tmp_path, replicas=replicas, env=ENV)
     await asyncio.to_thread(cluster.start)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             crowd = Crowd(cluster.url, http)
             try:
                 await crowd.join(players)
-
-                async def settled() -> bool:
-                    return crowd.all_connected() and sum(await sockets_on(http, cluster.replicas)) == players
-
-                await until(settled, 30, "every socket on the first two replicas")
-                assert crowd.rebalanced() == 0  # two replicas within their band shed nothing
-
-                started = time.monotonic()
-                newcomer = await asyncio.to_thread(cluster.add_replica)
-                assert await metric(http, newcomer, "websocket_connections_active") == 0  # only new sockets reach it
-
-                async def share() -> float:
-                    counts = await sockets_on(http, cluster.replicas)
-                    return counts[-1] / players if counts[-1] >= players / 4 else 0.0
-
-                taken = await until(share, 45, "the new replica to hold a quarter of the sockets")
-                took = time.monotonic() - started
-                await until(settled, 20, "every socket connected again")
-                counts = await sockets_on(http, cluster.replicas)
-                closed = [int(await metric(http, r, "llamawool_rebalance_closed_total")) for r in cluster.replicas]
-                refused = [int(await metric(http, r, "llamawool_rebalance_refused_total")) for r in cluster.replicas]
-                farms = [int(await metric(http, r, "llamawool_farms_resident")) for r in cluster.replicas]
-                print(  # the figures the report quotes
-                    f"\nscale-out: {players} sockets, new replica at {taken:.0%} after {took:.1f}s; "
-                    f"per replica: sockets {counts}, closed for rebalancing {closed}, refused {refused}, "
-                    f"farms resident {farms}"
-                )
-                assert closed[-1] == 0, "the replica below its share shed sockets"
-                assert sum(closed) == crowd.rebalanced()
-                assert sum(closed) <= players, "more sockets were moved than there are: replicas traded them back"
-                codes = {code for p in crowd.players for code, _ in p.closes}
-                assert codes <= {CLOSE_RESTART, 0}, f"unexpected close codes {codes}"
+                await until(lambda: crowd.all_on(cluster.replicas), 30, "every socket connected")
+                yield cluster, crowd
             finally:
                 await crowd.stop()
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+async def test_a_replica_added_under_load_takes_its_share_of_sockets(tmp_path: Path) -> None:
+    players = 60
+    async with crowd_on(tmp_path, 2, players) as (cluster, crowd):
+        assert crowd.rebalanced() == 0  # two replicas within their band shed nothing
+
+        started = time.monotonic()
+        newcomer = await asyncio.to_thread(cluster.add_replica)
+        assert await metric(crowd.http, newcomer, "websocket_connections_active") == 0  # only new sockets reach it
+
+        async def share() -> float:
+            counts = await sockets_on(crowd.http, cluster.replicas)
+            return counts[-1] / players if counts[-1] >= players / 4 else 0.0
+
+        taken = await until(share, 45, "the new replica to hold a quarter of the sockets")
+        took = time.monotonic() - started
+        await until(lambda: crowd.all_on(cluster.replicas), 20, "every socket connected again")
+        counts = await sockets_on(crowd.http, cluster.replicas)
+        closed = [int(await metric(crowd.http, r, "llamawool_rebalance_closed_total")) for r in cluster.replicas]
+        refused = [int(await metric(crowd.http, r, "llamawool_rebalance_refused_total")) for r in cluster.replicas]
+        farms = [int(await metric(crowd.http, r, "llamawool_farms_resident")) for r in cluster.replicas]
+        print(  # the figures the report quotes
+            f"\nscale-out: {players} sockets, new replica at {taken:.0%} after {took:.1f}s; "
+            f"per replica: sockets {counts}, closed for rebalancing {closed}, refused {refused}, "
+            f"farms resident {farms}"
+        )
+        assert closed[-1] == 0, "the replica below its share shed sockets"
+        assert sum(closed) == crowd.rebalanced()
+        assert sum(closed) <= players, "more sockets were moved than there are: replicas traded them back"
+        codes = {code for p in crowd.players for code, _ in p.closes}
+        assert codes <= {CLOSE_RESTART, 0}, f"unexpected close codes {codes}"
 
 
 # ---- scale-in: drain one of three under play ---------------------------------------------------
@@ -266,41 +272,31 @@ async def farm_shears(crowd: Crowd, p: Player) -> int:
 
 async def test_a_replica_drained_under_play_loses_no_action_and_its_sockets_move(tmp_path: Path) -> None:
     players = 30
-    cluster = Cluster(tmp_path, replicas=3, env=ENV)
-    await asyncio.to_thread(cluster.start)
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            crowd = Crowd(cluster.url, http)
-            try:
-                await crowd.join(players)
+    async with crowd_on(tmp_path, 3, players) as (cluster, crowd):
+        leaving, staying = cluster.replicas[1], [cluster.replicas[0], cluster.replicas[2]]
+        assert await metric(crowd.http, leaving, "websocket_connections_active") > 0, "nobody to move"
 
-                async def everyone_on(replicas: list[ServerProcess]) -> bool:
-                    return crowd.all_connected() and sum(await sockets_on(http, replicas)) == players
+        stop = asyncio.Event()
+        actors = [asyncio.create_task(play(crowd, p, stop)) for p in crowd.players]
+        await asyncio.sleep(4)  # play before the drain (a duration of play, not a synchronisation)
+        acked_before = sum(p.sheared for p in crowd.players)
+        assert await asyncio.to_thread(leaving.terminate, 20) == 0  # drained and exited cleanly
+        await asyncio.sleep(4)  # and play on the two that remain
+        stop.set()
+        await asyncio.gather(*actors)
 
-                await until(lambda: everyone_on(cluster.replicas), 30, "every socket connected")
-                leaving, staying = cluster.replicas[1], [cluster.replicas[0], cluster.replicas[2]]
-                assert await metric(http, leaving, "websocket_connections_active") > 0, "nobody to move"
+        await until(lambda: crowd.all_on(staying), 20, "every socket on the two remaining replicas")
 
-                stop = asyncio.Event()
-                actors = [asyncio.create_task(play(crowd, p, stop)) for p in crowd.players]
-                await asyncio.sleep(4)  # play before the drain (a duration of play, not a synchronisation)
-                acked_before = sum(p.sheared for p in crowd.players)
-                assert await asyncio.to_thread(leaving.terminate, 20) == 0  # drained and exited cleanly
-                await asyncio.sleep(4)  # and play on the two that remain
-                stop.set()
-                await asyncio.gather(*actors)
+        async def two_live() -> bool:  # the drained one counts for no fair share any more
+            return [await metric(crowd.http, r, "llamawool_replicas_live") for r in staying] == [2, 2]
 
-                await until(lambda: everyone_on(staying), 20, "every socket on the two remaining replicas")
-                errors = [e for p in crowd.players for e in p.errors]
-                assert not errors, errors[:5]
-                acked = sum(p.sheared for p in crowd.players)
-                assert acked > acked_before > 0, (acked_before, acked)
-                for i, p in enumerate(crowd.players):
-                    assert await farm_shears(crowd, p) == p.sheared, f"player {i}: an acknowledged shear was lost"
-                moved = sum(1 for p in crowd.players if (CLOSE_RESTART, "server restarting: reconnect") in p.closes)
-                print(f"\nscale-in: {acked} shears acknowledged, all found; {moved} of {players} sockets moved")
-                assert moved > 0
-            finally:
-                await crowd.stop()
-    finally:
-        await asyncio.to_thread(cluster.stop)
+        await until(two_live, 5, "the remaining replicas to count two live replicas")
+        errors = [e for p in crowd.players for e in p.errors]
+        assert not errors, errors[:5]
+        acked = sum(p.sheared for p in crowd.players)
+        assert acked > acked_before > 0, (acked_before, acked)
+        for i, p in enumerate(crowd.players):
+            assert await farm_shears(crowd, p) == p.sheared, f"player {i}: an acknowledged shear was lost"
+        moved = sum(1 for p in crowd.players if (CLOSE_RESTART, "server restarting: reconnect") in p.closes)
+        print(f"\nscale-in: {acked} shears acknowledged, all found; {moved} of {players} sockets moved")
+        assert moved > 0
