@@ -136,6 +136,10 @@ def test_every_place_uses_the_servers_port() -> None:
     assert len(apps) == 2
     nginx = (DEPLOY / "nginx" / "llamawool.conf").read_text()
     assert sorted(re.findall(r"^\s*server (\S+):(\d+)", nginx, re.M)) == [(a, str(port)) for a in apps]
+    # Rebalancing: new sockets go to the emptiest replica, and a full one's 503 to the next.
+    assert re.search(r"^\s*least_conn;", nginx, re.M)
+    ws_location = nginx[nginx.index("location = /api/v1/ws") :].split("}", 1)[0]
+    assert "http_503" in re.search(r"proxy_next_upstream ([^;]+);", ws_location)[1].split()  # type: ignore[index]
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "llamawool")
     assert job["metrics_path"] == "/metrics"

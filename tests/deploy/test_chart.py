@@ -263,6 +263,9 @@ def test_ingress_has_tls_websocket_timeouts_and_only_public_paths(rendered: Rend
     notes = ingress["metadata"]["annotations"]
     assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(notes["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    # Rebalancing (docs/replicas.md): round robin, and a full replica's 503 sends the socket on.
+    assert notes["nginx.ingress.kubernetes.io/load-balance"] == "round_robin"
+    assert "http_503" in notes["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
     assert ingress["spec"]["tls"] == [{"secretName": "llamawool-tls", "hosts": ["api.llamawool.com"]}]
     paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert "/api" in paths
