@@ -193,12 +193,23 @@ async def test_nothing_is_shed_while_warming_up_or_draining(make_client: MakeCli
     tabs = await _open_tabs(client, 6)
     await c.coord.report_load("peer", ReplicaLoad(0), c.engine.clock(), 60.0)
     rebalancer = client.server.app[REBALANCER]
-    assert await rebalancer.round() == 0  # a replica minutes old does not trust the reports yet
+    for _ in range(3):
+        assert await rebalancer.round() == 0  # a replica minutes old does not trust the reports yet
     assert not any(t.closed.done() for t in tabs)
 
-    rebalancer.started_at -= 3600.0  # an hour later
-    await drain(client.server.app)
+    rebalancer.started_at -= 3600.0  # an hour later: it would shed now...
+    c.draining = True  # ...but draining has begun (drain() sets this first, then closes everyone)
     assert await rebalancer.round() == 0
-    loads = await c.coord.replica_loads(c.engine.clock())
-    assert loads[c.coord.replica_id].draining  # the peers stop counting this replica at once
-    assert _metric(client, "llamawool_rebalance_closed_total") == 0
+    assert not any(t.closed.done() for t in tabs)
+    assert (await c.coord.replica_loads(c.engine.clock()))[c.coord.replica_id].draining
+    c.draining = False
+    assert await rebalancer.round() == 6 - 3  # the control: the same replica, not draining
+
+
+async def test_drain_tells_the_peers_at_once(make_client: MakeClient) -> None:
+    """Before any rebalancing round: the peers must not wait for a TTL to stop counting it."""
+    client = await _replica(make_client)
+    c = context(client.server.app)
+    await _open_tabs(client, 2)
+    await drain(client.server.app)
+    assert (await c.coord.replica_loads(c.engine.clock()))[c.coord.replica_id].draining

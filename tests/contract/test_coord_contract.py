@@ -471,6 +471,15 @@ async def test_replica_loads_are_the_current_reports(coord: Coordinator) -> None
 # ---- Redis only: many replicas on one server --------------------------------------------------------
 
 
+async def test_redis_replicas_read_each_others_loads(redis_factory: CoordBackend) -> None:
+    a = await redis_factory.make()
+    b = await redis_factory.make()
+    await a.report_load(a.replica_id, ReplicaLoad(40, 20), T0, 15.0)
+    await b.report_load(b.replica_id, ReplicaLoad(0, 0), T0 + 1, 15.0)
+    expected = {a.replica_id: ReplicaLoad(40, 20), b.replica_id: ReplicaLoad(0, 0)}
+    assert await a.replica_loads(T0 + 2) == expected == await b.replica_loads(T0 + 2)
+
+
 async def test_redis_replicas_share_boards_cursors_and_fan_out(redis_factory: CoordBackend) -> None:
     a = await redis_factory.make()
     b = await redis_factory.make()
