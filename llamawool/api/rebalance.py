@@ -7,18 +7,25 @@ open sockets and resident farms to the coordinator (with a TTL of three
 intervals) and reads everyone's reports in one round trip. The fair share is
 the sockets of live replicas over their number (a draining replica counts for
 neither). A replica above fair share x (1 + `rebalance_tolerance`), by at
-least `rebalance_min_excess` sockets, closes `rebalance_step` of its excess
-(rounded up) with 1012 and the reason "rebalancing"; clients reconnect through
-the load balancer (least-connections sends them to the emptier replica), and
+least `rebalance_min_excess` sockets, in two rounds in a row (peers' reports
+lag by up to an interval, so one fresh count during a wave of connects is not
+an excess), closes `rebalance_step` of its excess (rounded up) with 1012 and
+the reason "rebalancing"; clients reconnect through the load balancer and
 farms follow their players there. Shedding a fraction per interval, and only
 from replicas above the band, keeps reconnects from arriving as a herd and
 keeps replicas from trading the same sockets back and forth.
 
+While above its band and a peer has room, a replica also answers new sockets
+503 (`full`), which the balancer retries on the next replica: least-connections
+would send them to the emptiest replica anyway, but round robin (all
+ingress-nginx offers) would bring one shed socket in N straight back.
+
 Sockets whose farm this replica does not own go first (they are relayed from
-another replica anyway), then the newest (the player who just connected loses
-the least). Nothing is shed while draining, in the first `rebalance_warmup_s`
-of a replica's life (its peers' reports are not all in yet) or when the
-coordinator cannot be read.
+another replica anyway), then the oldest (the newest are often the ones that
+just bounced back through the balancer). Nothing is shed or refused while
+draining, in the first `rebalance_warmup_s` of a replica's life (its peers'
+reports are not all in yet), when the coordinator cannot be read, or with
+`rebalance_step` 0.
 """
 
 from __future__ import annotations
