@@ -106,6 +106,11 @@ class Settings(BaseModel):
     rebalance_step: float = Field(
         0.35, ge=0, le=1, description="fraction of the excess shed per interval; 0 turns shedding off"
     )
+    rebalance_pool: str = Field(
+        "",
+        description="replicas rebalance only with replicas of the same pool (those behind one load balancer; "
+        "the chart gives each blue-green colour its own)",
+    )
     rebalance_warmup_s: float = Field(
         20.0, ge=0, description="a replica sheds nothing this long after it starts (its peers' reports settle)"
     )

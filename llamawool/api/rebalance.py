@@ -15,10 +15,12 @@ farms follow their players there. Shedding a fraction per interval, and only
 from replicas above the band, keeps reconnects from arriving as a herd and
 keeps replicas from trading the same sockets back and forth.
 
-While above its band and a peer has room, a replica also answers new sockets
-503 (`full`), which the balancer retries on the next replica: least-connections
-would send them to the emptiest replica anyway, but round robin (all
-ingress-nginx offers) would bring one shed socket in N straight back.
+While above its band and a peer has room (a fresh report, sockets already
+reaching it), a replica also answers up to its excess of new sockets per
+interval 503 (`full`), which the balancer retries on the next replica:
+least-connections would send them to the emptiest replica anyway, but round
+robin (all ingress-nginx offers) would bring one shed socket in N straight
+back. Replicas only compare themselves with their own `rebalance_pool`.
 
 Sockets whose farm this replica does not own go first (they are relayed from
 another replica anyway), then the oldest (the newest are often the ones that
@@ -51,6 +53,7 @@ log = structlog.get_logger("llamawool.rebalance")
 
 REASON = "rebalancing: reconnect"
 REPORT_TTL_INTERVALS = 3  # a report lapses after three missed rounds: that replica is gone
+FRESH_INTERVALS = 1.5  # a peer's report this young counts as a peer with room
 
 
 def fair_share(loads: dict[str, ReplicaLoad]) -> float | None:
@@ -81,13 +84,23 @@ def sockets_to_shed(me: str, loads: dict[str, ReplicaLoad], settings: Settings) 
     return min(int(over), math.ceil(over * settings.rebalance_step))
 
 
-def room_elsewhere(me: str, loads: dict[str, ReplicaLoad], settings: Settings) -> bool:
-    """A live peer holds at least the minimum excess fewer sockets than fair share."""
+def room_elsewhere(me: str, loads: dict[str, ReplicaLoad], settings: Settings, now: float) -> bool:
+    """A peer that surely takes sockets holds at least the minimum excess fewer than fair share.
+
+    Surely: live, measured within the last 1.5 intervals (a replica killed a moment ago
+    still has a report that has not lapsed), and holding a socket already (the balancer
+    reaches it: a replica that reports before it is routed must not make its peers turn
+    sockets away that nobody else would take).
+    """
     fair = fair_share(loads)
     if fair is None:
         return False
+    fresh = FRESH_INTERVALS * settings.rebalance_interval_s
     return any(
-        replica != me and not load.draining and load.sockets + settings.rebalance_min_excess <= fair
+        replica != me
+        and not load.draining
+        and now - load.at <= fresh
+        and 0 < load.sockets <= fair - settings.rebalance_min_excess
         for replica, load in loads.items()
     )
 
@@ -119,11 +132,13 @@ class Rebalancer:
         self.monotonic = monotonic
         self.started_at = monotonic()
         self._view: _View | None = None
+        self._refusals_left = 0  # until the next round: at most the excess is turned away
         self._reported = 0  # sockets in the previous round's report (none before the first)
 
     def load(self) -> ReplicaLoad:
         c = self.c
-        return ReplicaLoad(len(c.sessions), len(c.engine.residents), c.draining)
+        pool = c.settings.rebalance_pool
+        return ReplicaLoad(len(c.sessions), len(c.engine.residents), c.draining, pool, c.engine.clock())
 
     async def report(self) -> ReplicaLoad:
         """Tell the peers what this replica holds now (draining included)."""
@@ -150,7 +165,8 @@ class Rebalancer:
             return False
         if self.monotonic() - view.at > 2 * self.c.settings.rebalance_interval_s:
             return False
-        if excess(len(self.c.sessions), view.fair, self.c.settings) > 0:
+        if self._refusals_left > 0 and excess(len(self.c.sessions), view.fair, self.c.settings) > 0:
+            self._refusals_left -= 1
             self.c.metrics.rebalance_refused.inc()
             return True
         return False
@@ -163,7 +179,8 @@ class Rebalancer:
             sent = await self.report()
             if c.draining:
                 return 0
-            loads = await c.coord.replica_loads(c.engine.clock())
+            now = c.engine.clock()
+            loads = {r: load for r, load in (await c.coord.replica_loads(now)).items() if load.pool == s.rebalance_pool}
         except CoordinationUnavailable as exc:
             self._view = None  # blind: neither shed nor refuse
             log.warning("rebalance.unavailable", error=str(exc))
@@ -179,7 +196,8 @@ class Rebalancer:
             self._view = None
             return 0
         c.metrics.rebalance_fair_share.set(fair)
-        self._view = _View(fair, room_elsewhere(me, loads, s), self.monotonic())
+        self._view = _View(fair, room_elsewhere(me, loads, s, now), self.monotonic())
+        self._refusals_left = int(excess(loads[me].sockets, fair, s))
         n = sockets_to_shed(me, loads, s) if self._active() else 0
         shed = choose_shed(list(c.sessions), n, lambda pid: c.engine.resident_state(pid) is not None)
         if not shed:

@@ -49,12 +49,16 @@ class ReplicaLoad:
     """What one replica carries, as it last reported it (for rebalancing sockets).
 
     A draining replica still reports (with `draining` set) so its peers leave it
-    out of the fair share at once instead of when its report lapses.
+    out of the fair share at once instead of when its report lapses. Replicas
+    rebalance only within their `pool` (those behind one load balancer: each
+    colour of a blue-green release is its own). `at` is when it was measured.
     """
 
     sockets: int
     farms: int = 0
     draining: bool = False
+    pool: str = ""
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

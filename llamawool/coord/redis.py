@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import struct
@@ -803,7 +804,7 @@ class RedisCoordinator:
 
     @_guard
     async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
-        raw = orjson.dumps({"s": load.sockets, "f": load.farms, "d": load.draining}).decode()
+        raw = orjson.dumps(dataclasses.asdict(load)).decode()
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(self.prefix + "load", replica, raw)
             pipe.zadd(self.prefix + "load:exp", {replica: now + ttl_s})
@@ -815,8 +816,7 @@ class RedisCoordinator:
         flat = await self._run("loads", [p + "load", p + "load:exp"], [repr(now)])
         loads: dict[str, ReplicaLoad] = {}
         for replica, raw in zip(flat[::2], flat[1::2], strict=True):
-            d = orjson.loads(raw)
-            loads[str(replica)] = ReplicaLoad(int(d["s"]), int(d["f"]), bool(d["d"]))
+            loads[str(replica)] = ReplicaLoad(**orjson.loads(raw))
         return loads
 
 

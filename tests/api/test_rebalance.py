@@ -10,7 +10,7 @@ tests/e2e/test_rebalance.py.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -56,11 +56,18 @@ def test_sockets_to_shed(loads: dict[str, ReplicaLoad], expected: int) -> None:
     assert sockets_to_shed("me", loads, S) == expected
 
 
-def test_room_elsewhere_needs_a_live_peer_below_fair_share_by_the_minimum() -> None:
-    assert room_elsewhere("me", {"me": L(30), "b": L(30), "c": L(0)}, S)
-    assert not room_elsewhere("me", {"me": L(30), "b": L(29)}, S)  # fair 29.5: b is 0.5 below
-    assert not room_elsewhere("me", {"me": L(30), "b": L(0, draining=True)}, S)
-    assert not room_elsewhere("me", {"me": L(0), "b": L(30)}, S)  # only this replica has room
+def test_room_elsewhere_needs_a_fresh_reachable_peer_below_fair_share_by_the_minimum() -> None:
+    now = 1000.0  # reports measured at `now` unless said otherwise; the interval is 3 s
+
+    def room(loads: dict[str, ReplicaLoad]) -> bool:
+        return room_elsewhere("me", {r: replace(load, at=load.at or now) for r, load in loads.items()}, S, now)
+
+    assert room({"me": L(30), "b": L(30), "c": L(1)})
+    assert not room({"me": L(30), "b": L(29)})  # fair 29.5: b is 0.5 below
+    assert not room({"me": L(30), "b": L(1, draining=True)})
+    assert not room({"me": L(1), "b": L(30)})  # only this replica has room
+    assert not room({"me": L(30), "b": L(30), "c": L(0)})  # c takes no sockets yet: maybe not routed
+    assert not room({"me": L(30), "b": L(30), "c": L(1, at=now - 5)})  # c has not reported for 5 s
     assert excess(30, 20.0, S) == 10
     assert excess(22, 20.0, S) == 0  # within the band
 
@@ -160,7 +167,7 @@ async def test_a_replica_above_its_share_closes_its_newest_sockets_with_1012(mak
     await c.coord.report_load("peer", ReplicaLoad(4), now, 60.0)  # they reconnected there
     assert await rebalancer.round() == 0
     loads = await c.coord.replica_loads(c.engine.clock())
-    assert loads[c.coord.replica_id] == ReplicaLoad(4, 8)  # four sockets, eight farms resident
+    assert replace(loads[c.coord.replica_id], at=0.0) == ReplicaLoad(4, 8)  # four sockets, eight farms resident
     for t in tabs[:4]:
         await t.ws.close()
 
@@ -170,21 +177,48 @@ async def test_a_full_replica_turns_new_sockets_away_while_a_peer_has_room(make_
     socket shed for rebalancing would otherwise come straight back one time in N."""
     client = await _replica(make_client, rebalance_step=0.25)
     c = context(client.server.app)
-    await _open_tabs(client, 6)
-    await c.coord.report_load("peer", ReplicaLoad(0), c.engine.clock(), 60.0)
-    await client.server.app[REBALANCER].round()  # the first count
-    assert await client.server.app[REBALANCER].round() == 1  # fair share 3, excess 3: one this round
-    guest = await new_guest(client)
-    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await client.ws_connect(f"{API}/ws", headers=bearer(guest["access_token"]))
-    assert (refused.value.status, refused.value.headers["Retry-After"]) == (503, "1")
-    assert _metric(client, "llamawool_rebalance_refused_total") == 1
+    rebalancer = client.server.app[REBALANCER]
+    await _open_tabs(client, 8)
 
-    await c.coord.report_load("peer", ReplicaLoad(5), c.engine.clock(), 60.0)  # the peer filled up
-    await client.server.app[REBALANCER].round()
-    ws = await client.ws_connect(f"{API}/ws", headers=bearer(guest["access_token"]))
-    assert (await receive_json(ws))["type"] == "welcome"  # no peer has room: nobody is turned away
-    await ws.close()
+    async def peer(load: ReplicaLoad) -> None:
+        await c.coord.report_load("peer", replace(load, at=c.engine.clock()), c.engine.clock(), 60.0)
+
+    async def refused() -> bool:
+        token = (await new_guest(client))["access_token"]
+        try:
+            ws = await client.ws_connect(f"{API}/ws", headers=bearer(token))
+        except aiohttp.WSServerHandshakeError as exc:
+            assert (exc.status, exc.headers["Retry-After"]) == (503, "1")
+            return True
+        assert (await receive_json(ws))["type"] == "welcome"
+        await ws.close()
+        return False
+
+    await peer(L(0))  # a peer that no socket has reached yet: maybe not behind the balancer
+    await rebalancer.round()  # the first count
+    assert await rebalancer.round() == 1  # fair share 4, excess 4: a quarter of it
+    assert not await refused()  # 8 here again
+    await peer(L(1))  # now it holds a socket: the balancer reaches it
+    assert await rebalancer.round() == 1  # counted 7 (the lower of 8 and 7): fair share 4, excess 3
+    assert [await refused() for _ in range(4)] == [True, True, True, False]  # at most the excess
+    assert _metric(client, "llamawool_rebalance_refused_total") == 3
+
+    await peer(L(8))  # the peer filled up
+    await rebalancer.round()
+    assert not await refused()  # no peer has room: nobody is turned away
+
+
+async def test_replicas_of_another_pool_are_not_peers(make_client: MakeClient) -> None:
+    """Blue-green: the idle colour reports no sockets, and must not drain the live one."""
+    client = await _replica(make_client, rebalance_pool="blue")
+    c = context(client.server.app)
+    tabs = await _open_tabs(client, 6)
+    await c.coord.report_load("green-1", ReplicaLoad(0, pool="green"), c.engine.clock(), 60.0)
+    rebalancer = client.server.app[REBALANCER]
+    assert [await rebalancer.round() for _ in range(3)] == [0, 0, 0]
+    assert not any(t.closed.done() for t in tabs)
+    await c.coord.report_load("blue-2", ReplicaLoad(0, pool="blue"), c.engine.clock(), 60.0)
+    assert await rebalancer.round() == 3  # the control: a peer of its own pool
 
 
 async def test_nothing_is_shed_while_warming_up_or_draining(make_client: MakeClient) -> None:

@@ -462,8 +462,9 @@ async def test_replica_loads_are_the_current_reports(coord: Coordinator) -> None
     await coord.report_load("r1", ReplicaLoad(25, 10), T0 + 12, 15.0)  # a report replaces the last
     assert await coord.replica_loads(T0 + 20) == {"r1": ReplicaLoad(25, 10), "r2": ReplicaLoad(0, 0)}
     assert await coord.replica_loads(T0 + 25) == {"r1": ReplicaLoad(25, 10)}  # r2's report lapsed
-    await coord.report_load("r1", ReplicaLoad(3, 1, draining=True), T0 + 26, 15.0)
-    assert await coord.replica_loads(T0 + 27) == {"r1": ReplicaLoad(3, 1, draining=True)}
+    full = ReplicaLoad(3, 1, draining=True, pool="green", at=T0 + 26)
+    await coord.report_load("r1", full, T0 + 26, 15.0)
+    assert await coord.replica_loads(T0 + 27) == {"r1": full}
     assert await coord.replica_loads(T0 + 100) == {}
     assert await coord.online_count(T0 + 27) == 0  # presence of players is a separate report
 

@@ -349,6 +349,8 @@ def test_blue_green_runs_two_colours_behind_one_service(render: ModuleType) -> N
     for name, deployment in deployments.items():
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert services[name].items() <= pod_labels.items()
+        # the idle colour's empty pods must not make the live one shed its sockets
+        assert env_of(container(deployment))["LLAMAWOOL_REBALANCE_POOL"] == pod_labels["llamawool.io/color"]
     assert {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(docs, "HorizontalPodAutoscaler")} == set(deployments)
     assert {p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")} == set(deployments)
     monitor = one(docs, "ServiceMonitor")["spec"]["selector"]
