@@ -132,7 +132,7 @@ class WsSession:
         self._broken = False  # a write failed: the socket is gone
         self._slow: asyncio.Task[None] | None = None  # the writer while backlogged
         self.closing = False
-        self.opened_at = time.monotonic()  # rebalancing sheds the newest first
+        self.opened_at = time.monotonic()  # rebalancing moves the oldest sockets first
         self.limit_errors: deque[float] = deque()
 
     # -- Sink --
