@@ -94,6 +94,24 @@ class Metrics:
         )
         self.ws_active = Gauge("websocket_connections_active", "Open WebSocket connections", registry=r)
         self.ws_messages = Counter("websocket_messages_total", "WebSocket messages", ["direction", "type"], registry=r)
+        self.rebalance_closed = Counter(
+            "llamawool_rebalance_closed_total",
+            "Sockets closed (1012, reason rebalancing) because this replica held more than its fair share",
+            registry=r,
+        )
+        self.rebalance_refused = Counter(
+            "llamawool_rebalance_refused_total",
+            "New sockets refused (503) because this replica was above its band while a peer had room",
+            registry=r,
+        )
+        self.rebalance_fair_share = Gauge(
+            "llamawool_rebalance_fair_share",
+            "Sockets per live replica as of this replica's last rebalancing round",
+            registry=r,
+        )
+        self.replicas_live = Gauge(
+            "llamawool_replicas_live", "Replicas whose load report is current and that are not draining", registry=r
+        )
         self.tick_duration = Histogram(
             "llamawool_tick_duration_seconds",
             "Time to compute one engine tick and hand out its payloads",

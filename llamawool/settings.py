@@ -95,6 +95,26 @@ class Settings(BaseModel):
     lease_ttl_s: float = Field(10.0, gt=0, description="farm ownership lease (replicas)")
     rpc_timeout_s: float = Field(3.0, gt=0, description="how long to wait for a farm's owner to answer")
 
+    # rebalancing sockets over replicas (llamawool/api/rebalance.py)
+    rebalance_interval_s: float = Field(
+        3.0, gt=0, description="how often a replica reports its sockets and sheds what it holds above its share"
+    )
+    rebalance_tolerance: float = Field(
+        0.1, ge=0, description="a replica sheds only when it holds more than fair share x (1 + this)"
+    )
+    rebalance_min_excess: int = Field(2, ge=1, description="sockets above fair share before any is shed")
+    rebalance_step: float = Field(
+        0.35, ge=0, le=1, description="fraction of the excess shed per interval; 0 turns shedding off"
+    )
+    rebalance_pool: str = Field(
+        "",
+        description="replicas rebalance only with replicas of the same pool (those behind one load balancer; "
+        "the chart gives each blue-green colour its own)",
+    )
+    rebalance_warmup_s: float = Field(
+        20.0, ge=0, description="a replica sheds nothing this long after it starts (its peers' reports settle)"
+    )
+
     mongodb_uri: str | None = Field(None, description="MongoDB replaces SQLite when set (MONGODB_URI)")
     mongodb_pool_size: int = Field(50, gt=0, description="connections per replica")
     mongodb_timeout_s: float = Field(

@@ -33,9 +33,10 @@ from . import (  # noqa: F401 - importing registers the routes
     routes_saves,
     ws,
 )
-from .context import CTX, AppContext
+from .context import CTX, REBALANCER, AppContext
 from .errors import ApiError, field_error, problem_response
 from .http import API_PREFIX, PRINCIPAL, ROUTES, Handler, Route, authenticate
+from .rebalance import Rebalancer
 from .routes_meta import OPS_ROUTES, openapi
 
 log = structlog.get_logger("llamawool.api")
@@ -222,6 +223,7 @@ def create_app(
     trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies]
     app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=settings.max_body_bytes)
     app[CTX] = AppContext(settings, rules, store, engine, auth, metrics, coord, anticheat, trusted)
+    rebalancer = app[REBALANCER] = Rebalancer(app[CTX])
     coord.subscribe(lambda channel, message: _on_fanout(app, channel, message))
 
     async def announce(sessions: list[str], until: float) -> None:
@@ -252,6 +254,7 @@ def create_app(
         background.append(asyncio.create_task(auth.watch_revocations()))
         if tick:
             background.append(asyncio.create_task(_sweep_flags(anticheat)))
+            background.append(asyncio.create_task(rebalancer.run()))
         log.info(
             "server.started",
             store=store.name,
@@ -310,7 +313,8 @@ def _close_revoked(app: web.Application, sessions: set[str]) -> None:
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
-    """Readiness fails at once; open sockets are told to reconnect elsewhere.
+    """Readiness fails at once; open sockets are told to reconnect elsewhere,
+    and the peers hear that this replica no longer takes its share.
 
     All sockets close concurrently: one slow client must not hold back the
     1012 of everyone else, nor eat the grace period one close at a time.
@@ -318,7 +322,11 @@ async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
     c = app[CTX]
     c.draining = True
     sessions = list(c.sessions)
-    await asyncio.gather(*(s.close(code, "server restarting: reconnect") for s in sessions), return_exceptions=True)
+    await asyncio.gather(
+        app[REBALANCER].withdraw(),  # peers stop counting this replica in their fair share
+        *(s.close(code, "server restarting: reconnect") for s in sessions),
+        return_exceptions=True,
+    )
 
 
 async def _index(request: web.Request) -> web.FileResponse:

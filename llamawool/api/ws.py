@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections import deque
 from typing import Any
@@ -30,7 +31,7 @@ from ..engine import IdempotentRequest
 from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
-from .context import AppContext, ctx
+from .context import REBALANCER, AppContext, ctx
 from .errors import CODES
 from .http import IDEMPOTENCY_KEY, route
 from .routes_auth import player_view
@@ -131,6 +132,7 @@ class WsSession:
         self._broken = False  # a write failed: the socket is gone
         self._slow: asyncio.Task[None] | None = None  # the writer while backlogged
         self.closing = False
+        self.opened_at = time.monotonic()  # rebalancing moves the oldest sockets first
         self.limit_errors: deque[float] = deque()
 
     # -- Sink --
@@ -255,6 +257,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     if c.draining:
         return web.Response(status=503, headers={"Retry-After": "1"}, text="draining")
+    if request.app[REBALANCER].full():
+        # The load balancer tries the next replica (proxy_next_upstream http_503).
+        return web.Response(
+            status=503, headers={"Retry-After": "1"}, text="rebalancing: a replica with room will take it"
+        )
     s = c.settings
     ws = web.WebSocketResponse(
         heartbeat=s.ws_heartbeat_s,

@@ -45,6 +45,23 @@ class ScoreUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What one replica carries, as it last reported it (for rebalancing sockets).
+
+    A draining replica still reports (with `draining` set) so its peers leave it
+    out of the fair share at once instead of when its report lapses. Replicas
+    rebalance only within their `pool` (those behind one load balancer: each
+    colour of a blue-green release is its own). `at` is when it was measured.
+    """
+
+    sockets: int
+    farms: int = 0
+    draining: bool = False
+    pool: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class BoardEntry:
     rank: int
     player_id: str
@@ -156,6 +173,12 @@ class Presence(Protocol):
 
     async def online_count(self, now: float) -> int:
         """Players served by every replica whose report has not lapsed."""
+
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        """This replica's open sockets and resident farms; the report lapses after `ttl_s` unless renewed."""
+
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        """Every replica whose load report has not lapsed (one round trip)."""
 
 
 class Leases(Protocol):

@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -31,10 +31,13 @@ from .base import (
     Cursor,
     LimitResult,
     Listener,
+    ReplicaLoad,
     ScoreUpdate,
 )
 
 log = structlog.get_logger("llamawool.coord")
+
+_T = TypeVar("_T")
 
 Key = tuple[float, float, float, str]  # (-score, -tiebreak, reached_at, player_id): ascending = best first
 
@@ -84,6 +87,7 @@ class LocalCoordinator:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="coord-local")
         self._hits = 0
         self._online: dict[str, tuple[int, float]] = {}
+        self._loads: dict[str, tuple[ReplicaLoad, float]] = {}
         self.replica_id = uuid.uuid4().hex[:12]
         self._leases: dict[str, str] = {}
 
@@ -350,9 +354,13 @@ class LocalCoordinator:
         self._online[replica] = (count, now + ttl_s)
 
     async def online_count(self, now: float) -> int:
-        for replica in [r for r, (_, until) in self._online.items() if until <= now]:
-            del self._online[replica]
-        return sum(count for count, _ in self._online.values())
+        return sum(_current(self._online, now).values())
+
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        self._loads[replica] = (load, now + ttl_s)
+
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        return _current(self._loads, now)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -374,3 +382,10 @@ class LocalCoordinator:
     async def send(self, replica_id: str, message: dict[str, Any]) -> None:
         if replica_id == self.replica_id:
             await self.publish(f"replica:{replica_id}", message)
+
+
+def _current(reports: dict[str, tuple[_T, float]], now: float) -> dict[str, _T]:
+    """Forget the reports that lapsed by `now`; the rest, by replica."""
+    for replica in [r for r, (_, until) in reports.items() if until <= now]:
+        del reports[replica]
+    return {replica: value for replica, (value, _) in reports.items()}

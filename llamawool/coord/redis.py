@@ -19,7 +19,8 @@ Keys (all under `prefix`, default ``llamawool:``):
   changes so cached first pages are not reused), ``boards`` / ``p:{board}`` (which
   boards and periods exist), ``roll:{period}`` (SET NX marker), ``fanout`` and
   ``replica:{id}`` (pub/sub channels: everyone, one replica), ``lease:{farm}`` (the
-  owner's replica id, PX = lease TTL), ``online`` / ``online:exp`` (presence reports).
+  owner's replica id, PX = lease TTL), ``online`` / ``online:exp`` (presence reports),
+  ``load`` / ``load:exp`` (each replica's sockets and farms, for rebalancing).
 - ``v:{view}`` / ``vm:{view}`` - a frozen view for cursor paging: a copy of the top
   `view_rows` visible members (``ZRANGESTORE``) and its metadata, both expiring with the
   leaderboard TTL. ``l:{board}:{period}`` points at the newest view, which first pages
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import struct
@@ -52,7 +54,17 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .base import BadCursor, BoardEntry, BoardPage, CoordinationUnavailable, Cursor, LimitResult, Listener, ScoreUpdate
+from .base import (
+    BadCursor,
+    BoardEntry,
+    BoardPage,
+    CoordinationUnavailable,
+    Cursor,
+    LimitResult,
+    Listener,
+    ReplicaLoad,
+    ScoreUpdate,
+)
 
 log = structlog.get_logger("llamawool.coord")
 
@@ -389,6 +401,15 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do s = s + tonumber(v) end
 return s
 """
 
+# KEYS: loads hash, expiry zset; ARGV: now -> [replica, load JSON, ...] of reports still current
+_LOADS = """
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
+  redis.call('HDEL', KEYS[1], r)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
 # KEYS[1] lease; ARGV: replica, pexpire ms -> 1 when the lease is (now) ours
 _ACQUIRE = """
 local v = redis.call('GET', KEYS[1])
@@ -486,6 +507,7 @@ class RedisCoordinator:
             "remove": register(_REMOVE),
             "hide": register(_HIDE),
             "online": register(_ONLINE),
+            "loads": register(_LOADS),
             "acquire": register(_ACQUIRE),
             "renew": register(_RENEW),
             "release": register(_RELEASE),
@@ -779,6 +801,23 @@ class RedisCoordinator:
     async def online_count(self, now: float) -> int:
         p = self.prefix
         return int(await self._run("online", [p + "online", p + "online:exp"], [repr(now)]))
+
+    @_guard
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        raw = orjson.dumps(dataclasses.asdict(load)).decode()
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.prefix + "load", replica, raw)
+            pipe.zadd(self.prefix + "load:exp", {replica: now + ttl_s})
+            await pipe.execute()
+
+    @_guard
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        p = self.prefix
+        flat = await self._run("loads", [p + "load", p + "load:exp"], [repr(now)])
+        loads: dict[str, ReplicaLoad] = {}
+        for replica, raw in zip(flat[::2], flat[1::2], strict=True):
+            loads[str(replica)] = ReplicaLoad(**orjson.loads(raw))
+        return loads
 
 
 def _redact(uri: str) -> str:

@@ -460,8 +460,13 @@ export class Connection {
       }
     }
     if (code === CLOSE_RESTART) {
-      // The server is draining for a restart: come back soon, spread out.
-      this._scheduleReconnect(250 + Math.random() * 1000, { code, reason: "server restarting" });
+      // The server is draining for a restart, or moving sockets to a replica with room
+      // (reason "rebalancing: ..."): come back soon, spread out, never with a long backoff.
+      const moving = typeof reason === "string" && reason.startsWith("rebalancing");
+      this._scheduleReconnect(250 + Math.random() * 1000, {
+        code,
+        reason: moving ? "moving to a less busy server" : "server restarting",
+      });
       return;
     }
     if (code === CLOSE_VIOLATIONS) {

@@ -37,6 +37,7 @@ from llamawool.coord import (
     Coordinator,
     Cursor,
     LocalCoordinator,
+    ReplicaLoad,
     ScoreUpdate,
     open_coordinator,
 )
@@ -453,7 +454,31 @@ async def test_online_count_sums_current_reports(coord: Coordinator) -> None:
     assert await coord.online_count(T0 + 100) == 0
 
 
+async def test_replica_loads_are_the_current_reports(coord: Coordinator) -> None:
+    assert await coord.replica_loads(T0) == {}
+    await coord.report_load("r1", ReplicaLoad(30, 12), T0, 15.0)
+    await coord.report_load("r2", ReplicaLoad(0, 0), T0 + 10, 15.0)
+    assert await coord.replica_loads(T0 + 5) == {"r1": ReplicaLoad(30, 12), "r2": ReplicaLoad(0, 0)}
+    await coord.report_load("r1", ReplicaLoad(25, 10), T0 + 12, 15.0)  # a report replaces the last
+    assert await coord.replica_loads(T0 + 20) == {"r1": ReplicaLoad(25, 10), "r2": ReplicaLoad(0, 0)}
+    assert await coord.replica_loads(T0 + 25) == {"r1": ReplicaLoad(25, 10)}  # r2's report lapsed
+    full = ReplicaLoad(3, 1, draining=True, pool="green", at=T0 + 26)
+    await coord.report_load("r1", full, T0 + 26, 15.0)
+    assert await coord.replica_loads(T0 + 27) == {"r1": full}
+    assert await coord.replica_loads(T0 + 100) == {}
+    assert await coord.online_count(T0 + 27) == 0  # presence of players is a separate report
+
+
 # ---- Redis only: many replicas on one server --------------------------------------------------------
+
+
+async def test_redis_replicas_read_each_others_loads(redis_factory: CoordBackend) -> None:
+    a = await redis_factory.make()
+    b = await redis_factory.make()
+    await a.report_load(a.replica_id, ReplicaLoad(40, 20), T0, 15.0)
+    await b.report_load(b.replica_id, ReplicaLoad(0, 0), T0 + 1, 15.0)
+    expected = {a.replica_id: ReplicaLoad(40, 20), b.replica_id: ReplicaLoad(0, 0)}
+    assert await a.replica_loads(T0 + 2) == expected == await b.replica_loads(T0 + 2)
 
 
 async def test_redis_replicas_share_boards_cursors_and_fan_out(redis_factory: CoordBackend) -> None:

@@ -135,7 +135,16 @@ def test_every_place_uses_the_servers_port() -> None:
     apps = sorted(s for s in compose["services"] if s.startswith("app-"))
     assert len(apps) == 2
     nginx = (DEPLOY / "nginx" / "llamawool.conf").read_text()
-    assert sorted(re.findall(r"^\s*server (\S+):(\d+)", nginx, re.M)) == [(a, str(port)) for a in apps]
+    for group in ("llamawool", "llamawool_ws"):  # requests, and WebSockets (rebalancing)
+        block = nginx[nginx.index(f"upstream {group} {{") :].split("}", 1)[0]
+        assert sorted(re.findall(r"^\s*server (\S+):(\d+)", block, re.M)) == [(a, str(port)) for a in apps]
+    # Rebalancing: new sockets go to the replica with the fewest, a full one's 503 to the next,
+    # and that 503 does not mark the replica failed for other requests.
+    ws_group = nginx[nginx.index("upstream llamawool_ws {") :].split("}", 1)[0]
+    assert "least_conn;" in ws_group and ws_group.count("max_fails=0") == len(apps)
+    ws_location = nginx[nginx.index("location = /api/v1/ws") :].split("}", 1)[0]
+    assert "proxy_pass http://llamawool_ws;" in ws_location
+    assert "http_503" in re.search(r"proxy_next_upstream ([^;]+);", ws_location)[1].split()  # type: ignore[index]
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "llamawool")
     assert job["metrics_path"] == "/metrics"

@@ -263,6 +263,9 @@ def test_ingress_has_tls_websocket_timeouts_and_only_public_paths(rendered: Rend
     notes = ingress["metadata"]["annotations"]
     assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(notes["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    # Rebalancing (docs/replicas.md): round robin, and a full replica's 503 sends the socket on.
+    assert notes["nginx.ingress.kubernetes.io/load-balance"] == "round_robin"
+    assert "http_503" in notes["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
     assert ingress["spec"]["tls"] == [{"secretName": "llamawool-tls", "hosts": ["api.llamawool.com"]}]
     paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert "/api" in paths
@@ -346,6 +349,8 @@ def test_blue_green_runs_two_colours_behind_one_service(render: ModuleType) -> N
     for name, deployment in deployments.items():
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert services[name].items() <= pod_labels.items()
+        # the idle colour's empty pods must not make the live one shed its sockets
+        assert env_of(container(deployment))["LLAMAWOOL_REBALANCE_POOL"] == pod_labels["llamawool.io/color"]
     assert {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(docs, "HorizontalPodAutoscaler")} == set(deployments)
     assert {p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")} == set(deployments)
     monitor = one(docs, "ServiceMonitor")["spec"]["selector"]

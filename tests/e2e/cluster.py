@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -33,7 +34,10 @@ def unavailable(message: str) -> None:
 
 
 class Nginx:
-    """nginx in the foreground with its own prefix, proxying HTTP and WebSockets round robin."""
+    """nginx in the foreground with its own prefix, proxying HTTP and WebSockets to the
+    replica with the fewest connections (`least_conn`, as deploy/nginx/llamawool.conf does:
+    sockets closed for rebalancing reconnect to the emptiest replica). WebSockets have their
+    own upstream group whose 503s (a replica above its share) mark no replica failed."""
 
     def __init__(self, work: Path, upstream_ports: list[int]) -> None:
         self.work = work
@@ -47,6 +51,17 @@ class Nginx:
 
     def config(self) -> str:
         servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;" for p in self.upstream_ports)
+        ws_servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=0;" for p in self.upstream_ports)
+        # GETs (and WebSocket upgrades: a draining replica's, or a full one's) retry on the
+        # next replica; POSTs are never replayed by nginx (clients retry them with the same
+        # Idempotency-Key).
+        proxy = """      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 3600s;
+      proxy_next_upstream error timeout http_502 http_503;"""
         user = "user root;" if os.geteuid() == 0 else ""
         w = self.work
         return f"""{user}
@@ -63,21 +78,22 @@ http {{
   scgi_temp_path {w}/scgi;
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   upstream llamawool {{
+    least_conn;
 {servers}
+  }}
+  upstream llamawool_ws {{
+    least_conn;
+{ws_servers}
   }}
   server {{
     listen 127.0.0.1:{self.port};
+    location = /api/v1/ws {{
+      proxy_pass http://llamawool_ws;
+{proxy}
+    }}
     location / {{
       proxy_pass http://llamawool;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_connect_timeout 2s;
-      proxy_read_timeout 3600s;
-      # GET retries on a dead replica; POSTs are never replayed by nginx
-      # (clients retry them with the same Idempotency-Key).
-      proxy_next_upstream error timeout http_502 http_503;
+{proxy}
     }}
   }}
 }}
@@ -107,6 +123,15 @@ http {{
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("nginx did not come up")
+
+    def set_upstreams(self, ports: list[int]) -> None:
+        """Route to these replicas from now on: rewrite the config and reload (SIGHUP), as an
+        operator or the ingress controller does when a replica is added or removed. Open
+        connections stay on the old worker until they close."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.upstream_ports = list(ports)
+        (self.work / "nginx.conf").write_text(self.config())
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -152,6 +177,15 @@ class Cluster:
             self.stop()
             raise
         return self
+
+    def add_replica(self) -> ServerProcess:
+        """Start one more replica and route to it (a scale-out)."""
+        replica = ServerProcess(self.work / f"replica-{len(self.replicas)}", env=self.replica_env())
+        self.replicas.append(replica)
+        replica.start()
+        assert self.nginx is not None
+        self.nginx.set_upstreams([r.port for r in self.replicas])
+        return replica
 
     @property
     def url(self) -> str:
