@@ -47,10 +47,11 @@ def podman() -> list[str]:
     if exe is None:
         raise PodmanUnavailable("podman is not installed: `make image-deps` installs it (apt-get install podman)")
     opts = os.environ.get(OPTS_VARIABLE)
-    result = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=60)
+    command = [exe, *shlex.split(DEFAULT_OPTS if opts is None else opts)]
+    result = subprocess.run([*command, "info"], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
-        raise PodmanUnavailable(f"`podman info` failed: {result.stderr[-1000:]}")
-    return [exe, *shlex.split(DEFAULT_OPTS if opts is None else opts)]
+        raise PodmanUnavailable(f"`{shlex.join([*command, 'info'])}` failed: {result.stderr[-1000:]}")
+    return command
 
 
 def pip_settings() -> dict[str, str]:
