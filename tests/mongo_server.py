@@ -11,8 +11,9 @@ CI=true, where it fails: CI must never pass by skipping MongoDB.
 
 A real MongoDB, where one exists (CI's mongo:7 service), replaces SecantusDB:
 `LLAMAWOOL_TEST_MONGODB_URI=mongodb://HOST:PORT/?directConnection=true` makes
-`shared_server()` and the cluster tests use that server (each test in a
-database of its own, dropped afterwards) instead of starting `secantusd-py`.
+`shared_server()`, the cluster tests and the chaos suite use that server (each
+test in a database of its own, dropped afterwards) instead of starting
+`secantusd-py`.
 Tests that stop, kill or restart their server keep a `SecantusServer` of their
 own: a shared real server is not theirs to stop.
 """

@@ -44,7 +44,7 @@ import pytest
 from tests.e2e.cluster import CLUSTER_SECRET, unavailable
 from tests.e2e.test_durability import Api, assert_balance_follows_the_closed_form
 from tests.helpers import REPO, ServerProcess
-from tests.mongo_server import SecantusServer, start_or_skip
+from tests.mongo_server import cluster_mongo, start_or_skip
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -283,7 +283,7 @@ async def backend(name: str, work: Path) -> AsyncIterator[Backend]:
     if name == "sqlite":
         yield Backend(name, env)
         return
-    mongo = SecantusServer(log_dir=work)
+    mongo = cluster_mongo(work)  # the test URI's MongoDB where one is given, else SecantusDB
     redis = RedisServer(work_dir=work / "redis")
     await asyncio.to_thread(start_or_skip, mongo)
     try:
