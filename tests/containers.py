@@ -97,6 +97,7 @@ def build_image(podman: list[str], base: str, work: Path, tag: str = "localhost/
     so a concurrent build of another tree under the same tag cannot swap it)."""
     work.mkdir(parents=True, exist_ok=True)
     iidfile = work / "image.id"
+    before = subprocess.run([*podman, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
     result = subprocess.run(
         [
             *podman,
@@ -120,7 +121,12 @@ def build_image(podman: list[str], base: str, work: Path, tag: str = "localhost/
     )
     (work / "build.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"podman build failed:\n{(result.stdout + result.stderr)[-3000:]}"
-    return iidfile.read_text().strip()
+    image = iidfile.read_text().strip()
+    replaced = before.stdout.strip() if before.returncode == 0 else ""
+    if replaced and replaced not in image:
+        # The tag moved: the image it named would only take up space (kept while a container uses it).
+        subprocess.run([*podman, "rmi", replaced], capture_output=True, timeout=120, check=False)
+    return image
 
 
 def image_inspect(podman: list[str], image: str) -> dict[str, Any]:
