@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import ServerProcess, free_port, in_ci
-from tests.mongo_server import SecantusServer, start_or_skip
+from tests.mongo_server import cluster_mongo, start_or_skip
 from tests.redis_server import RedisServer
 
 CLUSTER_SECRET = "cluster-test-secret-0123456789abcdef-0123456789"
@@ -142,7 +142,7 @@ http {{
 class Cluster:
     def __init__(self, work: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
         self.work = work
-        self.mongo = SecantusServer(log_dir=work)
+        self.mongo = cluster_mongo(work)
         self.redis = RedisServer(work_dir=work / "redis")
         self.env = env or {}
         self.replicas: list[ServerProcess] = []
