@@ -120,5 +120,9 @@ async def old_database(backend: str, tmp_path: Path) -> AsyncIterator[OldDatabas
     try:
         yield OldDatabase("mongo", database, uri)
     finally:
-        async with _client(uri) as client:
-            await client.drop_database(database)
+        await drop_database(uri, database)
+
+
+async def drop_database(uri: str, database: str) -> None:
+    async with _client(uri) as client:
+        await client.drop_database(database)
