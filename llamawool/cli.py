@@ -290,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("configuration ok\n")
         return 0
     if args.command == "admin":
-        return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+        from .store import SchemaError
+
+        try:
+            return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+        except SchemaError as exc:
+            sys.stderr.write(f"llamawool admin: {exc}\n")
+            return 1
     if args.command == "migrate" and args.action:
         return asyncio.run(schema_tool(settings, args))
     if args.command in ("backup", "restore", "migrate"):

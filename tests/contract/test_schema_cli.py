@@ -86,6 +86,15 @@ def test_serve_refuses_an_old_database_when_migrate_on_start_is_off(
     assert "llamawool: cannot start: sqlite: the database is at schema version 0" in err
     assert "run `python -m llamawool migrate up`" in err
     assert version(data_dir) == (0, None)
+    # every command that opens the store says the same, without a traceback
+    argv = ["admin", "create-admin", "--username", "root2", "--email", "r@example.org", "--data-dir", str(data_dir)]
+    monkeypatch.setenv("LLAMAWOOL_ADMIN_PASSWORD", "a long and unusual password 7")
+    assert main(argv) == 1
+    assert "llamawool admin: sqlite: the database is at schema version 0" in capsys.readouterr().err
+    out = data_dir / "b.gz"
+    assert main(["backup", "--out", str(out), "--data-dir", str(data_dir)]) == 1
+    assert "llamawool backup: sqlite: the database is at schema version 0" in capsys.readouterr().err
+    assert version(data_dir) == (0, None)
 
 
 def test_serve_refuses_a_database_newer_than_the_code(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
