@@ -104,10 +104,40 @@ async def test_a_live_lock_is_waited_for_then_refused_with_a_clear_message(db: A
     async def waiting(doc: Doc) -> None:
         waits.append(doc["lock"]["owner"])
 
-    with pytest.raises(SchemaError, match="another replica has held the schema migration lock"):
-        await schema.upgrade(db, owner="replica-b", lease_s=0.05, poll_s=0.01, on_wait=waiting)
+    with pytest.raises(SchemaError, match=r"replica busy has held the schema migration lock for over 0\.05 s"):
+        await schema.upgrade(db, owner="replica-b", wait_s=0.05, poll_s=0.01, on_wait=waiting)
     assert waits and set(waits) == {"busy"}
     assert (await version_doc(db))["version"] == 0
+
+
+async def test_a_step_longer_than_the_lease_keeps_its_lock(db: AsyncDatabase[Doc]) -> None:
+    """The holder renews its lease while a step runs: a waiting replica does not take
+    the lock over from a live holder however long the step takes (here 3 leases)."""
+    lease = 1.0
+    runs: list[str] = []
+    in_step, b_polled, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def long_step(d: AsyncDatabase[Doc]) -> None:
+        runs.append("ran")
+        in_step.set()
+        if len(runs) > 1:  # B took the lock over and ran the step: let A finish too
+            release.set()
+            b_polled.set()
+            return
+        until = time.monotonic() + 3 * lease
+        while time.monotonic() < until and not release.is_set():
+            await b_polled.wait()  # each of B's looks at the lock
+            b_polled.clear()
+
+    async def polled(doc: Doc) -> None:
+        b_polled.set()
+
+    steps = [Migration(1, "a long step", long_step)]
+    a = asyncio.create_task(schema.upgrade(db, steps=steps, owner="replica-a", lease_s=lease))
+    await in_step.wait()
+    b = await schema.upgrade(db, steps=steps, owner="replica-b", lease_s=lease, poll_s=0.02, on_wait=polled)
+    assert runs == ["ran"], "replica B took the lock from a live holder and ran the step again"
+    assert b == [] and [s.version for s in await a] == [1]
 
 
 async def test_a_replica_whose_lock_was_taken_over_stops_before_bumping_the_version(db: AsyncDatabase[Doc]) -> None:

@@ -6,9 +6,9 @@ that document with a compare-and-set (an update that matches only while nobody
 holds an unexpired lock), and each step's version bump is another
 compare-and-set on (version, lock owner): a replica that finds the lock taken
 waits for the holder to finish, then sees nothing pending. The lock is a lease
-(`LEASE_S`, renewed by every step), so a replica killed mid-upgrade does not
-block the others for longer than that; the next holder runs the cut-short step
-again, which is why every step is idempotent.
+(`LEASE_S`, renewed while its holder runs), so a replica killed mid-upgrade
+does not block the others for longer than that; the next holder runs the
+cut-short step again, which is why every step is idempotent.
 
 Append steps; never edit a shipped one.
 """
@@ -41,8 +41,9 @@ Doc = dict[str, Any]
 Step = Migration[Callable[[AsyncDatabase[Doc]], Awaitable[None]]]
 COLLECTION = "schema_version"
 DOC_ID = "llamawool"
-LEASE_S = 60.0  # how long a lock outlives its holder's last sign of life
+LEASE_S = 30.0  # how long a lock outlives its holder's last sign of life (renewed every third)
 POLL_S = 0.25  # how often a waiting replica looks again
+WAIT_S = 600.0  # how long a replica waits for another's migration before it gives up (and restarts)
 BACKFILL_CHUNK = 500
 _log = structlog.get_logger("llamawool.store.migrations")
 
@@ -156,12 +157,13 @@ async def upgrade(
     owner: str | None = None,
     lease_s: float = LEASE_S,
     poll_s: float = POLL_S,
+    wait_s: float = WAIT_S,
     on_wait: Callable[[Doc], Awaitable[None]] | None = None,
 ) -> list[Step]:
     """Run every pending step under the lock; the steps this call ran (none when another
-    replica ran them). Waits while another replica holds the lock, at most a lease."""
+    replica ran them). Waits while another replica holds the lock, at most `wait_s`."""
     owner = owner or uuid.uuid4().hex
-    deadline = time.monotonic() + lease_s + poll_s
+    deadline = time.monotonic() + wait_s
     while True:
         doc = await db[COLLECTION].find_one({"_id": DOC_ID})
         if not admit(_status(doc, store, steps), "apply"):
@@ -170,15 +172,29 @@ async def upgrade(
         if locked is not None:
             break
         if time.monotonic() > deadline:
-            raise SchemaError(f"{store}: another replica has held the schema migration lock for {lease_s:.0f} s")
+            holder = (doc or {}).get("lock", {}).get("owner")
+            raise SchemaError(f"{store}: replica {holder} has held the schema migration lock for over {wait_s:g} s")
         _log.info("schema.waiting_for_lock", holder=(doc or {}).get("lock", {}).get("owner"))
         if on_wait is not None:
             await on_wait(doc or {})
         await asyncio.sleep(poll_s)
+    renewing = asyncio.create_task(_renew(db, owner, lease_s))
     try:
         return await _run_locked(db, store, steps, locked, owner, lease_s)
     finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
         await db[COLLECTION].update_one({"_id": DOC_ID, "lock.owner": owner}, {"$unset": {"lock": ""}})
+
+
+async def _renew(db: AsyncDatabase[Doc], owner: str, lease_s: float) -> None:
+    """Extend our lease every third of it while a step runs: a step may take longer than
+    a lease (a backfill of many documents), and its holder is alive all the while."""
+    while True:
+        await asyncio.sleep(lease_s / 3)
+        await db[COLLECTION].update_one(
+            {"_id": DOC_ID, "lock.owner": owner}, {"$set": {"lock.until": time.time() + lease_s}}
+        )
 
 
 async def _run_locked(
