@@ -151,13 +151,16 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
 async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`migrate status` (exit 0: this code can run on the database as it is; 1: steps are
     pending or the database is too new) and `migrate up` (run the pending steps)."""
-    from .store import StoreError, open_store, store_from_uri
+    from .store import SQLiteStore, StoreError, open_store, store_from_uri
 
     try:
         store = store_from_uri(args.uri, settings, "inspect") if args.uri else open_store(settings, "inspect")
     except ValueError as exc:
         sys.stderr.write(f"llamawool: {exc}\n")
         return 2
+    if args.action == "status" and isinstance(store, SQLiteStore) and not store.path.exists():
+        sys.stderr.write(f"llamawool migrate status: no database at {store.path}\n")  # and status creates none
+        return 1
     try:
         await store.open()
         try:

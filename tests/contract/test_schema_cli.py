@@ -47,6 +47,12 @@ def test_migrate_status_then_up_on_the_configured_sqlite_store(
     assert "applied" not in capsys.readouterr().out
 
 
+def test_status_on_a_missing_sqlite_file_creates_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "status", "--data-dir", str(tmp_path)]) == 1
+    assert f"no database at {tmp_path / 'llamawool.sqlite3'}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_migrate_status_and_up_on_mongodb_by_uri(capsys: pytest.CaptureFixture[str]) -> None:
     server, database = shared_server().uri, f"schema_cli_{uuid.uuid4().hex[:10]}"
     asyncio.run(load_mongo_dump(server, database))

@@ -5,6 +5,7 @@ MIGRATE_ON_START is off."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,19 @@ async def test_mongo_upgrade_backfills_refresh_families_from_the_old_tokens(tmp_
         assert "by_player" in await old.mongo_index_names("refresh_families")
         history = (await old.mongo_docs("schema_version"))[0]["history"]
         assert [h["version"] for h in history] == [1, 2]
+
+
+async def test_two_stores_opening_the_old_release_s_database_at_once_both_start(old: OldDatabase) -> None:
+    """MongoDB: one takes the lock (test_schema_lock.py forces the interleaving);
+    SQLite: the second waits for the first's write transaction, then finds nothing pending."""
+    first, second = old.store(), old.store()
+    await asyncio.gather(first.open(), second.open())
+    try:
+        await verify(second, verify_file(old.export), what="release 376f2b0's own export")
+    finally:
+        await first.close()
+        await second.close()
+    assert await old.raw_version() == (LATEST[old.backend], 0)
 
 
 async def test_every_step_can_run_again_without_changing_a_record(old: OldDatabase) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+import structlog
+
 from .schema import Migration, SchemaPolicy, SchemaStatus, admit, check_steps, min_code_after, status_of
 
 Step = Migration[Callable[[sqlite3.Connection], None]]
@@ -109,6 +111,7 @@ STEPS: list[Step] = [
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)
+_log = structlog.get_logger("llamawool.store.migrations")
 
 _META = "CREATE TABLE IF NOT EXISTS schema_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
 
@@ -132,6 +135,7 @@ def upgrade(conn: sqlite3.Connection, store: str = "sqlite", steps: list[Step] =
         if ran:
             conn.execute(_META)
             for step in ran:
+                _log.info("schema.migrating", store=store, version=step.version, step=step.name)
                 step.apply(conn)
                 conn.execute(f"PRAGMA user_version = {int(step.version)}")
             min_code = min_code_after(steps, ran[-1].version, status.min_code)
