@@ -1,4 +1,7 @@
-"""Command line: `python -m llamawool serve | openapi | check-config | admin | backup | restore | migrate`."""
+"""Command line: `python -m llamawool serve | openapi | check-config | admin | backup | restore | migrate`.
+
+`migrate status` / `migrate up` read and upgrade the configured store's schema;
+`migrate --from URI --to URI` copies every record between stores."""
 
 from __future__ import annotations
 
@@ -145,6 +148,36 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
         await store.close()
 
 
+async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
+    """`migrate status` (exit 0: this code can run on the database as it is; 1: steps are
+    pending or the database is too new) and `migrate up` (run the pending steps)."""
+    from .store import SQLiteStore, StoreError, open_store, store_from_uri
+
+    try:
+        store = store_from_uri(args.uri, settings, "inspect") if args.uri else open_store(settings, "inspect")
+    except ValueError as exc:
+        sys.stderr.write(f"llamawool: {exc}\n")
+        return 2
+    if args.action == "status" and isinstance(store, SQLiteStore) and not store.path.exists():
+        sys.stderr.write(f"llamawool migrate status: no database at {store.path}\n")  # and status creates none
+        return 1
+    try:
+        await store.open()
+        try:
+            if args.action == "up":
+                ran = await store.upgrade_schema()
+                for name in ran:
+                    sys.stdout.write(f"applied: {name}\n")
+            status = await store.schema_status()
+        finally:
+            await store.close()
+    except StoreError as exc:
+        sys.stderr.write(f"llamawool migrate {args.action}: {exc}\n")
+        return 1
+    sys.stdout.write(status.describe() + "\n")
+    return 1 if status.pending or status.too_new else 0
+
+
 async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`backup`, `restore` and `migrate` (format and guarantees: `store/portable.py`)."""
     from .store import StoreError, open_store, store_from_uri
@@ -219,11 +252,24 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
         p.add_argument("--data-dir", type=Path)
         p.add_argument("--settings", type=Path)
-    p_migrate = sub.add_parser("migrate", help="copy every record between stores, then verify; safe to re-run")
-    p_migrate.add_argument("--from", dest="source", required=True, help="sqlite:///PATH or mongodb://...")
-    p_migrate.add_argument("--to", dest="target", required=True, help="sqlite:///PATH or mongodb://...")
+    p_migrate = sub.add_parser(
+        "migrate",
+        help=f"`status` / `up`: the schema version of {where}, and its pending migrations run; "
+        "`--from URI --to URI`: copy every record between stores, then verify (safe to re-run)",
+    )
+    p_migrate.add_argument("action", nargs="?", choices=("status", "up"), help="the schema commands")
+    p_migrate.add_argument("--uri", help="status / up: sqlite:///PATH or mongodb://... instead of the configured store")
+    p_migrate.add_argument("--data-dir", type=Path)
+    p_migrate.add_argument("--from", dest="source", help="copy: sqlite:///PATH or mongodb://...")
+    p_migrate.add_argument("--to", dest="target", help="copy: sqlite:///PATH or mongodb://...")
     p_migrate.add_argument("--settings", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        copying = args.source is not None or args.target is not None
+        if args.action and copying:
+            parser.error(f"migrate {args.action} takes no --from/--to (those copy between stores)")
+        if not args.action and (args.source is None or args.target is None):
+            parser.error("migrate needs `status`, `up`, or both --from and --to")
 
     try:
         if args.command == "openapi":
@@ -247,7 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("configuration ok\n")
         return 0
     if args.command == "admin":
-        return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+        from .store import SchemaError
+
+        try:
+            return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+        except SchemaError as exc:
+            sys.stderr.write(f"llamawool admin: {exc}\n")
+            return 1
+    if args.command == "migrate" and args.action:
+        return asyncio.run(schema_tool(settings, args))
     if args.command in ("backup", "restore", "migrate"):
         return asyncio.run(data_tool(settings, args))
     loop_factory = None
@@ -257,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - Windows
         pass
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(settings))
+    from .store import SchemaError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(settings))
+    except SchemaError as exc:  # a database this code must not open as it is: say what to do
+        structlog.get_logger("llamawool.cli").error("server.schema_refused", error=str(exc))
+        sys.stderr.write(f"llamawool: cannot start: {exc}\n")
+        return 1
     return 0

@@ -81,6 +81,11 @@ class Settings(BaseModel):
         description="origins (scheme://host[:port]) whose pages may call the API; empty: same-origin only",
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    migrate_on_start: bool = Field(
+        True,
+        description="run pending schema migrations when the store opens; false: refuse to start until "
+        "`python -m llamawool migrate up` has run",
+    )
 
     max_body_bytes: int = Field(64 * 1024, gt=0)
     ws_max_message_bytes: int = Field(4096, gt=0)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from .migrations.schema import SchemaStatus
 
 
 class StoreError(Exception):
@@ -216,8 +219,15 @@ class Store(Protocol):
 
     name: str
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect, then check the schema version: upgrade, refuse, or neither, as the
+        adapter's `schema` policy says (`migrations/schema.py`)."""
+
     async def close(self) -> None: ...
+    async def schema_status(self) -> SchemaStatus: ...
+    async def upgrade_schema(self) -> list[str]:
+        """Run the pending schema migrations; the names of those this call ran."""
+
     async def ping(self) -> None:
         """Raise StorageUnavailable when the backend cannot serve."""
 

@@ -16,6 +16,8 @@ Collections (one database, the URI's default database or `llamawool`):
 - `snapshots`: unique (player_id, revision).
 - `idempotency`: unique (player_id, key).
 - `audit_log`: ordered by (at, _id).
+- `schema_version`: the schema's version and migration lock (`migrations/mongo.py`);
+  `open` creates the collections' indexes through those migrations.
 
 Group commit. When the deployment supports multi-document transactions (a
 replica set or a sharded cluster: what production runs) a batch is one
@@ -48,7 +50,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, TypeVar
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, IndexModel, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -80,6 +82,8 @@ from .base import (
     plan_snapshot_writes,
 )
 from .export_guard import ExportGuard, answered_revision
+from .migrations import SchemaPolicy, SchemaStatus
+from .migrations import mongo as schema
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -286,14 +290,18 @@ class MongoStore:
         snapshot_daily_days: int = 30,
         transactions: bool | None = None,
         snapshot_reads: bool | None = None,
+        schema: SchemaPolicy = "apply",
     ) -> None:
         """`transactions` None detects support at open; False forces the per-farm fallback.
         `snapshot_reads` likewise for exports read in one snapshot session (False: read
         without one, kept consistent by `ExportGuard` alone).
 
         `select_timeout_s` (default `timeout_s`) is how long an operation waits for a
-        reachable primary: when the server is down, that is how soon a request fails."""
+        reachable primary: when the server is down, that is how soon a request fails.
+
+        `schema`: what `open` does with pending migrations (`migrations.schema.admit`)."""
         self.uri = uri
+        self.schema = schema
         self.database_name = database
         self.pool_size = pool_size
         self.timeout_s = timeout_s
@@ -360,7 +368,7 @@ class MongoStore:
                 w: int | str = "majority" if self.replica_set else 1
                 self._wc = WriteConcern(w, wtimeout=ms, j=True)
                 self._db = client.get_database(name, write_concern=self._wc)
-                await self._create_indexes()
+                await schema.prepare(self._db, self.schema)
         except BaseException:
             await client.close()
             self._client = None
@@ -379,50 +387,13 @@ class MongoStore:
                 if time.monotonic() >= deadline:
                     raise
 
-    async def _create_indexes(self) -> None:
-        string = {"$type": "string"}
-        await self._c("players").create_indexes(
-            [
-                IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
-                IndexModel(
-                    [("email_key", ASCENDING)],
-                    unique=True,
-                    partialFilterExpression={"email_key": string},
-                    name="email_unique",
-                ),
-                IndexModel(
-                    [("device_id", ASCENDING)],
-                    unique=True,
-                    partialFilterExpression={"device_id": string},
-                    name="device_unique",
-                ),
-                IndexModel(
-                    [("flagged_at", ASCENDING)],
-                    partialFilterExpression={"flagged_at": {"$exists": True}},
-                    name="flagged",
-                ),
-            ]
-        )
-        await self._c("refresh_tokens").create_indexes(
-            [
-                IndexModel([("family_id", ASCENDING)], name="by_family"),
-                IndexModel([("player_id", ASCENDING)], name="by_player"),
-            ]
-        )
-        await self._c("refresh_families").create_indexes([IndexModel([("player_id", ASCENDING)], name="by_player")])
-        await self._c("snapshots").create_indexes(
-            [IndexModel([("player_id", ASCENDING), ("revision", ASCENDING)], unique=True, name="by_farm_revision")]
-        )
-        await self._c("idempotency").create_indexes(
-            [
-                IndexModel([("player_id", ASCENDING), ("key", ASCENDING)], unique=True, name="by_player_key"),
-                IndexModel([("created_at", ASCENDING)], name="by_age"),
-            ]
-        )
-        await self._c("audit_log").create_indexes([IndexModel([("at", ASCENDING), ("_id", ASCENDING)], name="by_time")])
-        await self._c("revocations").create_indexes(
-            [IndexModel([("at", ASCENDING)], name="by_time"), IndexModel([("until", ASCENDING)], name="by_expiry")]
-        )
+    async def schema_status(self) -> SchemaStatus:
+        with _errors():
+            return await schema.read_status(self.db)
+
+    async def upgrade_schema(self) -> list[str]:
+        with _errors():
+            return [step.name for step in await schema.upgrade(self.db)]
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None

@@ -39,6 +39,8 @@ from .base import (
     audit_key,
     plan_snapshot_writes,
 )
+from .migrations import SchemaPolicy, SchemaStatus
+from .migrations import sqlite as schema
 
 T = TypeVar("T")
 # a write waiting for the next transaction: the work, its caller's future, that caller's loop
@@ -47,78 +49,6 @@ EXPORT_PAGE = 1000
 MIN_FREE_BYTES = 64 * 1024  # after a failed write, less free space than this keeps /ready at 503
 IMPORT_CHUNK = 500
 BUSY_TIMEOUT_S = 30  # how long a statement waits for a lock another connection holds
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS players (
-    id TEXT PRIMARY KEY,
-    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    email TEXT UNIQUE COLLATE NOCASE,
-    password_hash TEXT,
-    role TEXT NOT NULL DEFAULT 'player',
-    is_guest INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    settings TEXT NOT NULL DEFAULT '{}',
-    flagged_at REAL,
-    flag_reason TEXT,
-    last_violation_at REAL,
-    violations_total INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS players_flagged ON players(flagged_at) WHERE flagged_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    admin_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT,
-    details TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    player_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS devices_by_player ON devices(player_id);
-CREATE TABLE IF NOT EXISTS refresh_tokens (
-    token_hash TEXT PRIMARY KEY,
-    family_id TEXT NOT NULL,
-    player_id TEXT NOT NULL,
-    issued_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    spent_at REAL,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS refresh_by_family ON refresh_tokens(family_id);
-CREATE INDEX IF NOT EXISTS refresh_by_player ON refresh_tokens(player_id);
-CREATE TABLE IF NOT EXISTS farms (
-    player_id TEXT PRIMARY KEY,
-    revision INTEGER NOT NULL,
-    doc BLOB NOT NULL,
-    last_active REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshots (
-    player_id TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    taken_at REAL NOT NULL,
-    farm_value REAL NOT NULL,
-    doc BLOB NOT NULL,
-    PRIMARY KEY (player_id, revision)
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    player_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (player_id, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
-CREATE TABLE IF NOT EXISTS revocations (
-    session_id TEXT PRIMARY KEY,
-    until REAL NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS revocations_by_time ON revocations(at);
-"""
 
 # the fields `update_player_fields` may write (PlayerChanges), each a players column
 PLAYER_FIELDS = frozenset(PlayerChanges.__annotations__)
@@ -217,9 +147,17 @@ class SQLiteStore:
     name = "sqlite"
 
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", snapshot_history: int = 50, snapshot_daily_days: int = 30
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        snapshot_history: int = 50,
+        snapshot_daily_days: int = 30,
+        schema: SchemaPolicy = "apply",
     ) -> None:
+        """`schema`: what `open` does with pending migrations (`migrations.schema.admit`)."""
         self.path = path
+        self.schema = schema
         self.synchronous = synchronous
         self.retention = (snapshot_history, snapshot_daily_days)
         self.snapshot_history = snapshot_history
@@ -353,12 +291,23 @@ class SQLiteStore:
 
         def setup() -> None:
             self._write_conn = self._connect()
-            self._write_conn.executescript(SCHEMA)
+            schema.prepare(self._write_conn, self.schema)
 
         try:
             await asyncio.get_running_loop().run_in_executor(self._writer, setup)
         except sqlite3.DatabaseError as exc:
             raise StorageUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+
+    async def schema_status(self) -> SchemaStatus:
+        return await self._read(schema.read_status)
+
+    async def upgrade_schema(self) -> list[str]:
+        def run() -> list[str]:
+            if self._write_conn is None:
+                raise StorageUnavailable("sqlite: store is not open")
+            return [step.name for step in schema.upgrade(self._write_conn)]
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
     async def close(self) -> None:
         def close_writer() -> None:
