@@ -63,7 +63,14 @@ servers-deps:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light)
 	@command -v redis-server >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
 
-unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps
+## Prometheus (promtool) and Alertmanager (amtool) from Debian's packages, installed only when missing:
+## the alert rules' unit tests, `amtool check-config` and the cluster test that runs both servers.
+.PHONY: monitoring-deps
+monitoring-deps:
+	@command -v promtool >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+	@command -v amtool >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus-alertmanager)
+
+unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps monitoring-deps
 	$(VENV)/bin/pytest -q
 
 clean:
