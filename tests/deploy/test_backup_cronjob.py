@@ -24,7 +24,7 @@ import yaml
 from tests.helpers import REPO, ServerProcess
 from tests.mongo_server import SecantusServer, start_or_skip
 
-from .conftest import DEPLOY, restore_drill
+from .conftest import DEPLOY, restore_drill, tool
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +140,11 @@ def test_a_run_that_dies_mid_write_leaves_nothing_half_written_and_prunes_nothin
     result = run_backup(backups, crashing, {})
     assert result.returncode != 0
     assert [p.name for p in backups.iterdir()] == [expired.name]
+
+
+def test_shellcheck_passes_the_script_as_the_pod_runs_it(tmp_path: Path) -> None:
+    """/bin/sh -c in the pod: POSIX sh, whatever bash accepts here."""
+    script = tmp_path / "backup.sh"
+    script.write_text(backup_script())
+    result = subprocess.run([tool("shellcheck"), "-s", "sh", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
