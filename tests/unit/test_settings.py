@@ -12,21 +12,46 @@ import pytest
 from llamawool.settings import DEV_JWT_SECRET, SettingsError, load_rules, load_settings
 from tests.helpers import REPO
 
-
-def test_production_refuses_the_default_secret() -> None:
-    with pytest.raises(SettingsError, match="jwt_secret"):
-        load_settings(environ={"LLAMAWOOL_ENV": "production"})
+# What a public environment needs besides its secret: where client addresses come from.
+BEHIND_INGRESS = {"LLAMAWOOL_TRUSTED_PROXIES": "10.0.0.0/8"}
 
 
-def test_production_refuses_a_short_secret() -> None:
-    with pytest.raises(SettingsError, match="jwt_secret"):
-        load_settings(environ={"LLAMAWOOL_ENV": "production", "JWT_SECRET": "short"})
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_public_environments_refuse_the_default_secret(env: str) -> None:
+    with pytest.raises(SettingsError, match=f"jwt_secret: {env} refuses"):
+        load_settings(environ={"LLAMAWOOL_ENV": env, **BEHIND_INGRESS})
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_public_environments_refuse_a_short_secret(env: str) -> None:
+    with pytest.raises(SettingsError, match=f"jwt_secret: {env} refuses"):
+        load_settings(environ={"LLAMAWOOL_ENV": env, "JWT_SECRET": "x" * 31, **BEHIND_INGRESS})
+
+
+def test_development_and_test_keep_the_development_secret() -> None:
+    for env in ("development", "test"):
+        assert load_settings(environ={"LLAMAWOOL_ENV": env}).resolved_jwt_secret() == DEV_JWT_SECRET
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_public_environments_refuse_to_guess_where_client_addresses_come_from(env: str) -> None:
+    """Behind an ingress with no trusted proxy every client would share its address."""
+    secret = {"LLAMAWOOL_ENV": env, "JWT_SECRET": "x" * 32}
+    with pytest.raises(SettingsError, match=f"trusted_proxies: {env} refuses to start"):
+        load_settings(environ=secret)
+    assert load_settings(environ={**secret, **BEHIND_INGRESS}).trusted_proxies == ["10.0.0.0/8"]
+    direct = load_settings(environ={**secret, "LLAMAWOOL_CLIENTS_CONNECT_DIRECTLY": "true"})
+    assert direct.clients_connect_directly and direct.trusted_proxies == []
+    with pytest.raises(SettingsError, match="clients_connect_directly: contradicts"):
+        load_settings(environ={**secret, **BEHIND_INGRESS, "LLAMAWOOL_CLIENTS_CONNECT_DIRECTLY": "true"})
 
 
 def test_production_accepts_a_long_secret_from_a_file(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("x" * 48 + "\n")
-    s = load_settings(environ={"LLAMAWOOL_ENV": "production", "LLAMAWOOL_JWT_SECRET_FILE": str(secret)})
+    s = load_settings(
+        environ={"LLAMAWOOL_ENV": "production", "LLAMAWOOL_JWT_SECRET_FILE": str(secret), **BEHIND_INGRESS}
+    )
     assert s.resolved_jwt_secret() == "x" * 48
     assert s.resolved_jwt_secret() != DEV_JWT_SECRET
 
