@@ -97,6 +97,9 @@ class Settings(BaseModel):
     ws_heartbeat_s: float = Field(30.0, gt=0)
     ws_send_queue: int = Field(64, gt=0)
     drain_grace_s: float = Field(25.0, gt=0)
+    drain_flush_s: float = Field(
+        5.0, gt=0, description="how long a socket sent away by a drain waits for its in-flight action's result"
+    )
     gc_young_threshold: int = Field(
         50_000, ge=700, description="new objects between young garbage collections (Python's default: 700)"
     )

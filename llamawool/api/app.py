@@ -310,7 +310,8 @@ def _close_revoked(app: web.Application, sessions: set[str]) -> None:
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
-    """Readiness fails at once; open sockets are told to reconnect elsewhere.
+    """Readiness fails at once; open sockets are told to reconnect elsewhere, each
+    after the action it is applying is answered (within `drain_flush_s`).
 
     All sockets close concurrently: one slow client must not hold back the
     1012 of everyone else, nor eat the grace period one close at a time.
@@ -318,7 +319,7 @@ async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
     c = app[CTX]
     c.draining = True
     sessions = list(c.sessions)
-    await asyncio.gather(*(s.close(code, "server restarting: reconnect") for s in sessions), return_exceptions=True)
+    await asyncio.gather(*(s.send_away(code, "server restarting: reconnect") for s in sessions), return_exceptions=True)
 
 
 async def _index(request: web.Request) -> web.FileResponse:
