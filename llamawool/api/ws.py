@@ -38,7 +38,7 @@ from ..engine.cluster import OwnerUnreachable, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import AppContext, ctx
-from .errors import CODES
+from .errors import CODES, unavailable
 from .http import IDEMPOTENCY_KEY, route
 from .routes_auth import player_view
 from .routes_farm import VIOLATION_CODES
@@ -441,7 +441,10 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
     if session.closing:
         # Known unapplied: it never reached the engine. Another replica will take it.
         session.error(
-            "UNAVAILABLE", "the server is restarting: this action was not applied; reconnect and send it again", env.id
+            "UNAVAILABLE",
+            "the server is restarting: this action was not applied; reconnect and send it again",
+            env.id,
+            outcome="not_applied",
         )
         return
     kind: ActionKind = "shear" if (env.data or {}).get("action") == "shear" else "action"
@@ -474,9 +477,10 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
             await c.anticheat.violation(who.player_id, "impossible_action", exc.detail[:200])
         return
     except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
-        session.error(
-            "UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", env.id, retry_after=5
+        detail, extra = unavailable(
+            "storage or the farm's replica did not answer", writes=True, retry_key="data.idempotency_key"
         )
+        session.error("UNAVAILABLE", detail, env.id, retry_after=5, **extra)
         return
     except PlayerGone:
         await session.close(CLOSE_AUTH, "account no longer exists")

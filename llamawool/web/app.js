@@ -336,7 +336,10 @@ class App {
         try {
           return await this.conn.request("action", { ...action, idempotency_key: key });
         } catch (err) {
-          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT") throw err;
+          // Unknown, not failed: the REST retry with the same key answers what was done.
+          const unknown = err.code === "UNAVAILABLE" && err.problem?.outcome !== "not_applied";
+          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT" && !unknown) throw err;
+          if (unknown) await sleep(1000 * Math.min(5, Number(err.retryAfter ?? 1)));
         }
       }
       const data = await this.api.action(action, key);
@@ -431,7 +434,7 @@ class App {
         text = "Connection trouble: that may not have gone through. Reconnecting…";
         break;
       case "UNAVAILABLE":
-        text = "The farm office is busy. Try again in a moment.";
+        text = "The farm office is busy: that may not have gone through. Try again in a moment.";
         break;
       default:
         break;
