@@ -88,3 +88,22 @@ def test_the_server_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "production.baseProductionRate" in proc.stderr
+
+
+def test_a_public_server_behind_an_unknown_proxy_does_not_start(tmp_path: Path) -> None:
+    """`serve` itself, as the container runs it: exit 2 with the field named, before listening."""
+    import os
+
+    env = {**os.environ, "LLAMAWOOL_ENV": "production", "JWT_SECRET": "s" * 40, "LLAMAWOOL_DATA_DIR": str(tmp_path)}
+    env.pop("LLAMAWOOL_TRUSTED_PROXIES", None)
+    env.pop("LLAMAWOOL_CLIENTS_CONNECT_DIRECTLY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamawool", "serve", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "trusted_proxies: production refuses to start" in proc.stderr
