@@ -336,10 +336,13 @@ class App {
         try {
           return await this.conn.request("action", { ...action, idempotency_key: key });
         } catch (err) {
-          // Unknown, not failed: the REST retry with the same key answers what was done.
-          const unknown = err.code === "UNAVAILABLE" && err.problem?.outcome !== "not_applied";
-          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT" && !unknown) throw err;
-          if (unknown) await sleep(1000 * Math.min(5, Number(err.retryAfter ?? 1)));
+          const unavailable = err.code === "UNAVAILABLE";
+          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT" && !unavailable) throw err;
+          // Unknown unless it says not_applied (a draining server): either way the REST
+          // retry carries the same key, so it answers what was done or does it once.
+          if (unavailable && err.problem?.outcome !== "not_applied") {
+            await sleep(1000 * Math.min(5, err.retryAfter ?? 1));
+          }
         }
       }
       const data = await this.api.action(action, key);
