@@ -54,6 +54,7 @@ class Player:
     sent: set[int] = field(default_factory=set)
     acked: dict[int, dict[str, Any]] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
+    sent_away: bool = False  # the server said it is restarting: send nothing more on this socket
     close_code: int | None = None
     closed_at: float | None = None
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WINDOW))
@@ -90,6 +91,7 @@ async def _read(player: Player) -> None:
             player.slots.release()
         elif obj["type"] == "error" and obj.get("id") is not None:
             player.refused.add(obj["id"])
+            player.sent_away |= obj["data"].get("outcome") == "not_applied"
             player.slots.release()
     # The code in the server's close frame: aiohttp overwrites ws.close_code with 1006
     # when the server drops TCP while the client is still echoing that frame.
@@ -101,9 +103,12 @@ async def _act(player: Player, ids: itertools.count[int]) -> None:
     """A steady stream of shears with up to WINDOW unacknowledged at any moment."""
     assert player.ws is not None
     with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
-        while not player.ws.closed and len(player.sent) < MAX_ACTIONS:
+        # As a client should (protocol.md): once told the server is restarting, it sends
+        # nothing more there. (One that keeps sending leaves unread input at the close:
+        # the kernel may then reset the connection before the 1012 is read.)
+        while not player.ws.closed and not player.sent_away and len(player.sent) < MAX_ACTIONS:
             await player.slots.acquire()
-            if player.ws.closed:
+            if player.ws.closed or player.sent_away:
                 return
             msg_id = next(ids)
             player.sent.add(msg_id)
