@@ -35,10 +35,15 @@ def unavailable(message: str) -> None:
 class Nginx:
     """nginx in the foreground with its own prefix, proxying HTTP and WebSockets round robin."""
 
-    def __init__(self, work: Path, upstream_ports: list[int]) -> None:
+    def __init__(
+        self, work: Path, upstream_ports: list[int], worker_connections: int = 4096, name_upstream: bool = False
+    ) -> None:
         self.work = work
         self.port = free_port()
         self.upstream_ports = upstream_ports
+        self.worker_connections = worker_connections
+        # the benchmark's load generator reads which replica answered (an internal address: tests only)
+        self.name_upstream = name_upstream
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,12 +53,14 @@ class Nginx:
     def config(self) -> str:
         servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;" for p in self.upstream_ports)
         user = "user root;" if os.geteuid() == 0 else ""
+        upstream_header = "add_header X-Upstream $upstream_addr always;" if self.name_upstream else ""
         w = self.work
         return f"""{user}
 worker_processes 1;
+worker_rlimit_nofile {2 * self.worker_connections};
 pid {w}/nginx.pid;
 error_log {w}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {self.worker_connections}; }}
 http {{
   access_log off;
   client_body_temp_path {w}/body;
@@ -78,6 +85,7 @@ http {{
       # GET retries on a dead replica; POSTs are never replayed by nginx
       # (clients retry them with the same Idempotency-Key).
       proxy_next_upstream error timeout http_502 http_503;
+      {upstream_header}
     }}
   }}
 }}
@@ -108,6 +116,24 @@ http {{
                 time.sleep(0.05)
         raise RuntimeError("nginx did not come up")
 
+    def set_upstreams(self, ports: list[int]) -> None:
+        """Rewrite the upstream list and `nginx -s reload`: new connections go round robin over
+        `ports`; connections already open stay where they are (as with a real scale-out)."""
+        exe = nginx_command()
+        assert exe is not None and self.proc is not None
+        self.upstream_ports = ports
+        conf = self.work / "nginx.conf"
+        conf.write_text(self.config())
+        subprocess.run([exe, "-p", str(self.work), "-c", str(conf), "-s", "reload"], check=True, capture_output=True)
+
+    def pids(self) -> list[int]:
+        """The master and its workers (after a reload, the new workers)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children())]
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -115,8 +141,15 @@ http {{
 
 
 class Cluster:
-    def __init__(self, work: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        replicas: int = 3,
+        env: dict[str, str] | None = None,
+        nginx_options: dict[str, Any] | None = None,
+    ) -> None:
         self.work = work
+        self.nginx_options = nginx_options or {}
         self.mongo = SecantusServer(log_dir=work)
         self.redis = RedisServer(work_dir=work / "redis")
         self.env = env or {}
@@ -147,7 +180,7 @@ class Cluster:
                 r.start_async()
             for r in self.replicas:
                 r.wait_ready()
-            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas]).start()
+            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas], **self.nginx_options).start()
         except BaseException:
             self.stop()
             raise
@@ -157,6 +190,15 @@ class Cluster:
     def url(self) -> str:
         assert self.nginx is not None
         return self.nginx.url
+
+    def add_replica(self) -> ServerProcess:
+        """Scale out: one more replica, started, then put behind nginx (config rewrite + reload)."""
+        assert self.nginx is not None
+        replica = ServerProcess(self.work / f"replica-{len(self.replicas)}", env=self.replica_env())
+        self.replicas.append(replica)
+        replica.start()
+        self.nginx.set_upstreams([r.port for r in self.replicas])
+        return replica
 
     def stop(self) -> None:
         """Stop every part, each even if stopping another failed."""
