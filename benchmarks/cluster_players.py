@@ -125,7 +125,7 @@ class Crowd:
         self.tick_s = tick_s
         self.open: set[WsClient] = set()
         self.keyed = True  # shears carry an Idempotency-Key, as the web client's do
-        self.sent = {True: 0, False: 0}  # shears sent, keyed and un-keyed
+        self.answered = {True: 0, False: 0}  # shears answered 200, keyed and un-keyed
         self._window: Window | None = None
         self._in_flight = 0  # shears sent during the window, not answered yet
         self._answered: asyncio.Event | None = None  # set while none is in flight
@@ -248,7 +248,6 @@ class Crowd:
             assert self._answered is not None
             self._answered.clear()
         key = uuid.uuid4().hex if self.keyed else None
-        self.sent[key is not None] += 1
         t0 = time.perf_counter()
         try:
             for attempt in range(3):  # the client retries a keyed POST on a network error, same key
@@ -256,6 +255,8 @@ class Crowd:
                 if status >= 0 or key is None or attempt == 2:
                     break
                 await asyncio.sleep(0.4 * (attempt + 1))
+            if status == 200:
+                self.answered[key is not None] += 1
             if counted and w is not None:
                 w.latencies.append(time.perf_counter() - t0)
                 if status == 200:
