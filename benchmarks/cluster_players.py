@@ -81,6 +81,7 @@ class Window:
     shed: int = 0  # 503 with Retry-After: load shed, not an error
     errors: dict[str, int] = field(default_factory=dict)
     socket_closes: int = 0
+    loop_lag: list[float] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -107,6 +108,8 @@ class Window:
             "action_errors": sum(self.errors.values()),
             "action_error_kinds": dict(self.errors),
             "socket_closes": self.socket_closes,
+            "loop_lag_p99_ms": percentile(self.loop_lag, 99) * 1e3,
+            "loop_lag_max_ms": max(self.loop_lag, default=float("nan")) * 1e3,
         }
 
 
@@ -341,7 +344,14 @@ class Crowd:
         w = Window(started=now, ended=now + seconds, sockets_at_start=len(self.open))
         w.expected_ticks = w.sockets_at_start * seconds / self.tick_s
         self._window = w
-        await asyncio.sleep(seconds + grace_s)
+        # the generator's own lateness: a starved generator reads ticks and answers late too
+        step = 0.05
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            before = time.perf_counter()
+            await asyncio.sleep(step)
+            w.loop_lag.append(time.perf_counter() - before - step)
+        await asyncio.sleep(grace_s)
         assert self._answered is not None
         with contextlib.suppress(TimeoutError):  # a shear gives up after 3 tries of timeout_s
             await asyncio.wait_for(self._answered.wait(), self.timeout_s * 3 + 2)
