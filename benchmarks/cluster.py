@@ -6,7 +6,7 @@ the same nginx as the baseline, all in one run on this machine.
 `python -m benchmarks.cluster [--quick]`
 
 Full (`make bench`): 2,000 players, 60 s windows, embedded + 1, 2, 3 replicas.
-Quick (`make bench-quick`, part of `make test`): 100 players, 6 s windows,
+Quick (`make bench-quick`, part of `make test`): 100 players, 4 s windows,
 embedded + 1, 2 replicas; never fails on a goal, only on a crash.
 
 Per configuration: the players sign in (`POST /auth/guest`), load their farm
