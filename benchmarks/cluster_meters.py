@@ -87,7 +87,8 @@ def metric_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str,
 def metric_by_label(
     before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], name: str
 ) -> dict[str, float]:
-    return {k: v - before.get(name, {}).get(k, 0.0) for k, v in after.get(name, {}).items()}
+    grown = {k: v - before.get(name, {}).get(k, 0.0) for k, v in after.get(name, {}).items()}
+    return {k: v for k, v in grown.items() if v}
 
 
 def gauge(now: dict[str, dict[str, float]], name: str) -> float | None:
