@@ -25,6 +25,7 @@ from ..settings import Settings, load_rules
 from ..store import StorageUnavailable, Store, open_store
 from . import (  # noqa: F401 - importing registers the routes
     routes_admin,
+    routes_admin_sessions,
     routes_auth,
     routes_farm,
     routes_leaderboards,

@@ -23,6 +23,7 @@ from .context import AppContext, ctx
 from .errors import ApiError
 from .http import json_response, principal, read_body, route, validation_problem
 from .routes_auth import player_view
+from .session_views import session_views
 
 
 class RestoreRequest(BaseModel):
@@ -101,7 +102,7 @@ def _admin_view(p: PlayerRecord) -> dict[str, Any]:
 @route(
     "GET",
     "/admin/players/{player}",
-    summary="Look up a player (id, username or email) with flags and farm",
+    summary="Look up a player (id, username or email) with flags, farm, saves and sessions",
     access="admin",
     tag="admin",
     params={"player": "id, username or email"},
@@ -118,10 +119,12 @@ async def admin_get_player(request: web.Request) -> web.Response:
     elif stored is not None:
         farm = {"revision": stored.revision, "doc": stored.doc, "last_active": stored.last_active}
     snaps = await c.store.list_snapshots(player.id, 20)
+    tokens = await c.store.list_player_tokens(player.id)
     return json_response(
         {
             "player": _admin_view(player),
             "farm": farm,
+            "sessions": session_views(tokens, time.time()),
             "saves": [{"revision": s.revision, "taken_at": s.taken_at, "farm_value": s.farm_value} for s in snaps],
         }
     )

@@ -254,6 +254,9 @@ class Store(Protocol):
     async def delete_player(self, player_id: str) -> None:
         """Erase the player and everything of theirs (farm, snapshots, tokens, keys)."""
 
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        """The player's refresh tokens, oldest first (the admin console lists sessions from them)."""
+
     async def count_players(self) -> int: ...
     async def usernames(self, player_ids: list[str]) -> dict[str, str]: ...
     async def list_flagged(self) -> list[PlayerRecord]: ...

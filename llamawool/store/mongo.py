@@ -555,6 +555,15 @@ class MongoStore:
         with _errors():
             await self._transaction(run)
 
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        with _errors():
+            cursor = (
+                self._c("refresh_tokens")
+                .find({"player_id": player_id})
+                .sort([("issued_at", ASCENDING), ("_id", ASCENDING)])
+            )
+            return [_token(d) async for d in cursor]
+
     async def count_players(self) -> int:
         with _errors():
             return await self._c("players").count_documents({})

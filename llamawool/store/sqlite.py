@@ -448,6 +448,17 @@ class SQLiteStore:
 
         await self._write(run)
 
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        def run(c: sqlite3.Connection) -> list[RefreshTokenRecord]:
+            rows = c.execute(
+                "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+                "FROM refresh_tokens WHERE player_id = ? ORDER BY issued_at, token_hash",
+                (player_id,),
+            ).fetchall()
+            return [RefreshTokenRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+        return await self._read(run)
+
     async def count_players(self) -> int:
         return await self._read(lambda c: int(c.execute("SELECT COUNT(*) FROM players").fetchone()[0]))
 

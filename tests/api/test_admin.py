@@ -248,6 +248,8 @@ def test_the_admin_routes_are_the_expected_ones() -> None:
         ("POST", "/admin/players/{player}/restore"),
         ("POST", "/admin/broadcast"),
         ("GET", "/admin/audit"),
+        ("GET", "/admin/players/{player}/sessions"),
+        ("POST", "/admin/players/{player}/sessions/end"),
     }
     assert all(r.path.startswith("/admin/") for r in ADMIN_ROUTES)
 
@@ -282,8 +284,13 @@ async def test_non_admins_get_403_on_every_admin_route(frozen: TestClient) -> No
         await expect_problem(
             await call(frozen, r.method, path, {"Authorization": f"Bearer {forged}"}), 401, "INVALID_TOKEN"
         )
-        # the admin gets past the role check on the same request
-        assert (await call(frozen, r.method, path, admin["headers"])).status != 403
+        # the admin gets past the role check on the same request (ending the guest's
+        # sessions is refused for its body instead: the guest plays on below)
+        if r.path.endswith("/sessions/end"):
+            resp = await frozen.post(path, json={"session_id": 0}, headers=admin["headers"])
+            await expect_problem(resp, 422, "VALIDATION_ERROR")
+        else:
+            assert (await call(frozen, r.method, path, admin["headers"])).status != 403
 
     # nothing the players tried happened; only the admin's own calls were audited
     # (its restore and broadcast above carried empty bodies: refused with 422 before acting, not audited)
@@ -292,6 +299,7 @@ async def test_non_admins_get_403_on_every_admin_route(frozen: TestClient) -> No
     new = audit_after["entries"][: len(audit_after["entries"]) - len(audit_before["entries"])]
     assert [(e["action"], e["admin_id"]) for e in new] == [
         ("audit.read", admin["player"]["id"]),  # audit_after
+        ("player.sessions", admin["player"]["id"]),
         ("audit.read", admin["player"]["id"]),
         ("player.clear_flag", admin["player"]["id"]),  # completed
         ("player.clear_flag", admin["player"]["id"]),  # pending

@@ -385,6 +385,25 @@ async def test_revoke_family_and_revoke_player_tokens(store: Store) -> None:
     assert not (await store.spend_refresh_token(theirs.token_hash, T0)).reused
 
 
+async def test_list_player_tokens_is_that_players_oldest_first(store: Store) -> None:
+    p = await store.create_player(player("vic"))
+    q = await store.create_player(player("wes"))
+    later = RefreshTokenRecord("h-later", "fam-1", p.id, issued_at=T0 + 60, expires_at=T0 + 86400)
+    first = RefreshTokenRecord("h-first", "fam-1", p.id, issued_at=T0, expires_at=T0 + 86400)
+    other = RefreshTokenRecord("h-other", "fam-2", p.id, issued_at=T0 + 30, expires_at=T0 + 86400)
+    for t in (later, first, other, token(q.id, "fam-q", "q")):
+        await store.add_refresh_token(t)
+    await store.spend_refresh_token("h-first", T0 + 60)
+    await store.revoke_family("fam-2")
+
+    listed = await store.list_player_tokens(p.id)
+    assert [t.token_hash for t in listed] == ["h-first", "h-other", "h-later"]
+    assert listed[0].spent_at == T0 + 60 and not listed[0].revoked
+    assert listed[1].revoked and listed[1].family_id == "fam-2" and listed[1].player_id == p.id
+    assert listed[2] == later
+    assert await store.list_player_tokens("nobody") == []
+
+
 async def test_revoking_a_players_tokens_names_only_the_families_issued_lately(store: Store) -> None:
     p = await store.create_player(player("uma"))
     old = RefreshTokenRecord("h-old", "fam-old", p.id, issued_at=T0 - 3600, expires_at=T0 + 86400)
