@@ -246,6 +246,7 @@ def create_app(
         app.router.add_get(path, handler)
     if WEB_DIR.is_dir() and (WEB_DIR / "index.html").exists():
         app.router.add_get("/", _index)
+        app.router.add_get("/admin", _admin_console)
         app.router.add_static("/static/", WEB_DIR, show_index=False)
 
     background: list[asyncio.Task[None]] = []
@@ -337,10 +338,18 @@ async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
     )
 
 
+def _page(path: Path) -> web.FileResponse:
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
+
+
 async def _index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(
-        WEB_DIR / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}
-    )
+    return _page(WEB_DIR / "index.html")
+
+
+async def _admin_console(request: web.Request) -> web.FileResponse:
+    """The admin console's page: public static HTML with no data in it; what it
+    shows comes from the admin API, which answers only an admin's token."""
+    return _page(WEB_DIR / "admin" / "index.html")
 
 
 def context(app: web.Application) -> AppContext:

@@ -58,3 +58,9 @@ export function formatPercent(fraction) {
   const p = Math.round(fraction * 1000) / 10;
   return `${p}%`;
 }
+
+/** Unix seconds as "2026-12-06 14:03:09 UTC" (server times, the same for every reader). */
+export function formatTimestamp(seconds) {
+  if (typeof seconds !== "number" || !Number.isFinite(seconds)) return "—";
+  return `${new Date(seconds * 1000).toISOString().slice(0, 19).replace("T", " ")} UTC`;
+}

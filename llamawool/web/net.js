@@ -57,13 +57,18 @@ async function readProblem(resp) {
  * across tabs (Web Locks), and a tab adopts a pair another tab just stored.
  */
 export class Auth {
-  constructor() {
+  /** `storeKey`: where the session is kept (the admin console keeps its own);
+   * `guests`: whether a lost session falls back to this device's guest (the game)
+   * or ends signed out (the console: no one is signed in without a password). */
+  constructor({ storeKey = STORE_KEY, guests = true } = {}) {
+    this.storeKey = storeKey;
+    this.guests = guests;
     this.session = this._load();
     this._refreshing = null;
     this._changing = null; // a request replacing the session in flight (see _replaceSession)
     this._listeners = new Set();
     window.addEventListener("storage", (e) => {
-      if (e.key === STORE_KEY) {
+      if (e.key === this.storeKey) {
         const next = this._load();
         const changedPlayer = next?.player?.id !== this.session?.player?.id;
         this.session = next;
@@ -99,7 +104,7 @@ export class Auth {
 
   _load() {
     try {
-      return JSON.parse(localStorage.getItem(STORE_KEY) || "null");
+      return JSON.parse(localStorage.getItem(this.storeKey) || "null");
     } catch {
       return null;
     }
@@ -112,7 +117,7 @@ export class Auth {
       refresh_token: body.refresh_token,
       player: body.player,
     };
-    localStorage.setItem(STORE_KEY, JSON.stringify(this.session));
+    localStorage.setItem(this.storeKey, JSON.stringify(this.session));
     const p = body.player || {};
     if (!prev || prev.id !== p.id || prev.is_guest !== p.is_guest || prev.username !== p.username) this._emit();
     return this.session;
@@ -185,10 +190,10 @@ export class Auth {
         // Already revoked or offline: forgetting it locally is what matters.
       }
     }
+    this._forget();
+    if (!this.guests) return null;
     // A new device id: the old one still resolves to the account it belonged to.
     localStorage.setItem(DEVICE_KEY, newDeviceId());
-    localStorage.removeItem(STORE_KEY);
-    this.session = null;
     return this.guest();
   }
 
@@ -231,9 +236,17 @@ export class Auth {
       }
     }
     // The refresh token is spent, expired or revoked: start again from this device.
-    localStorage.removeItem(STORE_KEY);
-    this.session = null;
+    this._forget();
+    if (!this.guests) throw new ApiError(401, { code: "SIGNED_OUT", detail: "the session has ended: sign in again" });
     return this.guest();
+  }
+
+  _forget() {
+    const had = this.player;
+    localStorage.removeItem(this.storeKey);
+    this.session = null;
+    // the game's guest fallback announces the guest instead (its listeners expect a player)
+    if (had && !this.guests) this._emit();
   }
 }
 

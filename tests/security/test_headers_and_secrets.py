@@ -122,6 +122,7 @@ async def test_no_answer_names_the_software_or_its_version(client: TestClient) -
         ("PUT", f"{API}/farm", guest["headers"]),
         ("GET", "/", {}),
         ("GET", "/static/app.js", {}),
+        ("GET", "/admin", {}),
         ("GET", f"{API}/ws", {}),
     ):
         resp = await client.request(method, path, headers=headers)
@@ -140,6 +141,22 @@ async def test_no_answer_names_the_software_or_its_version(client: TestClient) -
         assert "\r\nServer: llamawool" in head, head
         for marker in VERSION_MARKERS[:3]:
             assert marker not in answer, answer[:400]
+
+
+async def test_the_admin_console_is_a_static_page_under_the_games_policy(client: TestClient) -> None:
+    """/admin is the same kind of page as /: static, no inline code, framed by nobody;
+    whoever asks gets the same bytes (the data comes from the admin API, by role)."""
+    game, console = await client.get("/"), await client.get("/admin")
+    assert console.status == 200 and console.content_type == "text/html"
+    for header in ("Content-Security-Policy", "Cache-Control", "X-Frame-Options", "X-Content-Type-Options"):
+        assert console.headers[header] == game.headers[header], header
+    assert "'unsafe-inline'" not in console.headers["Content-Security-Policy"]
+    page = await console.text()
+    assert "<script>" not in page and " style=" not in page and " on" + "click=" not in page
+    guest = await new_guest(client)
+    assert await (await client.get("/admin", headers=guest["headers"])).text() == page
+    for asset in ("/static/admin/admin.js", "/static/admin/admin.css"):
+        assert (await client.get(asset)).status == 200, asset
 
 
 async def test_authenticated_answers_are_never_stored(client: TestClient) -> None:
