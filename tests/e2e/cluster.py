@@ -111,14 +111,19 @@ class Cluster:
             **self.env,
         }
 
+    def start_backends(self) -> None:
+        """MongoDB-wire and Redis only (skipped, or failed in CI, when they cannot start); the
+        caller starts replicas and nginx itself, and `stop` stops whatever it has started."""
+        start_or_skip(self.mongo)
+        try:
+            self.redis.start()
+        except (RuntimeError, OSError) as exc:
+            unavailable(f"cannot start redis-server: {exc}")
+
     def start(self) -> Cluster:
         """Start everything; if any part fails (or skips), stop what did start."""
         try:
-            start_or_skip(self.mongo)
-            try:
-                self.redis.start()
-            except (RuntimeError, OSError) as exc:
-                unavailable(f"cannot start redis-server: {exc}")
+            self.start_backends()
             for i in range(self.n):
                 self.replicas.append(ServerProcess(self.work / f"replica-{i}", env=self.replica_env()))
             for r in self.replicas:  # start all, then wait: they boot in parallel
