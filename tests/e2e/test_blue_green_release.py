@@ -132,6 +132,8 @@ async def test_blue_green_switch_and_rollback_under_play(tmp_path: Path) -> None
             assert not errors, errors[:5]
             fivexx = [s for p in crowd.players for s in p.server_errors]
             assert not fivexx, f"players got 5xx answers: {fivexx}"
+            reload_closed = [p.closes for p in early if any(not why.startswith("rebalancing") for _, why in p.closes)]
+            assert not reload_closed, f"sockets on blue closed by a reload: {reload_closed}"
             moved = [p for p in late if any(code == CLOSE_RESTART for code, _ in p.closes)]
             assert len(moved) == len(late), "every socket on green reconnects when green is retired"
             acked = sum(p.sheared for p in crowd.players)
