@@ -116,7 +116,11 @@ class Stage:
         proc = await asyncio.create_subprocess_exec(
             "bash", str(SCRIPT), *args, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        except TimeoutError:
+            proc.kill()
+            raise
         return proc.returncode or 0, out.decode()
 
     # ---- what the stand-ins ask for ----

@@ -88,10 +88,11 @@ async def test_blue_green_switch_and_rollback_under_play(tmp_path: Path) -> None
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             crowd = Crowd(stage.url, http)
             stop = asyncio.Event()
+            actors: list[asyncio.Task[None]] = []
             try:
                 early = await crowd.join(12)
                 await until(lambda: crowd.all_on(blue), 20, "every socket on blue")
-                actors = [asyncio.create_task(play(crowd, p, stop)) for p in early]
+                actors += [asyncio.create_task(play(crowd, p, stop)) for p in early]
 
                 # A release that is ready but fails the smoke test never takes traffic.
                 code, out = await stage.run("deploy", "1.1.0-tiny-bodies")
