@@ -192,19 +192,23 @@ async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
             stores = [store_from_uri(args.source, settings), store_from_uri(args.target, settings)]
         else:
             stores = [chosen(args.uri)]
+        # restore --erasures-from: backup files, or stores (whose tombstones are read)
+        sources: list[Path | Store] = []
+        for source in getattr(args, "erasures_from", None) or []:
+            sources.append(store_from_uri(source, settings) if "://" in source else Path(source))
     except ValueError as exc:
         sys.stderr.write(f"llamawool: {exc}\n")
         return 2
     opened: list[Store] = []
     try:
-        for store in stores:
+        for store in [*stores, *(s for s in sources if not isinstance(s, Path))]:
             await store.open()
             opened.append(store)
         if args.command == "backup":
             d = await backup(stores[0], args.out)
             out(f"backup of {stores[0].name} written to {args.out}: {d.describe()}\n")
         elif args.command == "restore":
-            d = await restore(stores[0], args.in_file)
+            d = await restore(stores[0], args.in_file, erasures_from=sources)
             out(f"restored {args.in_file} into {stores[0].name} and verified: {d.describe()}\n")
         else:
             d = await migrate(stores[0], stores[1])
@@ -248,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     p_backup.add_argument("--out", type=Path, required=True, help="the backup file to write (gzip JSON lines)")
     p_restore = sub.add_parser("restore", help=f"load a backup into {where}; safe to re-run")
     p_restore.add_argument("--in", dest="in_file", type=Path, required=True, help="the backup file to read")
+    p_restore.add_argument(
+        "--erasures-from",
+        action="append",
+        metavar="FILE_OR_URI",
+        help="also re-apply the tombstones (erased accounts) of this backup file or store (the newest backup, "
+        "or the live database the restore replaces); repeatable. The backup's and the target's always apply",
+    )
     for p in (p_backup, p_restore):
         p.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
         p.add_argument("--data-dir", type=Path)
