@@ -311,9 +311,8 @@ async def restore(store: Store, path: Path, *, erasures_from: Sequence[ErasureSo
             yield tombstone
 
     await store.import_all(records())
-    if target_held_players:  # restored into a store in use: a player erased elsewhere goes now
-        known = {e.player_id for e in target_had}
-        for player_id in sorted(set(erased) - known):
+    if target_held_players:  # restored into a store in use: a player it holds but erased elsewhere goes now
+        for player_id in sorted(erased):
             if await store.get_player(player_id) is not None:
                 await store.delete_player(player_id, erased[player_id])
     await verify(store, written.finish(), what=f"{path} less its erased players")
