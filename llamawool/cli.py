@@ -148,6 +148,36 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
         await store.close()
 
 
+async def erase_player(settings: Settings, args: argparse.Namespace) -> int:
+    """`admin erase-player`: erase accounts by id and record their tombstones, as
+    `DELETE /players/me` does (docs/privacy.md); for erasures a lost database took with
+    it (ids from the `player.erased` log lines) or requests made to support. Run it
+    with the servers stopped: a running server's sessions end only when their access
+    tokens expire."""
+    import time
+
+    from .store import StoreError, open_store, store_from_uri
+
+    try:
+        store = store_from_uri(args.uri, settings) if args.uri else open_store(settings)
+    except ValueError as exc:
+        sys.stderr.write(f"llamawool: {exc}\n")
+        return 2
+    try:
+        await store.open()
+        try:
+            for player_id in args.player:
+                held = await store.get_player(player_id) is not None
+                await store.delete_player(player_id, args.at if args.at is not None else time.time())
+                sys.stdout.write(f"erased {player_id}{'' if held else ' (not held here: tombstone recorded)'}\n")
+        finally:
+            await store.close()
+    except StoreError as exc:
+        sys.stderr.write(f"llamawool admin erase-player: {exc}\n")
+        return 1
+    return 0
+
+
 async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`migrate status` (exit 0: this code can run on the database as it is; 1: steps are
     pending or the database is too new) and `migrate up` (run the pending steps)."""
@@ -247,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_create.add_argument("--data-dir", type=Path)
     p_create.add_argument("--settings", type=Path)
+    p_erase = admin_sub.add_parser(
+        "erase-player", help="erase accounts by id and record their tombstones (as DELETE /players/me does)"
+    )
+    p_erase.add_argument("--player", action="append", required=True, help="a player id; repeatable")
+    p_erase.add_argument("--at", type=float, help="the erasure time (Unix seconds; default now)")
+    p_erase.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
+    p_erase.add_argument("--data-dir", type=Path)
+    p_erase.add_argument("--settings", type=Path)
     where = "the store the settings select (MONGODB_URI, else SQLite in the data folder), or --uri"
     p_backup = sub.add_parser("backup", help=f"write a portable, compressed backup of {where}")
     p_backup.add_argument("--out", type=Path, required=True, help="the backup file to write (gzip JSON lines)")
@@ -307,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         from .store import SchemaError
 
         try:
+            if args.admin_command == "erase-player":
+                return asyncio.run(erase_player(settings, args))
             return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
         except SchemaError as exc:
             sys.stderr.write(f"llamawool admin: {exc}\n")

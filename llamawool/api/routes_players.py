@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import structlog
 from aiohttp import web
 
 from ..anticheat import limit_headers
@@ -14,6 +15,8 @@ from .http import json_response, principal, read_body, route
 from .player_export import PlayerExport, gather
 from .routes_auth import player_view
 from .schemas import PlayerPatch, PlayerView
+
+log = structlog.get_logger("llamawool.players")
 
 
 async def _me(request: web.Request):  # type: ignore[no-untyped-def]
@@ -74,6 +77,8 @@ async def delete_me(request: web.Request) -> web.Response:
     # the tombstone is written with the erasure: no restore brings the account back
     await c.store.delete_player(player.id, erased_at)
     await c.store.add_audit(AuditRecord(erased_at, player.id, "player.erased", player.id, {}))
+    # the record that outlives a lost database: `admin erase-player` re-applies it (docs/privacy.md)
+    log.info("player.erased", player_id=player.id, erased_at=erased_at)
     return web.Response(status=204)
 
 

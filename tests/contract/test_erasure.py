@@ -200,3 +200,29 @@ def test_the_command_line_restore_takes_tombstones_from_a_backup_or_a_store(
         out = capsys.readouterr().out
         assert "verified" in out and "left out as erased: " in out and "player 1" in out, out
         assert not asyncio.run(alice_in(target))
+
+    # An erasure a lost database took with it, re-applied by id from its log line.
+    lost = tmp_path / "rebuilt.sqlite3"
+    assert main(["restore", "--in", str(new), "--uri", f"sqlite:///{lost}"]) == 0
+    assert main(["admin", "erase-player", "--player", KEPT, "--player", "p-nobody", "--uri", f"sqlite:///{lost}"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"erased {KEPT}",
+        "erased p-nobody (not held here: tombstone recorded)",
+    ]
+    again = tmp_path / "again.sqlite3"
+    assert (
+        main(["restore", "--in", str(old), "--uri", f"sqlite:///{again}", "--erasures-from", f"sqlite:///{lost}"]) == 0
+    )
+    assert "left out as erased: " in capsys.readouterr().out
+
+    async def players_in(path: Path) -> list[str]:
+        store = SQLiteStore(path)
+        await store.open()
+        try:
+            return [e.player_id for e in await store.list_erasures()] + [
+                p for p in (GONE, KEPT) if await store.get_player(p) is not None
+            ]
+        finally:
+            await store.close()
+
+    assert asyncio.run(players_in(again)) == [GONE, KEPT, "p-nobody"]  # three tombstones, no player
