@@ -210,7 +210,7 @@ async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
 
 async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`backup`, `restore` and `migrate` (format and guarantees: `store/portable.py`)."""
-    from .store import StoreError, open_store, store_from_uri
+    from .store import SQLiteStore, StoreError, open_store, store_from_uri
     from .store.portable import BackupError, VerifyError, backup, migrate, restore
 
     def chosen(uri: str | None) -> Store:
@@ -225,7 +225,14 @@ async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
         # restore --erasures-from: backup files, or stores (whose tombstones are read)
         sources: list[Path | Store] = []
         for source in getattr(args, "erasures_from", None) or []:
-            sources.append(store_from_uri(source, settings) if "://" in source else Path(source))
+            if "://" not in source:
+                sources.append(Path(source))
+                continue
+            # read only: a source on an older schema is not upgraded (it then holds no tombstones)
+            tombstones = store_from_uri(source, settings, "inspect")
+            if isinstance(tombstones, SQLiteStore) and not tombstones.path.exists():
+                raise ValueError(f"--erasures-from {source}: no database at {tombstones.path}")
+            sources.append(tombstones)
     except ValueError as exc:
         sys.stderr.write(f"llamawool: {exc}\n")
         return 2

@@ -454,6 +454,8 @@ class SQLiteStore:
 
     async def list_erasures(self) -> list[Erasure]:
         def run(c: sqlite3.Connection) -> list[Erasure]:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'erasures'").fetchone() is None:
+                return []  # a database older than the step that added them (opened to inspect): none recorded
             rows = c.execute("SELECT player_id, erased_at FROM erasures ORDER BY player_id").fetchall()
             return [Erasure(r[0], r[1]) for r in rows]
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -226,3 +228,34 @@ def test_the_command_line_restore_takes_tombstones_from_a_backup_or_a_store(
             await store.close()
 
     assert asyncio.run(players_in(again)) == [GONE, KEPT, "p-nobody"]  # three tombstones, no player
+
+
+def test_a_tombstone_source_is_only_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--erasures-from` an old release's database leaves it as it was (it holds no
+    tombstones: that release wrote none); a source that does not exist is an error."""
+    old = tmp_path / "old.gz"
+    live_path = tmp_path / "live.sqlite3"
+
+    async def setup() -> None:
+        live = SQLiteStore(live_path)
+        await live.open()
+        await play_then_erase(live, old)
+        await live.close()
+
+    asyncio.run(setup())
+    release = tmp_path / "release.sqlite3"
+    shutil.copy(Path(__file__).parent.parent / "fixtures" / "schema_v1" / "llamawool.sqlite3", release)
+    before = release.read_bytes()
+    target = f"sqlite:///{tmp_path}/t.sqlite3"
+    assert main(["restore", "--in", str(old), "--uri", target, "--erasures-from", f"sqlite:///{release}"]) == 0
+    assert "left out" not in capsys.readouterr().out  # no tombstone there: alice comes back
+    assert release.read_bytes() == before
+    with sqlite3.connect(release) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+
+    missing = tmp_path / "nope.sqlite3"
+    target = f"sqlite:///{tmp_path}/t2.sqlite3"
+    assert main(["restore", "--in", str(old), "--uri", target, "--erasures-from", f"sqlite:///{missing}"]) == 2
+    assert "no database at" in capsys.readouterr().err and not missing.exists()
+    assert main(["restore", "--in", str(old), "--uri", target, "--erasures-from", str(missing)]) == 1
+    assert "llamawool restore:" in capsys.readouterr().err
