@@ -39,10 +39,15 @@ class Nginx:
     sockets closed for rebalancing reconnect to the emptiest replica). WebSockets have their
     own upstream group whose 503s (a replica above its share) mark no replica failed."""
 
-    def __init__(self, work: Path, upstream_ports: list[int]) -> None:
+    def __init__(
+        self, work: Path, upstream_ports: list[int], worker_connections: int = 4096, name_upstream: bool = False
+    ) -> None:
         self.work = work
         self.port = free_port()
         self.upstream_ports = upstream_ports
+        self.worker_connections = worker_connections
+        # the benchmark's load generator reads which replica answered (an internal address: tests only)
+        self.name_upstream = name_upstream
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,12 +68,14 @@ class Nginx:
       proxy_read_timeout 3600s;
       proxy_next_upstream error timeout http_502 http_503;"""
         user = "user root;" if os.geteuid() == 0 else ""
+        upstream_header = "add_header X-Upstream $upstream_addr always;" if self.name_upstream else ""
         w = self.work
         return f"""{user}
 worker_processes 1;
+worker_rlimit_nofile {2 * self.worker_connections};
 pid {w}/nginx.pid;
 error_log {w}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {self.worker_connections}; }}
 http {{
   access_log off;
   client_body_temp_path {w}/body;
@@ -90,10 +97,12 @@ http {{
     location = /api/v1/ws {{
       proxy_pass http://llamawool_ws;
 {proxy}
+      {upstream_header}
     }}
     location / {{
       proxy_pass http://llamawool;
 {proxy}
+      {upstream_header}
     }}
   }}
 }}
@@ -133,6 +142,14 @@ http {{
         (self.work / "nginx.conf").write_text(self.config())
         self.proc.send_signal(signal.SIGHUP)
 
+    def pids(self) -> list[int]:
+        """The master and its workers (after a reload, the new workers)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children())]
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -140,8 +157,15 @@ http {{
 
 
 class Cluster:
-    def __init__(self, work: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        replicas: int = 3,
+        env: dict[str, str] | None = None,
+        nginx_options: dict[str, Any] | None = None,
+    ) -> None:
         self.work = work
+        self.nginx_options = nginx_options or {}
         self.mongo = cluster_mongo(work)
         self.redis = RedisServer(work_dir=work / "redis")
         self.env = env or {}
@@ -172,7 +196,7 @@ class Cluster:
                 r.start_async()
             for r in self.replicas:
                 r.wait_ready()
-            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas]).start()
+            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas], **self.nginx_options).start()
         except BaseException:
             self.stop()
             raise
