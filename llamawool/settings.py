@@ -76,6 +76,7 @@ class Settings(BaseModel):
         120, gt=0, description="new guests per client address; carrier-grade NAT shares one (docs/decisions.md)"
     )
     registrations_per_ip_per_hour: int = Field(20, gt=0)
+    data_exports_per_hour: int = Field(4, gt=0, description="`GET /players/me/export` per player per hour")
     violation_window_s: float = Field(3600, gt=0)
     flag_decay_s: float = Field(86400, gt=0)
     ws_violations_before_close: int = Field(10, gt=0, description="limit errors on one socket within a minute")
