@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
 from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordinator
 from ..engine import Engine
-from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import GameError, Rules
 from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules
@@ -85,6 +86,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 "storage is unavailable; nothing was applied, retry shortly",
                 headers={"Retry-After": "5"},
             ) from None
+        except OwnerBusy as exc:
+            detail = "the replica that holds this farm is busy; retry shortly (with the same Idempotency-Key)"
+            raise ApiError("UNAVAILABLE", detail, headers={"Retry-After": str(math.ceil(exc.retry_after_s))}) from None
         except (OwnerUnreachable, RemoteError):
             detail = "the replica that holds this farm is not answering; retry shortly"
             raise ApiError("UNAVAILABLE", detail, headers={"Retry-After": "2"}) from None
@@ -317,6 +321,7 @@ async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
     """
     c = app[CTX]
     c.draining = True
+    c.engine.begin_drain()
     sessions = list(c.sessions)
     await asyncio.gather(*(s.close(code, "server restarting: reconnect") for s in sessions), return_exceptions=True)
 

@@ -17,6 +17,7 @@ from .base import (
     LimitResult,
     Limits,
     Presence,
+    Renewal,
     ScoreUpdate,
 )
 from .local import LocalCoordinator
@@ -56,6 +57,7 @@ __all__ = [
     "Limits",
     "LocalCoordinator",
     "Presence",
+    "Renewal",
     "ScoreUpdate",
     "open_coordinator",
 ]

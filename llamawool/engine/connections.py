@@ -14,12 +14,12 @@ from typing import Any
 
 import structlog
 
-from ..game import FarmState
 from .cluster import Cluster, RemoteSink
 from .farms import Farms
+from .handover import Handover
 from .residents import Resident, ResidentSet, Sink
 from .routing import Router
-from .wire import ATTACH, DETACH
+from .wire import ATTACH, DETACH, AttachArgs, Touched
 
 log = structlog.get_logger("llamawool.engine")
 
@@ -31,18 +31,23 @@ class Connections:
         farms: Farms,
         router: Router,
         cluster: Cluster,
+        handover: Handover,
         spawn: Callable[[Awaitable[Any]], None],
     ) -> None:
         self.residents = residents
         self.farms = farms
         self.router = router
         self.cluster = cluster
+        self.handover = handover
         self.spawn = spawn
 
     def serve(self) -> None:
-        """Answer peers whose sockets watch farms this replica owns."""
+        """Answer peers whose sockets watch farms this replica owns (handing the farm
+        over to them when its player's sockets are all there: `handover.py`)."""
 
-        async def attach(pid: str, sender: str, _: None) -> tuple[FarmState, float]:
+        async def attach(pid: str, sender: str, args: AttachArgs) -> Touched | None:
+            if args.take and await self.handover.give(pid, sender):
+                return None
             return await self.farms.attach(pid, RemoteSink(self.cluster, sender, pid))
 
         async def detach(pid: str, sender: str, _: None) -> None:
@@ -50,22 +55,30 @@ class Connections:
 
         self.router.serve(ATTACH, attach)
         self.router.serve(DETACH, detach, owned_only=False)
+        self.cluster.on_moved = lambda pid: self.spawn(self.rewatch(pid))
 
-    async def attach(self, player_id: str, sink: Sink) -> tuple[FarmState, float]:
+    async def attach(self, player_id: str, sink: Sink) -> Touched:
         """A WebSocket joined this farm: online now, its ticks and events flow to `sink`
-        (from this replica when it owns the farm, else forwarded by the owner)."""
-        was_local = False
+        (from this replica when it owns the farm, else forwarded by the owner). A farm
+        owned elsewhere with no socket there is handed to this replica: one lease
+        claim, one RPC and one store read."""
+        here: Touched | None = None
 
-        async def local() -> tuple[FarmState, float]:
-            nonlocal was_local
+        async def local() -> Touched:
+            nonlocal here
             self.cluster.watched.get(player_id, set()).discard(sink)
-            state = await self.farms.attach(player_id, sink)
-            was_local = True
-            return state
+            here = await self.farms.attach(player_id, sink)
+            return here
 
-        out = await self.router.route(player_id, ATTACH, None, local)
-        if was_local:
-            return out
+        out = await self.router.route(player_id, ATTACH, AttachArgs(take=True), local)
+        if here is not None:
+            return here
+        if out is None:  # handed over: the lease is ours, the farm loads here
+            self.cluster.metrics.handovers.labels(direction="in").inc()
+            state = await local()
+            if self.cluster.watched.get(player_id):
+                self.spawn(self.rewatch(player_id))  # our other sockets of it become local too
+            return state
         self.cluster.watched.setdefault(player_id, set()).add(sink)
         self.cluster.heard(player_id)
         return out
