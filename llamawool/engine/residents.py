@@ -91,6 +91,10 @@ class ResidentSet:
     def all(self) -> Iterable[Resident]:
         return self.by_id.values()
 
+    def here(self, player_id: str) -> bool:
+        """Resident, or being loaded (by a request that found it owns the farm)."""
+        return player_id in self.by_id or player_id in self._loading
+
     def online_count(self) -> int:
         n = self.table.size
         return int(self.table.online[:n].sum())

@@ -89,5 +89,5 @@ class Router:
         self.cluster.handlers[op.name] = handler
 
     async def _owned(self, player_id: str) -> None:
-        if player_id not in self.residents.by_id and await self.cluster.owner_elsewhere(player_id) is not None:
+        if not self.residents.here(player_id) and await self.cluster.owner_elsewhere(player_id) is not None:
             raise Rerouted(player_id)
