@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import structlog
 
 from llamawool.coord import CoordinationUnavailable, LocalCoordinator
 from llamawool.engine import Engine
@@ -37,20 +36,11 @@ from llamawool.game import Shear
 from llamawool.observability import Metrics
 from llamawool.settings import Settings, load_rules
 from llamawool.store import PlayerRecord, SQLiteStore, Store
-from tests.helpers import FakeClock
+from tests.helpers import CollectingSink, FakeClock, logs_go_nowhere  # noqa: F401 (an autouse fixture)
 
 RULES = load_rules()
 T0 = 1_800_000_000.0
 RPC_TIMEOUT_S = 0.3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def logs_go_nowhere() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    yield
-    structlog.configure(**saved)
 
 
 class Net:
@@ -114,17 +104,6 @@ class MeteredStore:
     async def load_farm(self, player_id: str) -> Any:
         self.loads.append(player_id)
         return await self.inner.load_farm(player_id)
-
-
-class CollectingSink:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def send(self, message: str) -> None:
-        self.messages.append(orjson.loads(message))
-
-    def ticks(self) -> list[dict[str, Any]]:
-        return [m["data"] for m in self.messages if m["type"] == "tick"]
 
 
 class Replica:
