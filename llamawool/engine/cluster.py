@@ -125,6 +125,8 @@ class Cluster:
             return None
         mine = holder == self.me
         self.metrics.lease_acquisitions.labels(outcome="taken" if mine else "held_elsewhere").inc()
+        if mine:
+            self._gained(farm_id)
         return None if mine else holder
 
     async def owner_silent(self, farm_id: str, owner: str) -> str | None:
@@ -139,6 +141,7 @@ class Cluster:
             self._served_unleased(farm_id)
             return None
         if holder == self.me:
+            self._gained(farm_id)
             self.metrics.lease_acquisitions.labels(outcome="taken_over").inc()
             log.warning("cluster.took_over", farm_id=farm_id, owner=owner)
             return None
@@ -156,6 +159,11 @@ class Cluster:
             self.metrics.handovers.labels(direction="out").inc()
         return moved
 
+    def handed_in(self, farm_id: str) -> None:
+        """The farm's owner handed it to us (its lease is ours)."""
+        self.metrics.handovers.labels(direction="in").inc()
+        self._gained(farm_id)
+
     def renew_due(self) -> bool:
         return time.monotonic() - self._last_renew >= self.lease_ttl_s / 3
 
@@ -172,6 +180,15 @@ class Cluster:
         if self.unleased and self._resync_at is None:
             self._resync_at = time.monotonic() + self.lease_ttl_s
         return renewal.lost
+
+    def _gained(self, farm_id: str) -> None:
+        """A lease became ours. While a resync is pending (coordination failed a moment
+        ago), another replica may still serve this farm from a copy it kept without a
+        lease until its next renewal tells it so (after a Redis restart every lease and
+        heartbeat is gone at once): what we load now may be overtaken, so it is
+        reloaded with the rest."""
+        if self.unleased:
+            self.unleased.add(farm_id)
 
     def _served_unleased(self, farm_id: str) -> None:
         self.metrics.lease_acquisitions.labels(outcome="unavailable").inc()

@@ -74,7 +74,7 @@ class Connections:
         if here is not None:
             return here
         if out is None:  # handed over: the lease is ours, the farm loads here
-            self.cluster.metrics.handovers.labels(direction="in").inc()
+            self.cluster.handed_in(player_id)
             state = await local()
             if self.cluster.watched.get(player_id):
                 self.spawn(self.rewatch(player_id))  # our other sockets of it become local too

@@ -177,6 +177,7 @@ async def test_a_farm_follows_its_players_socket_to_another_replica(tmp_path: Pa
                     assert tick["balances"][tier] == pytest.approx(value, rel=1e-9, abs=1e-9), (tier, tick, ref)
             gaps = [y["server_time"] - x["server_time"] for x, y in itertools.pairwise(ticks)]
             assert all(0.5 <= g <= 1.6 for g in gaps), gaps  # one tick a second, none lost
+            print(f"\nhandover: {len(ticks)} ticks on the new owner's socket, gaps {[round(g, 3) for g in gaps]} s")
 
             status, body, _ = await shear(s, a.url, p)  # REST on A: forwarded to the new owner
             assert status == 200, body
@@ -206,7 +207,7 @@ async def test_a_paused_owner_gets_its_callers_a_fast_503_and_keeps_its_farms(tm
             waited = time.monotonic() - started
         finally:
             os.kill(a.proc.pid, signal.SIGCONT)
-        print(f"\n503 from a paused owner after {waited:.2f} s (rpc timeout {RPC_TIMEOUT_S} s)")
+        print(f"\npaused owner: the caller answered {status} after {waited:.2f} s (rpc timeout {RPC_TIMEOUT_S} s)")
         assert status == 503, body
         assert body["code"] == "UNAVAILABLE" and int(headers["Retry-After"]) >= 1
         assert waited < RPC_TIMEOUT_S + 1.5, waited  # one timeout and one script, no lease polling
@@ -306,6 +307,7 @@ async def test_scale_in_under_play_loses_no_acknowledged_action(tmp_path: Path) 
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+        print(f"\nscale-in: {sum(acknowledged)} shears acknowledged by {players} players; errors {len(errors)}")
         assert not errors, errors[:5]
         assert sum(acknowledged) > players  # they did play
         for i, p in enumerate(ps):
