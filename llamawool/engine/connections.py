@@ -113,8 +113,10 @@ class Connections:
     def drop_copy(self, res: Resident) -> None:
         """Drop our copy of a farm without writing it (it is stale, or owned elsewhere now).
         Its sockets stay with the farm: they become watchers and attach again, to the
-        new owner or to the copy this replica reloads."""
+        new owner or to the copy this replica reloads; replicas whose sockets watched
+        it are told to do the same now rather than after a silence."""
         local = [s for s in res.sinks if not isinstance(s, RemoteSink)]
+        watching = {s.replica for s in res.sinks if isinstance(s, RemoteSink)}
         res.sinks.clear()
         # Keep the lease: a release landing after this replica took it again to reload
         # would leave a copy here without a lease while another replica takes the farm.
@@ -123,6 +125,8 @@ class Connections:
         if local:
             self.cluster.watched.setdefault(res.player_id, set()).update(local)
             self.spawn(self.rewatch(res.player_id))
+        for replica in watching:
+            self.cluster.tell_moved(replica, res.player_id)
 
     async def rewatch(self, player_id: str) -> None:
         """Our sockets of a farm owned elsewhere heard nothing for a while: the

@@ -10,8 +10,8 @@ the owner is not draining (draining releases every lease anyway).
 The owner does it under the farm's lock, so no action is mid-flight: every change
 is committed already; it writes what a dropped copy would lose (the history
 snapshot if one is due, the last-activity time), moves the lease to the asker in
-one compare-and-set, drops its copy without writing and tells the other
-replicas watching the farm to attach again. The asker then loads the farm (one
+one compare-and-set, drops its copy without writing (which tells the other
+replicas watching the farm to attach again). The asker then loads the farm (one
 store read) and attaches its socket locally. Were anything to race, the revision
 compare-and-set of every commit still decides (docs/replicas.md "Fencing").
 """
@@ -66,10 +66,7 @@ class Handover:
                 return False
             if not await self.cluster.hand_over(player_id, to):
                 return False
-            watchers = {s.replica for s in res.sinks if isinstance(s, RemoteSink)} - {to}
-            self.drop_copy(res)
-        for replica in watchers:
-            self.cluster.tell_moved(replica, player_id)
+            self.drop_copy(res)  # the other replicas watching it are told it moved
         log.info("cluster.handed_over", player_id=player_id, to=to, ms=round((time.perf_counter() - started) * 1e3, 1))
         return True
 
