@@ -106,6 +106,7 @@ class Cluster:
         # is suspect: a late reply or one failed call says nothing about the other farms.
         self.unleased: set[str] = set()
         self._resync_at: float | None = None
+        self._outage = False  # renewals failed or found lapsed leases: Redis was away (or restarted)
         coord.subscribe(self._on_message)
 
     @property
@@ -173,21 +174,24 @@ class Cluster:
         try:
             renewal = await self.coord.renew_leases(farm_ids, self.lease_ttl_s)
         except CoordinationUnavailable:
+            self._outage = True
             return []
         # A lease that lapsed before we renewed it was free for a while: another replica
         # may have served the farm meanwhile, so our copy is as suspect as an unleased one.
+        lapsed = [f for f in renewal.retaken if f not in self.unleased]  # we thought them leased
         self.unleased.update(renewal.retaken)
+        self._outage = bool(lapsed) or (self._outage and bool(self.unleased))
         if self.unleased and self._resync_at is None:
             self._resync_at = time.monotonic() + self.lease_ttl_s
         return renewal.lost
 
     def _gained(self, farm_id: str) -> None:
-        """A lease became ours. While a resync is pending (coordination failed a moment
-        ago), another replica may still serve this farm from a copy it kept without a
-        lease until its next renewal tells it so (after a Redis restart every lease and
-        heartbeat is gone at once): what we load now may be overtaken, so it is
-        reloaded with the rest."""
-        if self.unleased:
+        """A lease became ours. While a resync after an outage is pending (our renewals
+        failed, or found leases lapsed: Redis was away or restarted and lost every lease
+        and heartbeat), another replica may still serve this farm from a copy it kept
+        without a lease until its next renewal tells it so: what we load now may be
+        overtaken, so it is reloaded with the rest. One timed-out call is no outage."""
+        if self._outage and self.unleased:
             self.unleased.add(farm_id)
 
     def _served_unleased(self, farm_id: str) -> None:
@@ -202,6 +206,7 @@ class Cluster:
             return []
         farms, self.unleased = sorted(self.unleased), set()
         self._resync_at = None
+        self._outage = False
         return farms
 
     async def release(self, farm_id: str) -> None:

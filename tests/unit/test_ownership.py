@@ -221,17 +221,31 @@ async def test_only_farms_served_without_a_lease_are_dropped_when_coordination_r
         await a.engine.touch("p2")
         a.coord.failing.clear()
         await a.engine.ticker._renew_leases()  # coordination works again
-        # Gained while a resync is pending: another replica may still serve it from a copy
-        # it kept without a lease until its own renewal, so it is reloaded with the rest.
-        await a.engine.touch("p3")
+        await a.engine.touch("p3")  # a farm loaded meanwhile, under a lease
         await asyncio.sleep(0.06)  # a lease TTL passes: every replica has renewed since
         await a.engine.ticker._renew_leases()
         assert "p2" not in a.engine.residents  # dropped, reloads under a lease when next used
-        assert "p3" not in a.engine.residents
-        assert "p1" in a.engine.residents  # untouched: its socket keeps its ticks
-        assert sink in a.engine.residents["p1"].sinks
+        assert "p1" in a.engine.residents and "p3" in a.engine.residents  # untouched
+        assert sink in a.engine.residents["p1"].sinks  # its socket keeps its ticks
         a.engine.tick()
         assert sink.ticks()
+
+
+async def test_after_redis_lost_every_lease_farms_gained_before_the_resync_reload_too(tmp_path: Path) -> None:
+    """Redis restarted empty: our leases lapsed (another replica may have served those
+    farms), and a farm we claim now may still be served by a replica that kept a copy
+    without a lease until its next renewal: both reload; nothing else does."""
+    async with cluster(tmp_path, n=1, lease_ttl_s=0.05) as (net, (a,)):
+        await a.engine.touch("p1")
+        net.leases.clear()  # Redis restarted with nothing
+        await a.engine.ticker._renew_leases()  # p1's lease had lapsed: taken again
+        await a.engine.touch("p2")
+        await asyncio.sleep(0.06)
+        await a.engine.ticker._renew_leases()
+        assert "p1" not in a.engine.residents and "p2" not in a.engine.residents
+        await a.engine.touch("p3")  # after the resync: nothing pending
+        await a.engine.ticker._renew_leases()
+        assert "p3" in a.engine.residents
 
 
 # ---- farms follow their players --------------------------------------------------------------------------
