@@ -273,6 +273,8 @@ class Cluster:
                     sink.send(text)
         elif kind == "moved":
             farm_id = str(message.get("farm", ""))
+            if message.get("to") == self.me:
+                self.handed_in(farm_id)
             if farm_id in self.watched:
                 self.on_moved(farm_id)
 
@@ -297,9 +299,10 @@ class Cluster:
         with contextlib.suppress(CoordinationUnavailable):
             await self.coord.send(req["from"], reply)
 
-    def tell_moved(self, replica: str, farm_id: str) -> None:
-        """Replica `replica` watches a farm that just moved: it attaches again at once."""
-        self._spawn(self._send_quietly(replica, {"k": "moved", "farm": farm_id}))
+    def tell_moved(self, replica: str, farm_id: str, pushed_to: str | None = None) -> None:
+        """Replica `replica` watches a farm that just moved: it attaches again at once
+        (`pushed_to`: the replica the farm was handed to, which now holds its lease)."""
+        self._spawn(self._send_quietly(replica, {"k": "moved", "farm": farm_id, "to": pushed_to}))
 
     async def _send_quietly(self, replica: str, message: dict[str, Any]) -> None:
         with contextlib.suppress(CoordinationUnavailable):
@@ -327,6 +330,16 @@ class Cluster:
 
     def heard(self, farm_id: str) -> None:
         self._last_heard[farm_id] = time.monotonic()
+
+    def unwatch(self, farm_id: str, sink: Sink) -> int:
+        """`sink` no longer watches the farm from here; how many sockets still do."""
+        watchers = self.watched.get(farm_id)
+        if watchers is None:
+            return 0
+        watchers.discard(sink)
+        if not watchers:
+            del self.watched[farm_id]
+        return len(watchers)
 
     def watched_sockets(self) -> int:
         return sum(len(sinks) for sinks in self.watched.values())

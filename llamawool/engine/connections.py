@@ -66,7 +66,7 @@ class Connections:
 
         async def local() -> Touched:
             nonlocal here
-            self.cluster.watched.get(player_id, set()).discard(sink)
+            self.cluster.unwatch(player_id, sink)
             here = await self.farms.attach(player_id, sink)
             return here
 
@@ -84,14 +84,14 @@ class Connections:
         return out
 
     def detach(self, player_id: str, sink: Sink) -> None:
-        watchers = self.cluster.watched.get(player_id)
-        if watchers is not None and sink in watchers:
-            watchers.discard(sink)
-            if not watchers:
-                del self.cluster.watched[player_id]
+        if sink in self.cluster.watched.get(player_id, ()):
+            if not self.cluster.unwatch(player_id, sink):
                 self.spawn(self._detach_remote(player_id))
             return
         self.farms.detach(player_id, sink)
+        res = self.residents.by_id.get(player_id)
+        if res is not None and res.sinks and not any(not isinstance(s, RemoteSink) for s in res.sinks):
+            self.spawn(self.handover.push(player_id))  # only other replicas' sockets watch it now
 
     async def _detach_remote(self, player_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -110,7 +110,7 @@ class Connections:
                     n += 1
         return n
 
-    def drop_copy(self, res: Resident) -> None:
+    def drop_copy(self, res: Resident, pushed_to: str | None = None) -> None:
         """Drop our copy of a farm without writing it (it is stale, or owned elsewhere now).
         Its sockets stay with the farm: they become watchers and attach again, to the
         new owner or to the copy this replica reloads; replicas whose sockets watched
@@ -126,7 +126,7 @@ class Connections:
             self.cluster.watched.setdefault(res.player_id, set()).update(local)
             self.spawn(self.rewatch(res.player_id))
         for replica in watching:
-            self.cluster.tell_moved(replica, res.player_id)
+            self.cluster.tell_moved(replica, res.player_id, pushed_to)
 
     async def rewatch(self, player_id: str) -> None:
         """Our sockets of a farm owned elsewhere heard nothing for a while: the

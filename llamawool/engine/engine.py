@@ -90,7 +90,7 @@ class Engine:
         )
         self.router = Router(self.resident_set, self.cluster)
         self.handover = Handover(
-            rules, store, self.resident_set, self.cluster, clock, lambda res: self.connections.drop_copy(res)
+            rules, store, self.resident_set, self.cluster, clock, lambda res, to: self.connections.drop_copy(res, to)
         )
         self.connections = Connections(
             self.resident_set, self.farms, self.router, self.cluster, self.handover, self.spawn

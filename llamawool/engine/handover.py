@@ -7,6 +7,10 @@ the farm over (`give`) if no socket of it is local to the owner (else the farm
 stays and the asker watches it remotely: no ping-pong between two sockets) and
 the owner is not draining (draining releases every lease anyway).
 
+The owner also pushes a farm when its last local socket closes while sockets on
+other replicas still watch it (a player reconnecting lands elsewhere while the
+old socket closes): it hands the farm to one of those replicas and tells it.
+
 The owner does it under the farm's lock, so no action is mid-flight: every change
 is committed already; it writes what a dropped copy would lose (the history
 snapshot if one is due, the last-activity time), moves the lease to the asker in
@@ -39,7 +43,7 @@ class Handover:
         residents: ResidentSet,
         cluster: Cluster,
         clock: Callable[[], float],
-        drop_copy: Callable[[Resident], None],
+        drop_copy: Callable[[Resident, str | None], None],  # (copy, the replica it was pushed to)
     ) -> None:
         self.rules = rules
         self.store = store
@@ -49,15 +53,31 @@ class Handover:
         self.drop_copy = drop_copy
 
     async def give(self, player_id: str, to: str) -> bool:
-        """Hand the farm to replica `to` when policy allows; True when its lease is `to`'s now."""
+        """A socket on replica `to` attaches: hand it the farm when policy allows; True
+        when the lease is `to`'s now (it loads the farm itself)."""
+        return await self._hand(player_id, lambda res: to, pushed=False)
+
+    async def push(self, player_id: str) -> bool:
+        """The last socket of the farm here closed while sockets on other replicas still
+        watch it: hand it to one of them (told so, it loads the farm and its sockets
+        stop being fed through Redis)."""
+
+        def watcher(res: Resident) -> str | None:
+            replicas = sorted(s.replica for s in res.sinks if isinstance(s, RemoteSink))
+            return replicas[0] if replicas else None
+
+        return await self._hand(player_id, watcher, pushed=True)
+
+    async def _hand(self, player_id: str, pick: Callable[[Resident], str | None], *, pushed: bool) -> bool:
         if self.cluster.draining:
-            return False
+            return False  # releasing the leases at stop moves every farm anyway
         res = self.residents.by_id.get(player_id)
         if res is None:
             return False  # not loaded here: the asker's attach loads it under our lease as usual
         async with res.lock:
-            if res.evicted or any(not isinstance(sink, RemoteSink) for sink in res.sinks):
-                return False
+            to = pick(res)
+            if res.evicted or to is None or any(not isinstance(sink, RemoteSink) for sink in res.sinks):
+                return False  # a socket of it is here: it stays (no ping-pong)
             started = time.perf_counter()
             try:
                 await self._write_what_a_drop_loses(res)
@@ -66,8 +86,10 @@ class Handover:
                 return False
             if not await self.cluster.hand_over(player_id, to):
                 return False
-            self.drop_copy(res)  # the other replicas watching it are told it moved
-        log.info("cluster.handed_over", player_id=player_id, to=to, ms=round((time.perf_counter() - started) * 1e3, 1))
+            # The replicas watching it are told it moved (`to` too when pushed: it takes it).
+            self.drop_copy(res, to if pushed else None)
+        ms = round((time.perf_counter() - started) * 1e3, 1)
+        log.info("cluster.handed_over", player_id=player_id, to=to, pushed=pushed, ms=ms)
         return True
 
     async def _write_what_a_drop_loses(self, res: Resident) -> None:

@@ -252,16 +252,9 @@ async def test_after_redis_lost_every_lease_farms_gained_before_the_resync_reloa
 
 
 async def test_a_socket_on_another_replica_takes_the_farm_over(tmp_path: Path) -> None:
-    async with cluster(tmp_path, n=3) as (net, (a, b, c)):
+    async with cluster(tmp_path) as (net, (a, b)):
         acted = await a.engine.submit("p1", Shear(2))  # a REST call landed on a
-        on_a = CollectingSink()
-        await a.engine.attach("p1", on_a)
-        watcher = CollectingSink()
-        await c.engine.attach("p1", watcher)  # a socket on a: the farm stays, c watches it
-        assert net.leases["p1"] == a.id
-        a.engine.detach("p1", on_a)  # a's socket closes; c's watcher remains
         a.store.loads.clear()
-        b.store.loads.clear()
         b.coord.lease_calls.clear()
         sink = CollectingSink()
         state, _ = await b.engine.attach("p1", sink)
@@ -275,18 +268,38 @@ async def test_a_socket_on_another_replica_takes_the_farm_over(tmp_path: Path) -
         assert b.coord.lease_calls == ["claim"] and b.store.loads == ["p1"] and a.store.loads == []
         snap = await a.store.get_snapshot("p1", state.revision)
         assert snap is not None  # a's history snapshot was written before it let go
-
-        # c was told: it watches the new owner now and hears its ticks
-        await until(lambda: any(getattr(s, "replica", None) == c.id for s in b.engine.residents["p1"].sinks))
         b.engine.tick()
         assert sink.ticks()
-        await until(lambda: bool(watcher.ticks()))
 
-        # REST on a is forwarded to the new owner
+        # REST on a is forwarded to the new owner; a one-off request moves nothing
         reply = await a.engine.submit("p1", Shear(1))
         assert shears(reply.body) == state.stats.shears + 1
         assert b.engine.residents["p1"].state.stats.shears == state.stats.shears + 1
-        assert "p1" not in a.engine.residents
+        assert "p1" not in a.engine.residents and net.leases["p1"] == b.id
+
+
+async def test_when_the_owners_last_socket_closes_the_farm_goes_to_a_watching_replica(tmp_path: Path) -> None:
+    """A player reconnecting lands on another replica while the old socket closes: the
+    farm follows a socket that is left instead of being relayed to it for good; the
+    other watching replicas are told and watch the new owner."""
+    async with cluster(tmp_path, n=3) as (net, (a, b, c)):
+        on_a, on_b, on_c = CollectingSink(), CollectingSink(), CollectingSink()
+        await a.engine.attach("p1", on_a)
+        await b.engine.attach("p1", on_b)  # a socket on a: b and c watch
+        await c.engine.attach("p1", on_c)
+        assert net.leases["p1"] == a.id
+        a.engine.detach("p1", on_a)
+        new, other = sorted((b, c), key=lambda r: r.id)  # the first watching replica takes it
+        mine, theirs = (on_b, on_c) if new is b else (on_c, on_b)
+        await until(lambda: "p1" in new.engine.residents and mine in new.engine.residents["p1"].sinks)
+        assert net.leases["p1"] == new.id and "p1" not in a.engine.residents
+        assert not new.engine.cluster.watched
+        assert a.count("llamawool_handovers_total", direction="out") == 1
+        assert new.count("llamawool_handovers_total", direction="in") == 1
+        await until(lambda: any(getattr(s, "replica", None) == other.id for s in new.engine.residents["p1"].sinks))
+        new.engine.tick()
+        assert mine.ticks()
+        await until(lambda: bool(theirs.ticks()))
 
 
 async def test_a_farm_with_a_socket_on_its_owner_stays_and_is_watched(tmp_path: Path) -> None:
