@@ -232,8 +232,9 @@ async function loadEvents() {
   );
 }
 
-function unixSeconds(localValue) {
-  const ms = new Date(localValue).getTime();
+/** A datetime-local value read as UTC (the server's clock, as every time on this page). */
+function unixSeconds(value) {
+  const ms = Date.parse(`${value}Z`);
   return Number.isFinite(ms) ? ms / 1000 : NaN;
 }
 
