@@ -1,4 +1,5 @@
-"""Support and a player's sessions through the real server: the admin lists them
+"""Support and a player's sessions through the real server, on SQLite and on
+MongoDB: the admin lists them
 (never a token or its hash), ends one or all of them (the refresh fails, the
 socket closes 4401), and every call is audited."""
 
@@ -40,7 +41,8 @@ async def sessions_of(client: TestClient, admin: dict[str, Any], who: str) -> li
     return list(body["sessions"])
 
 
-async def test_sessions_are_listed_newest_first_without_any_token(client: TestClient) -> None:
+async def test_sessions_are_listed_newest_first_without_any_token(client_on_each_store: TestClient) -> None:
+    client = client_on_each_store
     admin = await make_admin(client)
     first = await register(client, "lou")
     second = await sign_in(client, "lou")
@@ -64,7 +66,8 @@ async def test_sessions_are_listed_newest_first_without_any_token(client: TestCl
     assert looked_up["sessions"] == sessions
 
 
-async def test_ending_every_session_refuses_the_refresh_and_closes_the_socket(client: TestClient) -> None:
+async def test_ending_every_session_refuses_the_refresh_and_closes_the_socket(client_on_each_store: TestClient) -> None:
+    client = client_on_each_store
     admin = await make_admin(client)
     player = await register(client, "max")
     other = await sign_in(client, "max")
@@ -90,7 +93,8 @@ async def test_ending_every_session_refuses_the_refresh_and_closes_the_socket(cl
     )
 
 
-async def test_ending_one_session_leaves_the_others(client: TestClient) -> None:
+async def test_ending_one_session_leaves_the_others(client_on_each_store: TestClient) -> None:
+    client = client_on_each_store
     admin = await make_admin(client)
     kept = await register(client, "nia")
     gone = await sign_in(client, "nia")
@@ -106,7 +110,8 @@ async def test_ending_one_session_leaves_the_others(client: TestClient) -> None:
     assert [s["status"] for s in await sessions_of(client, admin, "nia")] == ["ended", "active"]
 
 
-async def test_bad_session_requests_are_named_4xx(client: TestClient) -> None:
+async def test_bad_session_requests_are_named_4xx(client_on_each_store: TestClient) -> None:
+    client = client_on_each_store
     admin = await make_admin(client)
     await register(client, "ozzy")
     someone_else = await register(client, "pia")
