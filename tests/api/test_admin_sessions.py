@@ -1,7 +1,6 @@
 """Support and a player's sessions through the real server, on SQLite and on
-MongoDB: the admin lists them
-(never a token or its hash), ends one or all of them (the refresh fails, the
-socket closes 4401), and every call is audited."""
+MongoDB: the admin lists them (never a token or its hash), ends one or all of
+them (the refresh fails, the socket closes 4401), and every call is audited."""
 
 from __future__ import annotations
 
