@@ -194,7 +194,10 @@ def test_the_events_panel_schedules_and_cancels(server: ServerProcess, console: 
     start = time.gmtime(time.time() + 3600)
     end = time.gmtime(time.time() + 7200)
     name = f"Double wool {uuid.uuid4().hex[:6]}"
+    wait_text(console, "#tier-keys", "Tier keys: ")
+    tier = console.text("#tier-keys").split(": ")[1].split(", ")[0]
     console.page.fill("#event-form input[name=name]", name)
+    console.page.fill("#event-form input[name=tiers]", tier)
     console.page.fill("#event-form input[name=multiplier]", "2")
     console.page.fill("#event-form input[name=starts_at]", time.strftime("%Y-%m-%dT%H:%M:%S", start))
     console.page.fill("#event-form input[name=ends_at]", time.strftime("%Y-%m-%dT%H:%M:%S", end))
@@ -206,7 +209,7 @@ def test_the_events_panel_schedules_and_cancels(server: ServerProcess, console: 
     # typed in UTC, as the page shows every time
     listed = http.call("GET", "/admin/events?include_past=true", token=admin_token)["events"]
     event = next(e for e in listed if e["name"] == name)
-    assert event["status"] == "scheduled" and event["multiplier"] == 2
+    assert event["status"] == "scheduled" and event["multiplier"] == 2 and event["tiers"] == [tier]
     assert abs(event["starts_at"] - time.time() - 3600) < 60 and abs(event["ends_at"] - event["starts_at"] - 3600) < 1
 
     row.locator("button", has_text="Cancel").click()

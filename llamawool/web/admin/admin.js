@@ -298,8 +298,18 @@ async function loadAudit() {
   );
 }
 
+/** The tier keys an event may name, from the public rules (a hint beside the field). */
+async function loadTiers() {
+  try {
+    const config = await api.get("/config", { auth: false });
+    $("#tier-keys").textContent = `Tier keys: ${config.tiers.map((t) => t.key).join(", ")}`;
+  } catch {
+    // only a hint: the server names an unknown tier when one is typed
+  }
+}
+
 async function loadConsole() {
-  await loadEvents();
+  await Promise.all([loadEvents(), loadTiers()]);
   await loadAudit();
 }
 
