@@ -72,9 +72,18 @@ class _CurrentStdout:
 
 def configure_logging(level: str = "info", fmt: str = "json", region: str = "local") -> None:
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+
+    def add_region(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # A processor, not only a context variable: lines logged from worker threads
+        # (the SQLite store's executor, schema migrations) do not see the main
+        # thread's context, and every line must name its region (multi-region logs).
+        event.setdefault("region", region)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_region,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _TRACEBACKS,
