@@ -37,7 +37,7 @@ from .context import CTX, REBALANCER, AppContext
 from .errors import ApiError, field_error, problem_response
 from .http import API_PREFIX, PRINCIPAL, ROUTES, Handler, Route, authenticate
 from .rebalance import Rebalancer
-from .routes_meta import OPS_ROUTES, openapi
+from .routes_meta import OPS_ROUTES, asyncapi, openapi
 
 log = structlog.get_logger("llamawool.api")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -235,6 +235,7 @@ def create_app(
     for r in ROUTES:
         app.router.add_route(r.method, API_PREFIX + r.path, _wrap(r))
     app.router.add_get(API_PREFIX + "/openapi.json", openapi)
+    app.router.add_get(API_PREFIX + "/asyncapi.json", asyncapi)
     for path, handler in OPS_ROUTES:
         app.router.add_get(path, handler)
     if WEB_DIR.is_dir() and (WEB_DIR / "index.html").exists():

@@ -1,4 +1,4 @@
-"""Configuration for clients, health, readiness, metrics and the OpenAPI document."""
+"""Configuration for clients, health, readiness, metrics and the OpenAPI and AsyncAPI documents."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..coord import CoordinationUnavailable
 from ..store import StorageUnavailable
+from .asyncapi import asyncapi_document
 from .context import ctx
 from .http import json_response, route
 from .openapi import openapi_document
@@ -87,5 +88,9 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document(), headers={"Cache-Control": "public, max-age=300"})
 
 
+async def asyncapi(request: web.Request) -> web.Response:
+    return json_response(asyncapi_document(), headers={"Cache-Control": "public, max-age=300"})
+
+
 OPS_ROUTES = [("/health", health), ("/ready", ready), ("/metrics", metrics)]
-__all__ = ["OPS_ROUTES", "Health", "openapi"]
+__all__ = ["OPS_ROUTES", "Health", "asyncapi", "openapi"]

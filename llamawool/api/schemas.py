@@ -142,23 +142,32 @@ class Health(Response):
 # ---- WebSocket ------------------------------------------------------------------
 
 
-class WsShear(Request):
+IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,200}$")]
+
+
+class WsActionData(Request):
+    idempotency_key: IdempotencyKey | None = Field(
+        None, description="as REST's Idempotency-Key: a retry with the same key applies nothing twice"
+    )
+
+
+class WsShear(WsActionData):
     action: Literal["shear"]
     count: Annotated[int, Field(ge=1, le=20)] = 1
 
 
-class WsBuyBuilding(Request):
+class WsBuyBuilding(WsActionData):
     action: Literal["buy_building"]
     key: Annotated[str, StringConstraints(max_length=64)]
     quantity: Annotated[int, Field(ge=1, le=100)] | Literal["max"] = 1
 
 
-class WsBuyUpgrade(Request):
+class WsBuyUpgrade(WsActionData):
     action: Literal["buy_upgrade"]
     key: Annotated[str, StringConstraints(max_length=64)]
 
 
-class WsPrestige(Request):
+class WsPrestige(WsActionData):
     action: Literal["prestige"]
     confirm: bool
     expected_gain: Annotated[int, Field(ge=0)] | None = None
