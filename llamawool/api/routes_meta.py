@@ -37,6 +37,7 @@ async def get_config(request: web.Request) -> web.Response:
             "cap_limit_hours": b.offline.cap_limit_hours,
         },
         "prestige": b.prestige.model_dump(),
+        "daily_reward": b.daily_reward.model_dump(),
         "achievement_bonus": b.achievement_bonus.per_achievement,
         "base_production_rate": prod.baseProductionRate,
         "tick_interval_s": c.settings.tick_interval_s,

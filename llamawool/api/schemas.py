@@ -66,6 +66,10 @@ class ShearRequest(Request):
     count: Annotated[int, Field(ge=1, le=20)] = 1
 
 
+class DailyRewardRequest(Request):
+    pass
+
+
 class PrestigeRequest(Request):
     confirm: Literal[True] = Field(description="must be true: prestige resets the run")
     expected_gain: Annotated[int, Field(ge=0)] | None = None
@@ -173,7 +177,13 @@ class WsPrestige(WsActionData):
     expected_gain: Annotated[int, Field(ge=0)] | None = None
 
 
-WsAction = Annotated[WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige, Field(discriminator="action")]
+class WsClaimDailyReward(WsActionData):
+    action: Literal["claim_daily_reward"]
+
+
+WsAction = Annotated[
+    WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige | WsClaimDailyReward, Field(discriminator="action")
+]
 
 
 class WsEnvelope(BaseModel):

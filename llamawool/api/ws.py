@@ -29,7 +29,7 @@ from ..auth import AuthError, Principal
 from ..coord import BOARDS
 from ..engine import IdempotentRequest
 from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
-from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
+from ..game import Action, BuyBuilding, BuyUpgrade, ClaimDailyReward, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import REBALANCER, AppContext, ctx
 from .errors import CODES
@@ -49,7 +49,17 @@ from .messages import (
 )
 from .routes_auth import player_view
 from .routes_farm import VIOLATION_CODES
-from .schemas import FarmView, PlayerView, WsAction, WsBuyBuilding, WsBuyUpgrade, WsEnvelope, WsPrestige, WsShear
+from .schemas import (
+    FarmView,
+    PlayerView,
+    WsAction,
+    WsBuyBuilding,
+    WsBuyUpgrade,
+    WsClaimDailyReward,
+    WsEnvelope,
+    WsPrestige,
+    WsShear,
+)
 
 log = structlog.get_logger("llamawool.ws")
 
@@ -60,7 +70,7 @@ CLOSE_RESTART = 1012
 _ACTION = TypeAdapter(WsAction)
 
 
-def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige) -> Action:
+def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige | WsClaimDailyReward) -> Action:
     match a:
         case WsShear():
             return Shear(a.count)
@@ -70,6 +80,8 @@ def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige) -> Action
             return BuyUpgrade(a.key)
         case WsPrestige():
             return Prestige(a.confirm, a.expected_gain)
+        case WsClaimDailyReward():
+            return ClaimDailyReward()
     raise AssertionError(a)
 
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import daily
 from .balance import Achievement, BalanceTables, Building, GameConfig, Upgrade
 from .errors import ActionConflict, InsufficientResources, InvalidAction, RequirementNotMet, UnknownItem
 from .state import FarmState, OfflineReport
@@ -177,6 +178,17 @@ class Rules:
         if state.week == iso_week(now):
             return state.weekly_value + value_rate * max(0.0, now - state.anchor_time)
         return value_rate * max(0.0, now - max(start, state.anchor_time))
+
+    def _credit(self, s: FarmState, gains: list[float], now: float) -> float:
+        """Wool the farm did not produce second by second (offline credit, the daily
+        reward) added to its balances and to every total produced; returns its value."""
+        s.balances = [b + g for b, g in zip(s.balances, gains, strict=True)]
+        s.run_produced = [p + g for p, g in zip(s.run_produced, gains, strict=True)]
+        value = self.value_of(gains)
+        s.lifetime_value += value
+        s.weekly_value = (s.weekly_value if s.week == iso_week(now) else 0.0) + value
+        s.week = iso_week(now)
+        return value
 
     def _discover(self, s: FarmState, produced: list[float], now: float) -> list[Event]:
         events: list[Event] = []
@@ -400,12 +412,7 @@ class Rules:
         eff = self.offline_efficiency(s)
         rates = self.rates(s)
         gains = [r * eff * credited for r in rates]
-        s.balances = [b + g for b, g in zip(s.balances, gains, strict=True)]
-        s.run_produced = [p + g for p, g in zip(s.run_produced, gains, strict=True)]
-        value = self.value_of(gains)
-        s.lifetime_value += value
-        s.weekly_value = (s.weekly_value if s.week == iso_week(now) else 0.0) + value
-        s.week = iso_week(now)
+        value = self._credit(s, gains, now)
         report = OfflineReport(
             went_offline_at=s.anchor_time,
             returned_at=now,
@@ -476,6 +483,55 @@ class Rules:
         events.append({"type": "prestige", "gain": gain, "soul_shears": s.soul_shears, "at": now})
         events += self.unlock_achievements(s, now)
         return Outcome(s, events, {"gain": gain, "soul_shears": s.soul_shears, "prestige_count": s.prestige_count})
+
+    # ---- the daily return reward ------------------------------------------------------------
+
+    def daily_status(self, state: FarmState, now: float) -> dict[str, Any]:
+        """What a claim now would give, or when the next one opens."""
+        cfg = self.balance.daily_reward
+        today = daily.server_day(now)
+        claimed = state.daily_day == today
+        streak = state.daily_streak if claimed else daily.next_streak(state.daily_day, state.daily_streak, today)
+        seconds = daily.reward_seconds(streak, cfg.seconds_per_streak_day, cfg.max_streak_days)
+        return {
+            "enabled": cfg.enabled,
+            "day": today,
+            "claimed_today": claimed,
+            "streak": streak,
+            "reward_seconds": seconds,
+            "reward": dict(zip(self.tier_keys, (r * seconds for r in self.rates(state)), strict=True)),
+            "next_claim_at": daily.next_day_start(now) if claimed else now,
+        }
+
+    def claim_daily_reward(self, state: FarmState, now: float) -> Outcome:
+        """Credit `reward_seconds` of the farm's current production, once per server day."""
+        cfg = self.balance.daily_reward
+        if not cfg.enabled:
+            raise RequirementNotMet("the daily reward is switched off")
+        today = daily.server_day(now)
+        if state.daily_day == today:
+            raise ActionConflict(
+                f"the daily reward for {today} was already claimed", next_claim_at=daily.next_day_start(now)
+            )
+        s, events = self.advance(state, now)
+        streak = daily.next_streak(s.daily_day, s.daily_streak, today)
+        seconds = daily.reward_seconds(streak, cfg.seconds_per_streak_day, cfg.max_streak_days)
+        gains = [r * seconds for r in self.rates(s)]
+        value = self._credit(s, gains, now)
+        s.daily_day, s.daily_streak = today, streak
+        reward = dict(zip(self.tier_keys, gains, strict=True))
+        events += self._discover(s, gains, now)
+        events += self.unlock_achievements(s, now)
+        events.append({"type": "daily_reward", "day": today, "streak": streak, "reward": reward, "at": now})
+        result = {
+            "day": today,
+            "streak": streak,
+            "reward_seconds": seconds,
+            "reward": reward,
+            "value_gained": value,
+            "next_claim_at": daily.next_day_start(now),
+        }
+        return Outcome(s, events, result)
 
     # ---- boards ---------------------------------------------------------------------------
 
@@ -550,7 +606,12 @@ class Prestige:
     expected_gain: int | None = None
 
 
-Action = Shear | BuyBuilding | BuyUpgrade | Prestige
+@dataclass(frozen=True, slots=True)
+class ClaimDailyReward:
+    pass
+
+
+Action = Shear | BuyBuilding | BuyUpgrade | Prestige | ClaimDailyReward
 
 
 def apply_action(rules: Rules, state: FarmState, action: Action, now: float) -> Outcome:
@@ -564,6 +625,8 @@ def apply_action(rules: Rules, state: FarmState, action: Action, now: float) -> 
             return rules.buy_upgrade(state, key, now)
         case Prestige(confirm, expected_gain):
             return rules.prestige(state, confirm, expected_gain, now)
+        case ClaimDailyReward():
+            return rules.claim_daily_reward(state, now)
     raise InvalidAction(f"unknown action {action!r}")
 
 

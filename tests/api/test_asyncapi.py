@@ -192,6 +192,12 @@ async def test_every_message_of_a_scripted_game_matches_the_document(
             clock.advance(1.0)  # the shear bucket refills
         clock.advance(5.0)
         await push(frozen)
+        await game.settle("p-rank")  # the rank change arrives before the reward puts us ahead again
+        daily = await game.reply({"type": "action", "id": "d1", "data": {"action": "claim_daily_reward"}})
+        assert daily["type"] == "result"
+        assert (await game.reply({"type": "action", "id": "d2", "data": {"action": "claim_daily_reward"}}))["data"][
+            "code"
+        ] == "CONFLICT"
 
         admin = await make_admin(frozen)
         resp = await frozen.post(
@@ -212,7 +218,7 @@ async def test_every_message_of_a_scripted_game_matches_the_document(
     event_kinds = {m["data"].get("type") for m in game.received if m["type"] == "event"}
     assert sent_types == {"auth", "action", "subscribe", "unsubscribe", "ping"}
     assert received_types == {"welcome", "tick", "result", "event", "error", "pong"}
-    assert {"achievement_unlocked", "leaderboard", "rank_changed", "broadcast"} <= event_kinds, event_kinds
+    assert {"achievement_unlocked", "leaderboard", "rank_changed", "broadcast", "daily_reward"} <= event_kinds
     problems = [e for m in game.sent for e in protocol.errors("client", m)]
     problems += [e for m in game.received for e in protocol.errors("server", m)]
     assert problems == []
