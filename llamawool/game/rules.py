@@ -519,6 +519,7 @@ class Rules:
         gains = [r * seconds for r in self.rates(s)]
         value = self._credit(s, gains, now)
         s.daily_day, s.daily_streak = today, streak
+        s.stats.daily_rewards += 1
         reward = dict(zip(self.tier_keys, gains, strict=True))
         events += self._discover(s, gains, now)
         events += self.unlock_achievements(s, now)

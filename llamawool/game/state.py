@@ -62,6 +62,7 @@ class FarmStats:
     building_levels_bought: int = 0
     upgrades_bought: int = 0
     offline_credits: int = 0
+    daily_rewards: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class FarmStats:
             "building_levels_bought": self.building_levels_bought,
             "upgrades_bought": self.upgrades_bought,
             "offline_credits": self.offline_credits,
+            "daily_rewards": self.daily_rewards,
         }
 
 

@@ -78,6 +78,7 @@ def test_a_claim_credits_the_farms_own_production(rules: Rules) -> None:
         assert a == pytest.approx(b + r * cfg.seconds_per_streak_day, rel=1e-12), rules.tier_keys[k]
     assert result["next_claim_at"] == MIDNIGHT + DAY
     assert after.daily_day == "2026-12-06" and after.daily_streak == 1
+    assert (s.stats.daily_rewards, after.stats.daily_rewards) == (0, 1)
     assert after.lifetime_value == pytest.approx(
         rules.scores(s, now)["lifetime"] + rules.value_of(rates) * cfg.seconds_per_streak_day
     )
