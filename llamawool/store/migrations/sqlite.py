@@ -106,8 +106,18 @@ def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
     return run
 
 
+ERASURES = """
+CREATE TABLE IF NOT EXISTS erasures (
+    player_id TEXT PRIMARY KEY,
+    erased_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_target ON audit_log(target);
+CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log(admin_id);
+"""
+
 STEPS: list[Step] = [
     Migration(1, "the tables and indexes of release 376f2b0", _run_script(RELEASE_376F2B0)),
+    Migration(2, "erasures (tombstones of erased accounts); audit entries by target and actor", _run_script(ERASURES)),
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)
