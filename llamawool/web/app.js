@@ -221,6 +221,7 @@ class App {
       $("#shear-btn").disabled = false;
     }
     if (data.offline_report) this.showOfflineReport(data.offline_report);
+    this.loadDaily();
     // After every (re)connect: a restarted server may have gained leaderboards.
     this.loadBoard();
     this.subscribeBoard(this.board);
@@ -255,6 +256,10 @@ class App {
         this.model.unlockAchievement(ev.key, ev.at);
         this.toast(`Achievement unlocked: ${ev.name ?? ev.key} (+${formatPercent(this.config.achievementBonus)} production)`, "achievement");
         this.renderFarm();
+        break;
+      case "daily_reward":
+        this.toast(`Daily reward: day ${ev.streak} of your streak, +${formatNumber(ev.reward?.basic ?? 0)} wool.`, "achievement");
+        this.loadDaily();
         break;
       case "prestige":
         this.toast(`Prestige! +${ev.gain} soul shear${ev.gain === 1 ? "" : "s"}, ${ev.soul_shears} in all.`, "achievement");
@@ -571,6 +576,7 @@ class App {
     $("#conn-retry").addEventListener("click", () => this.conn.retryNow());
     $("#account-btn").addEventListener("click", () => this.openAccount());
     $("#prestige-btn").addEventListener("click", () => this.openPrestige());
+    $("#daily-btn").addEventListener("click", () => this.claimDaily());
     $("#prestige-confirm").addEventListener("click", () => this.confirmPrestige());
     $("#register-form").addEventListener("submit", (e) => this.submitRegister(e));
     $("#login-form").addEventListener("submit", (e) => this.submitLogin(e));
@@ -780,6 +786,44 @@ class App {
     if (!list.children.length) list.append(el("li", { text: "Nothing this time: build a barn first!" }));
     setText($("#offline-value"), `Worth ${formatNumber(report.value_gained)} in all.`);
     if (!dlg.open) dlg.showModal();
+  }
+
+  /** The daily return reward: what a claim gives now, or when the next one opens (the server decides). */
+  async loadDaily() {
+    try {
+      this.renderDaily(await this.api.get("/farm/daily-reward"));
+    } catch (err) {
+      setText($("#daily-line"), "The daily reward could not be checked; it will be again on reconnect.");
+    }
+  }
+
+  renderDaily(d) {
+    this.daily = d;
+    const btn = $("#daily-btn");
+    const open = d.enabled && !d.claimed_today;
+    setAttr(btn, "aria-disabled", open ? "false" : "true");
+    if (!d.enabled) {
+      setText($("#daily-line"), "No daily reward is running.");
+    } else if (d.claimed_today) {
+      const at = new Date(d.next_claim_at * 1000);
+      setText($("#daily-line"), `Claimed: streak ${d.streak} day${d.streak === 1 ? "" : "s"}. Next claim from ${at.toUTCString().slice(17, 22)} UTC.`);
+    } else {
+      setText($("#daily-line"), `Day ${d.streak} of your streak: ${formatNumber(d.reward_seconds / 60, { trim: true })} minutes of production.`);
+    }
+    setText(btn, open ? `Claim day ${d.streak}` : "Claimed today");
+  }
+
+  async claimDaily() {
+    if (!this.daily || this.daily.claimed_today || !this.daily.enabled) return;
+    setText($("#daily-error"), "");
+    try {
+      this.applyResult(await this.act({ action: "claim_daily_reward" }));
+    } catch (err) {
+      if (err.code !== "CONFLICT") {
+        setText($("#daily-error"), err.rateLimited ? "Slow down! Try again in a moment." : err.message);
+      }
+    }
+    await this.loadDaily();
   }
 
   async openPrestige() {
