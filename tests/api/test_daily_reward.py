@@ -101,3 +101,15 @@ async def test_a_body_with_fields_is_refused(frozen: TestClient) -> None:
     await expect_problem(
         await frozen.post(CLAIM, json={"streak": 99}, headers=guest["headers"]), 422, "VALIDATION_ERROR"
     )
+
+
+async def test_a_claim_without_a_body_or_with_a_bad_one(frozen: TestClient) -> None:
+    guest = await new_guest(frozen)
+    h = guest["headers"]
+    await expect_problem(
+        await frozen.post(CLAIM, data=b"{not json", headers={**h, "Content-Type": "application/json"}),
+        400,
+        "INVALID_JSON",
+    )
+    assert (await frozen.post(CLAIM, headers=h)).status == 200  # no body: as {}
+    await expect_problem(await frozen.post(CLAIM), 401, "AUTH_REQUIRED")
