@@ -45,7 +45,7 @@ async def test_create_admin_then_log_in_as_admin(
     monkeypatch.setenv("LLAMAWOOL_TEST_ADMIN_PASSWORD", ADMIN_PASSWORD)
     rc = await cli.create_admin(settings, "boss", "Boss@Example.com", "LLAMAWOOL_TEST_ADMIN_PASSWORD")
     assert rc == 0
-    assert re.match(r"admin boss created \(id [0-9a-f]{32}\)", capsys.readouterr().out)
+    assert re.search(r"^admin boss created \(id [0-9a-f]{32}\)", capsys.readouterr().out, re.M)
 
     client = await make_client()
     admin = await login(client, "boss", ADMIN_PASSWORD)
