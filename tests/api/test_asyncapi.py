@@ -247,3 +247,11 @@ async def test_the_ws_refuses_what_the_document_refuses(client: TestClient, doc:
         assert (await game.reply(message))["data"]["code"] == "VALIDATION_ERROR"
     finally:
         await ws.close()
+
+
+def test_the_cli_prints_the_served_document(capsys: pytest.CaptureFixture[str]) -> None:
+    from llamawool import cli
+    from llamawool.api.asyncapi import asyncapi_document
+
+    assert cli.main(["asyncapi"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(orjson.dumps(asyncapi_document()))
