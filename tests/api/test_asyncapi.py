@@ -255,3 +255,41 @@ def test_the_cli_prints_the_served_document(capsys: pytest.CaptureFixture[str]) 
 
     assert cli.main(["asyncapi"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(orjson.dumps(asyncapi_document()))
+
+
+def _typed_dicts_built_in(paths: list[Path]) -> dict[str, str]:
+    """Every `{"type": "<literal>", ...}` the server's code builds: message types and event kinds."""
+    import ast
+
+    found: dict[str, str] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if (
+                        isinstance(key, ast.Constant)
+                        and key.value == "type"
+                        and isinstance(value, ast.Constant)
+                        and isinstance(value.value, str)
+                    ):
+                        found.setdefault(value.value, f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_every_message_and_event_kind_the_code_builds_is_in_the_document(doc: dict[str, Any]) -> None:
+    """A new event kind (or message) built anywhere in the game, the engine or the app without a model in
+    llamawool/api/messages.py fails here, before a client meets it undocumented."""
+    import llamawool
+
+    root = Path(llamawool.__file__).parent
+    paths = [*sorted((root / "game").glob("*.py")), *sorted((root / "engine").glob("*.py")), root / "api" / "app.py"]
+    built = _typed_dicts_built_in(paths)
+    assert {"tick", "event", "tier_discovered", "rank_changed", "broadcast", "daily_reward"} <= set(built)
+    schemas = doc["components"]["schemas"]
+    kinds = {
+        s["properties"]["type"]["const"]
+        for s in schemas.values()
+        if "type" in s.get("properties", {}) and "const" in s["properties"]["type"]
+    }
+    missing = {kind: where for kind, where in built.items() if kind not in kinds}
+    assert missing == {}
