@@ -11,6 +11,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
+from ..game.events import LiveEvent
+
 if TYPE_CHECKING:
     from .migrations.schema import SchemaStatus
 
@@ -306,6 +308,18 @@ class Store(Protocol):
 
     # admin audit log
     async def add_audit(self, record: AuditRecord) -> None: ...
+    # ---- live events (timed production multipliers; every replica reads them all) ----
+    async def add_event(self, event: LiveEvent) -> None: ...
+    async def list_events(self) -> list[LiveEvent]:
+        """Every event ever scheduled, by start then id (an old window still matters to a
+        farm that went offline before it)."""
+        ...
+
+    async def cancel_event(self, event_id: str, at: float) -> LiveEvent | None:
+        """Set `cancelled_at` to `at` if the event is neither cancelled nor ended by `at`;
+        the updated event, or None when nothing changed (unknown, cancelled, ended)."""
+        ...
+
     async def list_audit(self, limit: int) -> list[AuditRecord]: ...
 
     # whole-store export and import (backup, restore, migrate between backends)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     DuplicateKey,
@@ -642,6 +643,46 @@ class SQLiteStore:
             )
         )
 
+    # ---- live events ---------------------------------------------------------------------------
+
+    async def add_event(self, event: LiveEvent) -> None:
+        tiers = orjson.dumps(list(event.tiers)).decode() if event.tiers is not None else None
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO live_events (id, name, multiplier, tiers, starts_at, ends_at, cancelled_at, created_at,"
+                " created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.name,
+                    event.multiplier,
+                    tiers,
+                    event.starts_at,
+                    event.ends_at,
+                    event.cancelled_at,
+                    event.created_at,
+                    event.created_by,
+                ),
+            )
+        )
+
+    async def list_events(self) -> list[LiveEvent]:
+        def run(c: sqlite3.Connection) -> list[LiveEvent]:
+            rows = c.execute(f"SELECT {_EVENT_COLUMNS} FROM live_events ORDER BY starts_at, id").fetchall()
+            return [_event(r) for r in rows]
+
+        return await self._read(run)
+
+    async def cancel_event(self, event_id: str, at: float) -> LiveEvent | None:
+        def run(c: sqlite3.Connection) -> LiveEvent | None:
+            row = c.execute(
+                f"UPDATE live_events SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL AND ends_at > ?"
+                f" RETURNING {_EVENT_COLUMNS}",
+                (at, event_id, at),
+            ).fetchone()
+            return _event(row) if row is not None else None
+
+        return await self._write(run)
+
     async def list_audit(self, limit: int) -> list[AuditRecord]:
         def run(c: sqlite3.Connection) -> list[AuditRecord]:
             rows = c.execute(
@@ -887,3 +928,11 @@ def _insert_snapshots(c: sqlite3.Connection, snaps: list[Snapshot], keep: tuple[
         [(s.player_id, s.revision, s.taken_at, s.farm_value, orjson.dumps(s.doc)) for s in writes],
     )
     c.executemany("DELETE FROM snapshots WHERE player_id = ? AND revision = ?", deletes)
+
+
+_EVENT_COLUMNS = "id, name, multiplier, tiers, starts_at, ends_at, cancelled_at, created_at, created_by"
+
+
+def _event(r: Any) -> LiveEvent:
+    tiers = tuple(orjson.loads(r[3])) if r[3] is not None else None
+    return LiveEvent(r[0], r[1], r[2], tiers, r[4], r[5], r[6], r[7], r[8])

@@ -106,8 +106,24 @@ def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
     return run
 
 
+LIVE_EVENTS = """
+CREATE TABLE IF NOT EXISTS live_events (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    multiplier REAL NOT NULL,
+    tiers TEXT,
+    starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    cancelled_at REAL,
+    created_at REAL NOT NULL,
+    created_by TEXT
+);
+CREATE INDEX IF NOT EXISTS live_events_by_start ON live_events(starts_at, id);
+"""
+
 STEPS: list[Step] = [
     Migration(1, "the tables and indexes of release 376f2b0", _run_script(RELEASE_376F2B0)),
+    Migration(2, "live_events: timed production multipliers", _run_script(LIVE_EVENTS)),
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)
