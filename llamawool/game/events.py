@@ -17,6 +17,7 @@ stored events change and hands it to the rules.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,7 +95,7 @@ class Schedule:
         live = [e for e in self.events if e.applies]
         cuts = sorted({t for e in live for t in (e.starts_at, e.effective_end)})
         segments: list[Segment] = []
-        for start, end in zip(cuts, cuts[1:], strict=False):
+        for start, end in itertools.pairwise(cuts):
             mults = [1.0] * len(self.tier_keys)
             for e in live:
                 if e.starts_at <= start and end <= e.effective_end:
@@ -155,7 +156,7 @@ class Schedule:
         if self.segments == other.segments:
             return None
         cuts = sorted(set(self.boundaries) | set(other.boundaries))
-        for start, end in zip(cuts, cuts[1:], strict=False):
+        for start, end in itertools.pairwise(cuts):
             mid = (start + end) / 2
             if self.multipliers_at(mid) != other.multipliers_at(mid):
                 return start

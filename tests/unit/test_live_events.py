@@ -9,6 +9,7 @@ with the offline efficiency and the 24 h (or upgraded) cap applied.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -98,7 +99,7 @@ def replay_offline(rules: Rules, state: FarmState, events: list[LiveEvent], now:
     points = sorted(cuts)
     rates = rules.rates(state)
     gains = [0.0] * len(TIERS)
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         mid = (a + b) / 2
         for k, tier in enumerate(TIERS):
             m = 1.0
