@@ -224,7 +224,7 @@ async def test_the_audit_log_lists_every_admin_action(frozen: TestClient) -> Non
 
 
 def admin_path(path: str, player_id: str) -> str:
-    return API_PREFIX + path.replace("{player}", player_id)
+    return API_PREFIX + path.replace("{player}", player_id).replace("{event_id}", "an-event")
 
 
 async def call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> Any:
@@ -239,6 +239,9 @@ def test_the_admin_routes_are_the_expected_ones() -> None:
         ("POST", "/admin/players/{player}/restore"),
         ("POST", "/admin/broadcast"),
         ("GET", "/admin/audit"),
+        ("POST", "/admin/events"),
+        ("GET", "/admin/events"),
+        ("DELETE", "/admin/events/{event_id}"),
     }
     assert all(r.path.startswith("/admin/") for r in ADMIN_ROUTES)
 
