@@ -72,8 +72,7 @@ class LiveEvents:
                 if not res.evicted:
                     self.table.sync(res.row, res.state)
         if since is not None:
-            for res in self.residents.all():
-                res.ticked_revision = -1  # the next tick carries the new rates
+            self._resend_rates()
         previous, self.known = self.known, {e.id: e for e in events}
         if previous is None:  # the first read: nothing to announce; ticks announce from now on
             self._ticked_to = now
@@ -90,6 +89,8 @@ class LiveEvents:
         prev, self._ticked_to = self._ticked_to, now
         if prev is None:
             return
+        if self.rules.schedule.boundaries_in(prev, now):
+            self._resend_rates()
         for e in self.rules.schedule.events:
             if not e.applies:
                 continue
@@ -97,6 +98,11 @@ class LiveEvents:
                 self._announce(e, "started", now)
             if prev < e.effective_end <= now and e.cancelled_at is None:
                 self._announce(e, "ended", now)
+
+    def _resend_rates(self) -> None:
+        """The multipliers changed: the next tick of every farm carries its rates again."""
+        for res in self.residents.all():
+            res.ticked_revision = -1
 
     def _announce(self, event: LiveEvent, phase: str, now: float) -> None:
         sent = self.broadcast(live_event_message(event, phase, now))
