@@ -74,7 +74,15 @@ image-deps:
 	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && { command -v debootstrap >/dev/null 2>&1 || test -x /usr/sbin/debootstrap || test -n "$$LLAMAWOOL_TEST_IMAGE_BASE"; } \
 		|| ($(APT_GET) update && $(APT_GET) install -y podman runc debootstrap)
 
-unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps image-deps
+
+## Prometheus (promtool) and Alertmanager (amtool) from Debian's packages, installed only when missing:
+## the alert rules' unit tests, `amtool check-config` and the cluster test that runs both servers.
+.PHONY: monitoring-deps
+monitoring-deps:
+	@command -v promtool >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus)
+	@command -v amtool >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus-alertmanager)
+
+unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps image-deps monitoring-deps
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -28,6 +28,7 @@ EXTERNAL_METRICS = {
     "kube_deployment_spec_replicas",
     "kube_deployment_status_replicas_available",
     "kube_cronjob_status_last_successful_time",
+    "kube_cronjob_created",
 }
 SETTINGS_ALIASES = {"JWT_SECRET", "MONGODB_URI", "REDIS_URI", "PORT"}
 

@@ -314,7 +314,8 @@ def test_backup_cronjob_meets_the_rpo_and_retention(rendered: Rendered, render: 
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     c = pod["containers"][0]
     script = c["args"][0]
-    assert 'python -m llamawool backup --out "$out.partial"' in script
+    # The script itself runs in tests/deploy/test_backup_cronjob.py; in the pod it writes to /backups.
+    assert 'dir="${BACKUP_DIR:-/backups}"' in script and '-m llamawool backup --out "$out.partial"' in script
     assert f"-mmin +{30 * 24 * 60} " in script  # retention: 30 days
     volumes = {v["name"]: v for v in pod["volumes"]}
     backups = next(m for m in c["volumeMounts"] if m["mountPath"] == "/backups")
@@ -325,6 +326,7 @@ def test_backup_cronjob_meets_the_rpo_and_retention(rendered: Rendered, render: 
     backup_env = env_of(c)
     for name in ("MONGODB_URI", "LLAMAWOOL_ENV", "LLAMAWOOL_JWT_SECRET_FILE", "LLAMAWOOL_CONFIG_DIR"):
         assert backup_env[name] == server_env[name]
+    assert not {"BACKUP_DIR", "PYTHON"} & backup_env.keys()  # the test's overrides only
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     # No backups where there is no shared database to back up.
     assert not by_kind(rendered["development"], "CronJob")
