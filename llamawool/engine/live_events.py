@@ -55,10 +55,16 @@ class LiveEvents:
         self.poll_s = poll_s
         self.known: dict[str, LiveEvent] | None = None  # None until the first read
         self._ticked_to: float | None = None
+        self._reading = asyncio.Lock()
 
     async def reload(self) -> None:
-        """Read the stored schedule and apply it (announcing what changed)."""
-        self.apply(await self.store.list_events())
+        """Read the stored schedule and apply it (announcing what changed).
+
+        One read-and-apply at a time: the poll, a bus announcement and an admin call may
+        reload together, and an older read applied after a newer one would take a just
+        scheduled event away again (until the next read, announcing it twice)."""
+        async with self._reading:
+            self.apply(await self.store.list_events())
 
     def apply(self, events: list[LiveEvent]) -> None:
         now = self.clock()
