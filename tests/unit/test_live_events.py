@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from llamawool.engine.table import FarmTable
 from llamawool.game import FarmState, Rules
 from llamawool.game.events import LiveEvent, Schedule
+from llamawool.game.saves import ClaimedFarm, check_save
 from llamawool.settings import load_rules
 
 T0 = 1_700_000_000.0
@@ -210,3 +211,20 @@ def test_a_row_synced_from_a_state_anchored_before_a_passed_boundary_starts_at_t
     assert table.rates[row][0] == 0.2
     got = table.tick(T0 + 30, 120.0).balances[0][0]
     assert close(got, 0.1 * 10 + 0.2 * 20)
+
+
+def test_a_cloud_save_may_hold_what_an_event_doubled() -> None:
+    """The plausibility check allows the event's extra production (and no more)."""
+    ev = LiveEvent("d", "double", 2.0, ("silver",), T0, T0 + 1000)
+    base = RULES.new_farm("p", T0)
+    base.buildings = {"barn": 5, "shears": 10}  # silver 0.5/s
+    silver = RULES.rates(base)[1]
+
+    def claim(amount: float) -> ClaimedFarm:
+        return ClaimedFarm({"silver": amount}, dict(base.buildings), [], 0, 0)
+
+    doubled = silver * 2 * 1000
+    assert not check_save(RULES, base, claim(doubled), T0 + 1000).plausible
+    rules = fresh_rules([ev])
+    assert check_save(rules, base, claim(doubled), T0 + 1000).plausible
+    assert not check_save(rules, base, claim(doubled * 1.2), T0 + 1000).plausible
