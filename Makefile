@@ -106,6 +106,7 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.actions --quick
 	$(PY) -m benchmarks.startup --quick
 	$(PY) -m benchmarks.autosave --quick
+	$(PY) -m benchmarks.cluster --quick
 
 ## The soak (RELIABILITY.md): 2,000 players (REST + WebSocket) for 30 minutes on one process; fails on a
 ## growth trend over 5 % (RSS, open files, tasks, p99) or any error. soak-quick: 200 players for 60 s.
@@ -118,7 +119,7 @@ soak-quick: bench-deps
 
 ## The full benchmarks (about ten minutes; see BENCHMARKS.md); fails when a goal is missed.
 bench: bench-deps
-	@status=0; for b in "tick" "ws --full" "actions" "startup" "autosave"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
+	@status=0; for b in "tick" "ws --full" "actions" "startup" "autosave" "cluster"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
 
 .PHONY: security-deps fuzz
 SECURITY_STAMP := $(VENV)/.security-$(shell cat constraints.txt requirements/security.txt | cksum | cut -d' ' -f1)

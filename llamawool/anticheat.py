@@ -185,6 +185,15 @@ class AntiCheat:
             self.limited.labels(scope=scope).inc()
             raise RateLimited(scope, result)
 
+    async def check_export(self, player_id: str) -> LimitResult:
+        """Count one data export of the player (`GET /players/me/export` reads everything
+        held about them): refused past `data_exports_per_hour`, whatever `enabled` says."""
+        result = await self._hit(f"export:{player_id}", self.settings.data_exports_per_hour, 3600.0)
+        if not result.allowed:
+            self.limited.labels(scope="export").inc()
+            raise RateLimited("export", result)
+        return result
+
     def _login_key(self, ip: str, login: str) -> str:
         return f"loginfail:{ip}:{login.lower()}"
 

@@ -148,6 +148,36 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
         await store.close()
 
 
+async def erase_player(settings: Settings, args: argparse.Namespace) -> int:
+    """`admin erase-player`: erase accounts by id and record their tombstones, as
+    `DELETE /players/me` does (docs/privacy.md); for erasures a lost database took with
+    it (ids from the `player.erased` log lines) or requests made to support. Run it
+    with the servers stopped: a running server's sessions end only when their access
+    tokens expire."""
+    import time
+
+    from .store import StoreError, open_store, store_from_uri
+
+    try:
+        store = store_from_uri(args.uri, settings) if args.uri else open_store(settings)
+    except ValueError as exc:
+        sys.stderr.write(f"llamawool: {exc}\n")
+        return 2
+    try:
+        await store.open()
+        try:
+            for player_id in args.player:
+                held = await store.get_player(player_id) is not None
+                await store.delete_player(player_id, args.at if args.at is not None else time.time())
+                sys.stdout.write(f"erased {player_id}{'' if held else ' (not held here: tombstone recorded)'}\n")
+        finally:
+            await store.close()
+    except StoreError as exc:
+        sys.stderr.write(f"llamawool admin erase-player: {exc}\n")
+        return 1
+    return 0
+
+
 async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`migrate status` (exit 0: this code can run on the database as it is; 1: steps are
     pending or the database is too new) and `migrate up` (run the pending steps)."""
@@ -180,7 +210,7 @@ async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
 
 async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`backup`, `restore` and `migrate` (format and guarantees: `store/portable.py`)."""
-    from .store import StoreError, open_store, store_from_uri
+    from .store import SQLiteStore, StoreError, open_store, store_from_uri
     from .store.portable import BackupError, VerifyError, backup, migrate, restore
 
     def chosen(uri: str | None) -> Store:
@@ -192,19 +222,30 @@ async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
             stores = [store_from_uri(args.source, settings), store_from_uri(args.target, settings)]
         else:
             stores = [chosen(args.uri)]
+        # restore --erasures-from: backup files, or stores (whose tombstones are read)
+        sources: list[Path | Store] = []
+        for source in getattr(args, "erasures_from", None) or []:
+            if "://" not in source:
+                sources.append(Path(source))
+                continue
+            # read only: a source on an older schema is not upgraded (it then holds no tombstones)
+            tombstones = store_from_uri(source, settings, "inspect")
+            if isinstance(tombstones, SQLiteStore) and not tombstones.path.exists():
+                raise ValueError(f"--erasures-from {source}: no database at {tombstones.path}")
+            sources.append(tombstones)
     except ValueError as exc:
         sys.stderr.write(f"llamawool: {exc}\n")
         return 2
     opened: list[Store] = []
     try:
-        for store in stores:
+        for store in [*stores, *(s for s in sources if not isinstance(s, Path))]:
             await store.open()
             opened.append(store)
         if args.command == "backup":
             d = await backup(stores[0], args.out)
             out(f"backup of {stores[0].name} written to {args.out}: {d.describe()}\n")
         elif args.command == "restore":
-            d = await restore(stores[0], args.in_file)
+            d = await restore(stores[0], args.in_file, erasures_from=sources)
             out(f"restored {args.in_file} into {stores[0].name} and verified: {d.describe()}\n")
         else:
             d = await migrate(stores[0], stores[1])
@@ -243,11 +284,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_create.add_argument("--data-dir", type=Path)
     p_create.add_argument("--settings", type=Path)
+    p_erase = admin_sub.add_parser(
+        "erase-player", help="erase accounts by id and record their tombstones (as DELETE /players/me does)"
+    )
+    p_erase.add_argument("--player", action="append", required=True, help="a player id; repeatable")
+    p_erase.add_argument("--at", type=float, help="the erasure time (Unix seconds; default now)")
+    p_erase.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
+    p_erase.add_argument("--data-dir", type=Path)
+    p_erase.add_argument("--settings", type=Path)
     where = "the store the settings select (MONGODB_URI, else SQLite in the data folder), or --uri"
     p_backup = sub.add_parser("backup", help=f"write a portable, compressed backup of {where}")
     p_backup.add_argument("--out", type=Path, required=True, help="the backup file to write (gzip JSON lines)")
     p_restore = sub.add_parser("restore", help=f"load a backup into {where}; safe to re-run")
     p_restore.add_argument("--in", dest="in_file", type=Path, required=True, help="the backup file to read")
+    p_restore.add_argument(
+        "--erasures-from",
+        action="append",
+        metavar="FILE_OR_URI",
+        help="also re-apply the tombstones (erased accounts) of this backup file or store (the newest backup, "
+        "or the live database the restore replaces); repeatable. The backup's and the target's always apply",
+    )
     for p in (p_backup, p_restore):
         p.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
         p.add_argument("--data-dir", type=Path)
@@ -296,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         from .store import SchemaError
 
         try:
+            if args.admin_command == "erase-player":
+                return asyncio.run(erase_player(settings, args))
             return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
         except SchemaError as exc:
             sys.stderr.write(f"llamawool admin: {exc}\n")

@@ -203,7 +203,7 @@ class Rebalancer:
         if not shed:
             return 0
         log.info("rebalance.shedding", sockets=len(shed), holding=len(c.sessions), fair_share=fair)
-        await asyncio.gather(*(session.close(CLOSE_RESTART, REASON) for session in shed), return_exceptions=True)
+        await asyncio.gather(*(session.send_away(CLOSE_RESTART, REASON) for session in shed), return_exceptions=True)
         c.metrics.rebalance_closed.inc(len(shed))
         return len(shed)
 

@@ -8,7 +8,7 @@ read is the guarantee). See docs/events.md for the rules.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from aiohttp import web
@@ -18,7 +18,7 @@ from ..game.events import LiveEvent
 from .context import AppContext, ctx
 from .errors import ApiError, field_error
 from .http import json_response, principal, read_body, read_query, route
-from .routes_admin import _audit
+from .routes_admin import _audit, _audited_change
 
 log = structlog.get_logger("llamawool.api")
 START_SLACK_S = 60.0  # a start this far in the past is taken as "now" (clock skew, a slow form)
@@ -99,19 +99,24 @@ async def admin_schedule_event(request: web.Request) -> web.Response:
         created_at=now,
         created_by=principal(request).player_id,
     )
-    await c.store.add_event(event)
-    await _audit(
+
+    async def schedule() -> dict[str, Any]:
+        await c.store.add_event(event)
+        await _changed(c)
+        return {}
+
+    await _audited_change(
         c,
         request,
         "event.schedule",
         event.id,
+        schedule,
         name=event.name,
         multiplier=event.multiplier,
         tiers=list(tiers) if tiers is not None else None,
         starts_at=event.starts_at,
         ends_at=event.ends_at,
     )
-    await _changed(c)
     return json_response({"event": event.view(now)}, status=201)
 
 
@@ -119,6 +124,7 @@ async def admin_schedule_event(request: web.Request) -> web.Response:
 async def admin_list_events(request: web.Request) -> web.Response:
     c = ctx(request)
     q = read_query(request, EventsQuery)
+    await _audit(c, request, "event.list", None, include_past=q.include_past)
     now = c.engine.clock()
     events = await c.store.list_events()
     views = [e.view(now) for e in events]
@@ -140,15 +146,21 @@ async def admin_cancel_event(request: web.Request) -> web.Response:
     c = ctx(request)
     event_id = request.match_info["event_id"]
     now = c.engine.clock()
-    cancelled = await c.store.cancel_event(event_id, now)
-    if cancelled is None:
-        known = {e.id: e for e in await c.store.list_events()}.get(event_id)
-        if known is None:
-            raise ApiError("NOT_FOUND", f"no event {event_id!r}")
-        raise ApiError("CONFLICT", f"event {event_id!r} is already {known.view(now)['status']}")
-    await _audit(c, request, "event.cancel", event_id, name=cancelled.name, at=now)
-    await _changed(c)
-    return json_response({"event": cancelled.view(now)})
+    cancelled: list[LiveEvent] = []
+
+    async def cancel() -> dict[str, Any]:
+        event = await c.store.cancel_event(event_id, now)
+        if event is None:
+            known = {e.id: e for e in await c.store.list_events()}.get(event_id)
+            if known is None:
+                raise ApiError("NOT_FOUND", f"no event {event_id!r}")
+            raise ApiError("CONFLICT", f"event {event_id!r} is already {known.view(now)['status']}")
+        cancelled.append(event)
+        await _changed(c)
+        return {"name": event.name}
+
+    await _audited_change(c, request, "event.cancel", event_id, cancel, at=now)
+    return json_response({"event": cancelled[0].view(now)})
 
 
 def config_events(c: AppContext) -> list[dict[str, object]]:

@@ -8,6 +8,7 @@ from ..settings import Settings
 from .base import (
     AuditRecord,
     DuplicateKey,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
     PlayerChanges,
@@ -66,6 +67,7 @@ def store_from_uri(uri: str, settings: Settings, schema: SchemaPolicy | None = N
 __all__ = [
     "AuditRecord",
     "DuplicateKey",
+    "Erasure",
     "FarmCommit",
     "IdempotencyRecord",
     "MongoStore",

@@ -141,6 +141,17 @@ class AuditRecord:
 
 
 @dataclass(slots=True)
+class Erasure:
+    """A tombstone: the player erased their account at `erased_at`. It holds the
+    opaque player id and nothing else, is kept for as long as any backup made before
+    the erasure could be restored, and a restore drops every record of an erased
+    player (`portable.restore`), so no backup brings an erased account back."""
+
+    player_id: str
+    erased_at: float
+
+
+@dataclass(slots=True)
 class FarmCommit:
     """One farm's change in a group commit.
 
@@ -159,9 +170,20 @@ class FarmCommit:
 
 # One record of a whole-store export, in the canonical order every adapter yields:
 # players by id, refresh tokens by hash, farms by player id, snapshots by (player id,
-# revision), idempotency records by (player id, key), audit entries by (at, insertion).
+# revision), idempotency records by (player id, key), audit entries by (at, insertion),
+# erasures (tombstones) by player id.
 # Strings sort by code point (= UTF-8 bytes), as both SQLite and MongoDB compare them.
-Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord
+Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord | Erasure
+
+
+def record_owner(record: Record) -> str | None:
+    """The player a record is personal data of (None: an audit entry or a tombstone,
+    which a restore keeps whoever they name)."""
+    if isinstance(record, PlayerRecord):
+        return record.id
+    if isinstance(record, AuditRecord | Erasure):
+        return None
+    return record.player_id
 
 
 def audit_key(record: AuditRecord) -> tuple[Any, ...]:
@@ -253,8 +275,20 @@ class Store(Protocol):
         with `flag_reason`, flag the player unless flagged already. Returns whether it was
         flagged now; None when there is no such player."""
 
-    async def delete_player(self, player_id: str) -> None:
-        """Erase the player and everything of theirs (farm, snapshots, tokens, keys)."""
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        """Erase the player and everything of theirs (farm, snapshots, tokens, keys) and
+        record the tombstone (`Erasure`, erased at `at`, default now; an existing
+        tombstone keeps its earlier time) in the same write: the tombstone first, so an
+        erase cut short is finished by a restore or by calling again."""
+
+    async def list_erasures(self) -> list[Erasure]:
+        """Every tombstone, by player id."""
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        """The player's refresh tokens, oldest first (their data export lists sessions)."""
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        """The player's stored replay answers, by key."""
 
     async def count_players(self) -> int: ...
     async def usernames(self, player_ids: list[str]) -> dict[str, str]: ...
@@ -321,6 +355,8 @@ class Store(Protocol):
         ...
 
     async def list_audit(self, limit: int) -> list[AuditRecord]: ...
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        """The newest `limit` entries whose target or actor is the player, newest first."""
 
     # whole-store export and import (backup, restore, migrate between backends)
     def export_all(self) -> AsyncIterator[Record]:

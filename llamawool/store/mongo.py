@@ -15,7 +15,9 @@ Collections (one database, the URI's default database or `llamawool`):
 - `farms`: `_id` = player id, `revision`, `doc`, `last_active`.
 - `snapshots`: unique (player_id, revision).
 - `idempotency`: unique (player_id, key).
-- `audit_log`: ordered by (at, _id).
+- `audit_log`: ordered by (at, _id); indexed by target and by actor.
+- `erasures`: `_id` = an erased player's id, `erased_at` (tombstones: see
+  `delete_player` and `portable.restore`).
 - `schema_version`: the schema's version and migration lock (`migrations/mongo.py`);
   `open` creates the collections' indexes through those migrations.
 
@@ -68,6 +70,7 @@ from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     DuplicateKey,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
     PlayerChanges,
@@ -268,6 +271,11 @@ def _audit_doc(r: AuditRecord) -> Doc:
 
 def _audit(d: Doc) -> AuditRecord:
     return AuditRecord(d["at"], d["admin_id"], d["action"], d.get("target"), d.get("details") or {})
+
+
+def _erasure_op(erasure: Erasure) -> UpdateOne:
+    """Upsert the tombstone; one already there keeps the earlier time."""
+    return UpdateOne({"_id": erasure.player_id}, {"$min": {"erased_at": erasure.erased_at}}, upsert=True)
 
 
 async def _backoff(attempt: int) -> None:
@@ -541,8 +549,12 @@ class MongoStore:
             )
         return bool(flagged.matched_count == 1)
 
-    async def delete_player(self, player_id: str) -> None:
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        erased_at = time.time() if at is None else at
+
         async def run(s: AsyncClientSession | None) -> None:
+            # first: without transactions, an erase cut short still leaves its tombstone
+            await self._c("erasures").bulk_write([_erasure_op(Erasure(player_id, erased_at))], session=s)
             for name, key in (
                 ("refresh_families", "player_id"),
                 ("refresh_tokens", "player_id"),
@@ -555,6 +567,32 @@ class MongoStore:
 
         with _errors():
             await self._transaction(run)
+
+    async def list_erasures(self) -> list[Erasure]:
+        with _errors():
+            cursor = self._c("erasures").find().sort("_id", ASCENDING)
+            return [Erasure(d["_id"], d["erased_at"]) async for d in cursor]
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        with _errors():
+            cursor = (
+                self._c("refresh_tokens")
+                .find({"player_id": player_id})
+                .sort([("issued_at", ASCENDING), ("_id", ASCENDING)])
+            )
+            return [_token(d) async for d in cursor]
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        """The collection's records, and the one riding in the farm document while a
+        fallback commit has not copied it yet (what `get_idempotency` answers from)."""
+        with _errors():
+            found = {d["key"]: _idem(d) async for d in self._c("idempotency").find({"player_id": player_id})}
+            farm = await self._c("farms").find_one({"_id": player_id}, {"idem": 1, "revision": 1})
+        if farm is not None and isinstance(farm.get("idem"), dict):
+            riding = _idem(farm["idem"])
+            if answered_revision(riding) == farm["revision"]:
+                found.setdefault(riding.key, riding)
+        return [found[k] for k in sorted(found)]
 
     async def count_players(self) -> int:
         with _errors():
@@ -889,6 +927,14 @@ class MongoStore:
             cursor = self._c("audit_log").find().sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
             return [_audit(d) async for d in cursor]
 
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        if limit <= 0:
+            return []
+        with _errors():
+            query = {"$or": [{"target": player_id}, {"admin_id": player_id}]}
+            cursor = self._c("audit_log").find(query).sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            return [_audit(d) async for d in cursor]
+
     # ---- whole-store export / import (backup, restore, migrate) ---------------------------------------
 
     async def export_all(self) -> AsyncIterator[Record]:
@@ -952,6 +998,8 @@ class MongoStore:
             yield riding.pop()[1]
         async for d in self._c("audit_log").find(session=s).sort([("at", ASCENDING), ("_id", ASCENDING)]):
             yield _audit(d)
+        async for d in self._c("erasures").find(session=s).sort("_id", ASCENDING):
+            yield Erasure(d["_id"], d["erased_at"])
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Upsert every record by its natural key (safe to re-run); snapshots bypass
@@ -1009,6 +1057,8 @@ class MongoStore:
                 have[k] -= 1
                 return "audit_log", None
             return "audit_log", _audit_doc(rec)
+        if isinstance(rec, Erasure):
+            return "erasures", _erasure_op(rec)
         raise TypeError(f"not a store record: {type(rec).__name__}")
 
 

@@ -26,6 +26,7 @@ from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     DuplicateKey,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
     PlayerChanges,
@@ -435,8 +436,11 @@ class SQLiteStore:
 
         return await self._write(run)
 
-    async def delete_player(self, player_id: str) -> None:
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        erased_at = time.time() if at is None else at
+
         def run(c: sqlite3.Connection) -> None:
+            _record_erasure(c, Erasure(player_id, erased_at))
             for table, column in (
                 ("players", "id"),
                 ("devices", "player_id"),
@@ -448,6 +452,36 @@ class SQLiteStore:
                 c.execute(f"DELETE FROM {table} WHERE {column} = ?", (player_id,))
 
         await self._write(run)
+
+    async def list_erasures(self) -> list[Erasure]:
+        def run(c: sqlite3.Connection) -> list[Erasure]:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'erasures'").fetchone() is None:
+                return []  # a database older than the step that added them (opened to inspect): none recorded
+            rows = c.execute("SELECT player_id, erased_at FROM erasures ORDER BY player_id").fetchall()
+            return [Erasure(r[0], r[1]) for r in rows]
+
+        return await self._read(run)
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        def run(c: sqlite3.Connection) -> list[RefreshTokenRecord]:
+            rows = c.execute(
+                "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+                "FROM refresh_tokens WHERE player_id = ? ORDER BY issued_at, token_hash",
+                (player_id,),
+            ).fetchall()
+            return [RefreshTokenRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+        return await self._read(run)
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        def run(c: sqlite3.Connection) -> list[IdempotencyRecord]:
+            rows = c.execute(
+                "SELECT key, request_hash, status, body, created_at FROM idempotency WHERE player_id = ? ORDER BY key",
+                (player_id,),
+            ).fetchall()
+            return [IdempotencyRecord(player_id, r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+        return await self._read(run)
 
     async def count_players(self) -> int:
         return await self._read(lambda c: int(c.execute("SELECT COUNT(*) FROM players").fetchone()[0]))
@@ -692,6 +726,18 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        def run(c: sqlite3.Connection) -> list[AuditRecord]:
+            rows = c.execute(
+                "SELECT at, admin_id, action, target, details FROM audit_log WHERE id IN "
+                "(SELECT id FROM audit_log WHERE target = ? UNION SELECT id FROM audit_log WHERE admin_id = ?) "
+                "ORDER BY at DESC, id DESC LIMIT ?",
+                (player_id, player_id, limit),
+            ).fetchall()
+            return [AuditRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
+
+        return await self._read(run)
+
     # ---- whole-store export / import (backup, restore, migrate) -------------------------------
 
     async def export_all(self) -> AsyncIterator[Record]:
@@ -753,6 +799,9 @@ class SQLiteStore:
         )
         async for r in self._pages(snapshot, audit, lambda r: (r[0], r[1]), (float("-inf"), -1)):
             yield AuditRecord(r[0], r[2], r[3], r[4], orjson.loads(r[5]))
+        erasures = "SELECT player_id, erased_at FROM erasures WHERE player_id > ? ORDER BY player_id LIMIT ?"
+        async for r in self._pages(snapshot, erasures, lambda r: (r[0],), ("",)):
+            yield Erasure(r[0], r[1])
 
     @staticmethod
     async def _pages(
@@ -907,8 +956,20 @@ def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[An
                 "INSERT INTO audit_log (at, admin_id, action, target, details) VALUES (?, ?, ?, ?, ?)",
                 (rec.at, rec.admin_id, rec.action, rec.target, orjson.dumps(rec.details).decode()),
             )
+        elif isinstance(rec, Erasure):
+            _record_erasure(c, rec)
         else:
             raise TypeError(f"not a store record: {type(rec).__name__}")
+
+
+def _record_erasure(c: sqlite3.Connection, erasure: Erasure) -> None:
+    """Insert the tombstone; one already there keeps the earlier time (so applying
+    tombstones from several sources gives the same table whatever the order)."""
+    c.execute(
+        "INSERT INTO erasures (player_id, erased_at) VALUES (?, ?) "
+        "ON CONFLICT(player_id) DO UPDATE SET erased_at = MIN(erased_at, excluded.erased_at)",
+        (erasure.player_id, erasure.erased_at),
+    )
 
 
 def _insert_snapshots(c: sqlite3.Connection, snaps: list[Snapshot], keep: tuple[int, int]) -> None:

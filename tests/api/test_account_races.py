@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,8 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from llamawool.api.app import context
 from llamawool.store import Store
-from tests.conftest import API, MakeClient, new_guest
-from tests.mongo_server import shared_server
+from tests.conftest import API, new_guest
 
 from .support import bearer, expect_problem, ok_json
 
@@ -30,18 +29,9 @@ PASSWORD = "correct horse battery"
 NEW_PASSWORD = "a different long passphrase"
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
-async def client(request: pytest.FixtureRequest, make_client: MakeClient) -> AsyncIterator[TestClient]:
-    """The server on SQLite, or on MongoDB (a database of its own on the session's server)."""
-    if request.param == "sqlite":
-        yield await make_client()
-        return
-    database = f"races_{uuid.uuid4().hex[:12]}"
-    server = shared_server()
-    c = await make_client(mongodb_uri=f"{server.uri}{database}")
-    yield c
-    store = context(c.server.app).store
-    await store.client.drop_database(database)  # type: ignore[attr-defined]
+@pytest.fixture
+def client(client_on_each_store: TestClient) -> TestClient:
+    return client_on_each_store
 
 
 class Pause:

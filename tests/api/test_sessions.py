@@ -293,7 +293,7 @@ async def test_registration_refuses_common_passwords_and_the_accounts_own_name(m
 async def test_the_blocklist_is_on_in_production_and_off_in_development(make_client: MakeClient) -> None:
     from llamawool.settings import Settings
 
-    assert Settings(env="staging").blocks_weak_passwords()
+    assert Settings(env="staging", jwt_secret="x" * 32, clients_connect_directly=True).blocks_weak_passwords()
     assert not Settings(env="development").blocks_weak_passwords()
     assert Settings(env="development", password_blocklist=True).blocks_weak_passwords()
     dev = await make_client(password_blocklist=None)

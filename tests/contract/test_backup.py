@@ -208,7 +208,7 @@ def _rewrite(file: Path, change: Any) -> None:
     [
         (lambda ls: [ls[0], *(line.replace(b"guest_1", b"guest_2") for line in ls[1:])], "checksum"),
         (lambda ls: ls[:-5], "truncated"),
-        (lambda ls: [ls[0].replace(b'"version":1', b'"version":99'), *ls[1:]], "newer"),
+        (lambda ls: [ls[0].replace(b'"version":%d' % VERSION, b'"version":99'), *ls[1:]], "newer"),
         (lambda ls: [b'{"hello":1}\n', *ls[1:]], "not a llamawool backup"),
     ],
     ids=["edited", "truncated", "future-version", "foreign"],

@@ -81,7 +81,7 @@ async def test_mongo_upgrade_backfills_refresh_families_from_the_old_tokens(tmp_
         ]
         assert "by_player" in await old.mongo_index_names("refresh_families")
         history = (await old.mongo_docs("schema_version"))[0]["history"]
-        assert [h["version"] for h in history] == list(range(1, mongo_schema.LATEST + 1))
+        assert [h["version"] for h in history] == list(range(1, LATEST["mongo"] + 1))
 
 
 async def test_two_stores_opening_the_old_release_s_database_at_once_both_start(old: OldDatabase) -> None:

@@ -56,6 +56,8 @@ class Player:
     pending: Pending = field(default_factory=dict)
     sheared: int = 0  # acknowledged shears
     errors: list[str] = field(default_factory=list)
+    server_errors: list[int] = field(default_factory=list)  # REST 5xx (retried with the same key)
+    unavailable: int = 0  # socket actions answered UNAVAILABLE (nothing applied; retried)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -72,9 +74,12 @@ class Crowd:
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def join(self, n: int) -> None:
-        self.players = list(await asyncio.gather(*(self._guest() for _ in range(n))))
-        self.tasks += [asyncio.create_task(self._hold_socket(p)) for p in self.players]
+    async def join(self, n: int) -> list[Player]:
+        """n more players, each holding a socket from now on."""
+        joined = list(await asyncio.gather(*(self._guest() for _ in range(n))))
+        self.players += joined
+        self.tasks += [asyncio.create_task(self._hold_socket(p)) for p in joined]
+        return joined
 
     async def _guest(self) -> Player:
         body = {"device_id": f"rebalance-{uuid.uuid4().hex}"}
@@ -222,6 +227,8 @@ async def rest_shear(crowd: Crowd, p: Player) -> None:
                 if r.status == 200:
                     p.sheared += body["result"]["sheared"]
                     return
+                if r.status >= 500:
+                    p.server_errors.append(r.status)
                 if r.status not in (502, 503, 504):
                     p.errors.append(f"REST {r.status} {body}")
                     return
@@ -251,6 +258,7 @@ async def ws_shear(p: Player) -> None:
         if m["data"].get("code") != "UNAVAILABLE":  # UNAVAILABLE: nothing applied, retry
             p.errors.append(f"WS error {m['data']}")
             return
+        p.unavailable += 1
         await asyncio.sleep(0.3)
     p.errors.append("WS shear never answered")
 

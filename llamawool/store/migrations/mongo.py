@@ -116,6 +116,14 @@ async def _refresh_families(db: AsyncDatabase[Doc]) -> None:
         await families.bulk_write(ops, ordered=True)
 
 
+async def _erasures(db: AsyncDatabase[Doc]) -> None:
+    """`erasures` (`_id` = the erased player's id, `erased_at`) needs no index of its
+    own; the audit log gains indexes by target and by actor for players' data exports."""
+    await db["audit_log"].create_indexes(
+        [IndexModel([("target", ASCENDING)], name="by_target"), IndexModel([("admin_id", ASCENDING)], name="by_actor")]
+    )
+
+
 async def _live_events(db: AsyncDatabase[Doc]) -> None:
     """The timed production multipliers, read whole by every replica in start order."""
     await db["live_events"].create_indexes(
@@ -126,7 +134,8 @@ async def _live_events(db: AsyncDatabase[Doc]) -> None:
 STEPS: list[Step] = [
     Migration(1, "the collections and indexes of release 376f2b0", _release_376f2b0),
     Migration(2, "refresh_families: a record per refresh-token family, backfilled from its tokens", _refresh_families),
-    Migration(3, "live_events: timed production multipliers", _live_events),
+    Migration(3, "erasures (tombstones of erased accounts); audit entries by target and actor", _erasures),
+    Migration(4, "live_events: timed production multipliers", _live_events),
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)

@@ -106,6 +106,15 @@ def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
     return run
 
 
+ERASURES = """
+CREATE TABLE IF NOT EXISTS erasures (
+    player_id TEXT PRIMARY KEY,
+    erased_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_target ON audit_log(target);
+CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log(admin_id);
+"""
+
 LIVE_EVENTS = """
 CREATE TABLE IF NOT EXISTS live_events (
     id TEXT PRIMARY KEY,
@@ -123,7 +132,8 @@ CREATE INDEX IF NOT EXISTS live_events_by_start ON live_events(starts_at, id);
 
 STEPS: list[Step] = [
     Migration(1, "the tables and indexes of release 376f2b0", _run_script(RELEASE_376F2B0)),
-    Migration(2, "live_events: timed production multipliers", _run_script(LIVE_EVENTS)),
+    Migration(2, "erasures (tombstones of erased accounts); audit entries by target and actor", _run_script(ERASURES)),
+    Migration(3, "live_events: timed production multipliers", _run_script(LIVE_EVENTS)),
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)
