@@ -171,17 +171,19 @@ class FarmCommit:
 # One record of a whole-store export, in the canonical order every adapter yields:
 # players by id, refresh tokens by hash, farms by player id, snapshots by (player id,
 # revision), idempotency records by (player id, key), audit entries by (at, insertion),
-# erasures (tombstones) by player id.
+# erasures (tombstones) by player id, live events by id.
 # Strings sort by code point (= UTF-8 bytes), as both SQLite and MongoDB compare them.
-Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord | Erasure
+Record = (
+    PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord | Erasure | LiveEvent
+)
 
 
 def record_owner(record: Record) -> str | None:
-    """The player a record is personal data of (None: an audit entry or a tombstone,
-    which a restore keeps whoever they name)."""
+    """The player a record is personal data of (None: an audit entry, a tombstone or a
+    live event, which a restore keeps whoever they name)."""
     if isinstance(record, PlayerRecord):
         return record.id
-    if isinstance(record, AuditRecord | Erasure):
+    if isinstance(record, AuditRecord | Erasure | LiveEvent):
         return None
     return record.player_id
 

@@ -892,19 +892,8 @@ class MongoStore:
     # ---- live events -------------------------------------------------------------------------------------
 
     async def add_event(self, event: LiveEvent) -> None:
-        doc = {
-            "_id": event.id,
-            "name": event.name,
-            "multiplier": event.multiplier,
-            "tiers": list(event.tiers) if event.tiers is not None else None,
-            "starts_at": event.starts_at,
-            "ends_at": event.ends_at,
-            "cancelled_at": event.cancelled_at,
-            "created_at": event.created_at,
-            "created_by": event.created_by,
-        }
         with _errors():
-            await self._c("live_events").insert_one(doc)
+            await self._c("live_events").insert_one(_event_doc(event))
 
     async def list_events(self) -> list[LiveEvent]:
         with _errors():
@@ -1000,6 +989,8 @@ class MongoStore:
             yield _audit(d)
         async for d in self._c("erasures").find(session=s).sort("_id", ASCENDING):
             yield Erasure(d["_id"], d["erased_at"])
+        async for d in self._c("live_events").find(session=s).sort("_id", ASCENDING):
+            yield _event(d)
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Upsert every record by its natural key (safe to re-run); snapshots bypass
@@ -1059,6 +1050,8 @@ class MongoStore:
             return "audit_log", _audit_doc(rec)
         if isinstance(rec, Erasure):
             return "erasures", _erasure_op(rec)
+        if isinstance(rec, LiveEvent):
+            return "live_events", ReplaceOne({"_id": rec.id}, _event_doc(rec), upsert=True)
         raise TypeError(f"not a store record: {type(rec).__name__}")
 
 
@@ -1075,3 +1068,17 @@ def _event(d: dict[str, Any]) -> LiveEvent:
         d.get("created_at", 0.0),
         d.get("created_by"),
     )
+
+
+def _event_doc(event: LiveEvent) -> dict[str, Any]:
+    return {
+        "_id": event.id,
+        "name": event.name,
+        "multiplier": event.multiplier,
+        "tiers": list(event.tiers) if event.tiers is not None else None,
+        "starts_at": event.starts_at,
+        "ends_at": event.ends_at,
+        "cancelled_at": event.cancelled_at,
+        "created_at": event.created_at,
+        "created_by": event.created_by,
+    }

@@ -680,24 +680,7 @@ class SQLiteStore:
     # ---- live events ---------------------------------------------------------------------------
 
     async def add_event(self, event: LiveEvent) -> None:
-        tiers = orjson.dumps(list(event.tiers)).decode() if event.tiers is not None else None
-        await self._write(
-            lambda c: c.execute(
-                "INSERT INTO live_events (id, name, multiplier, tiers, starts_at, ends_at, cancelled_at, created_at,"
-                " created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.name,
-                    event.multiplier,
-                    tiers,
-                    event.starts_at,
-                    event.ends_at,
-                    event.cancelled_at,
-                    event.created_at,
-                    event.created_by,
-                ),
-            )
-        )
+        await self._write(lambda c: _write_event(c, event, "INSERT"))
 
     async def list_events(self) -> list[LiveEvent]:
         def run(c: sqlite3.Connection) -> list[LiveEvent]:
@@ -802,6 +785,9 @@ class SQLiteStore:
         erasures = "SELECT player_id, erased_at FROM erasures WHERE player_id > ? ORDER BY player_id LIMIT ?"
         async for r in self._pages(snapshot, erasures, lambda r: (r[0],), ("",)):
             yield Erasure(r[0], r[1])
+        events = f"SELECT {_EVENT_COLUMNS} FROM live_events WHERE id > ? ORDER BY id LIMIT ?"
+        async for r in self._pages(snapshot, events, lambda r: (r[0],), ("",)):
+            yield _event(r)
 
     @staticmethod
     async def _pages(
@@ -958,6 +944,8 @@ def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[An
             )
         elif isinstance(rec, Erasure):
             _record_erasure(c, rec)
+        elif isinstance(rec, LiveEvent):
+            _write_event(c, rec, "INSERT OR REPLACE")
         else:
             raise TypeError(f"not a store record: {type(rec).__name__}")
 
@@ -997,3 +985,21 @@ _EVENT_COLUMNS = "id, name, multiplier, tiers, starts_at, ends_at, cancelled_at,
 def _event(r: Any) -> LiveEvent:
     tiers = tuple(orjson.loads(r[3])) if r[3] is not None else None
     return LiveEvent(r[0], r[1], r[2], tiers, r[4], r[5], r[6], r[7], r[8])
+
+
+def _write_event(c: sqlite3.Connection, event: LiveEvent, verb: str) -> None:
+    tiers = orjson.dumps(list(event.tiers)).decode() if event.tiers is not None else None
+    c.execute(
+        f"{verb} INTO live_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.name,
+            event.multiplier,
+            tiers,
+            event.starts_at,
+            event.ends_at,
+            event.cancelled_at,
+            event.created_at,
+            event.created_by,
+        ),
+    )
