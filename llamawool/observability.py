@@ -159,6 +159,34 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=r,
         )
+        # Ownership across replicas (docs/replicas.md); every label is a fixed set.
+        self.remote_watched = Gauge(
+            "llamawool_remote_watched_sockets",
+            "Sockets on this replica whose farm is owned by another replica (fed through Redis)",
+            registry=r,
+        )
+        self.rpc = Counter(
+            "llamawool_rpc_total",
+            "Requests this replica sent to a farm's owner, by operation and outcome "
+            "(ok, error, timeout, busy, rerouted)",
+            ["op", "outcome"],
+            registry=r,
+        )
+        self.forwarded_actions = Counter(
+            "llamawool_forwarded_actions_total", "Player actions sent to the replica owning the farm", registry=r
+        )
+        self.lease_acquisitions = Counter(
+            "llamawool_lease_acquisitions_total",
+            "Lease claims for farms not resident here (taken, held_elsewhere, taken_over, unavailable)",
+            ["outcome"],
+            registry=r,
+        )
+        self.handovers = Counter(
+            "llamawool_handovers_total",
+            "Farms handed to the replica where their player's socket is (in: taken, out: given)",
+            ["direction"],
+            registry=r,
+        )
         self.offline_credits = Counter(
             "llamawool_offline_credits_total", "Offline absences credited on return", registry=r
         )

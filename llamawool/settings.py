@@ -116,6 +116,14 @@ class Settings(BaseModel):
 
     lease_ttl_s: float = Field(10.0, gt=0, description="farm ownership lease (replicas)")
     rpc_timeout_s: float = Field(3.0, gt=0, description="how long to wait for a farm's owner to answer")
+    heartbeat_s: float = Field(1.0, gt=0, description="how often a replica renews its heartbeat (replicas)")
+    heartbeat_ttl_s: float = Field(
+        5.0, gt=0, description="a replica whose heartbeat is this old is gone: its farms are taken over at once"
+    )
+    owner_max_inflight: int = Field(
+        256, gt=0, description="requests from peers an owner serves at once; beyond, it answers busy (503)"
+    )
+    busy_retry_after_s: int = Field(1, gt=0, description="Retry-After of a 503 because a farm's owner is busy")
 
     # rebalancing sockets over replicas (llamawool/api/rebalance.py)
     rebalance_interval_s: float = Field(
@@ -191,6 +199,12 @@ class Settings(BaseModel):
             except OSError as exc:
                 raise ValueError(f"jwt_secret_file: cannot read {self.jwt_secret_file}: {exc.strerror}") from None
         return self.jwt_secret
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_renewal(self) -> Settings:
+        if self.heartbeat_ttl_s <= 2 * self.heartbeat_s:
+            raise ValueError("heartbeat_ttl_s: must exceed twice heartbeat_s, or a busy tick reads as a dead replica")
+        return self
 
     @model_validator(mode="after")
     def _proxies_are_networks(self) -> Settings:

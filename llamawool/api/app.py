@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
 from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordinator
 from ..engine import Engine
-from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import GameError, Rules
 from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules
@@ -84,6 +85,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise ApiError(exc.code, exc.detail, **exc.extra) from None
         except StorageUnavailable:
             raise _unavailable(request, "storage did not answer", retry_after=5) from None
+        except OwnerBusy as exc:
+            cause = "the replica that holds this farm is busy"
+            raise _unavailable(request, cause, retry_after=math.ceil(exc.retry_after_s)) from None
         except (OwnerUnreachable, RemoteError):
             raise _unavailable(request, "the replica that holds this farm did not answer", retry_after=2) from None
         except FarmConflict:
@@ -331,6 +335,7 @@ async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
     """
     c = app[CTX]
     c.draining = True
+    c.engine.begin_drain()
     sessions = list(c.sessions)
     await asyncio.gather(
         app[REBALANCER].withdraw(),  # peers stop counting this replica in their fair share

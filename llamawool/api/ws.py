@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import weakref
 from collections import deque
@@ -35,7 +36,7 @@ from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
 from ..coord import BOARDS
 from ..engine import IdempotentRequest
-from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import REBALANCER, AppContext, ctx
@@ -373,7 +374,7 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
     session.start_writer()
     try:
         state, now = await c.engine.attach(who.player_id, session)
-    except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
+    except (StorageUnavailable, OwnerBusy, OwnerUnreachable, RemoteError, FarmConflict):
         await session.close(1011, "farm unavailable, retry")
         return
     from ..engine import farm_view
@@ -482,6 +483,12 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
         session.error(exc.code, exc.detail, env.id, **_json_safe(exc.extra))
         if exc.code in VIOLATION_CODES:
             await c.anticheat.violation(who.player_id, "impossible_action", exc.detail[:200])
+        return
+    except OwnerBusy as exc:
+        detail, extra = unavailable(
+            "the replica that holds this farm is busy", writes=True, retry_key="data.idempotency_key"
+        )
+        session.error("UNAVAILABLE", detail, env.id, retry_after=math.ceil(exc.retry_after_s), **extra)
         return
     except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
         detail, extra = unavailable(

@@ -17,6 +17,7 @@ from .base import (
     LimitResult,
     Limits,
     Presence,
+    Renewal,
     ReplicaLoad,
     ScoreUpdate,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Limits",
     "LocalCoordinator",
     "Presence",
+    "Renewal",
     "ReplicaLoad",
     "ScoreUpdate",
     "open_coordinator",

@@ -181,17 +181,50 @@ class Presence(Protocol):
         """Every replica whose load report has not lapsed (one round trip)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a renewal of our leases found."""
+
+    lost: list[str]  # held by another replica now
+    retaken: list[str]  # had lapsed and were free: ours again, but another replica may have served them meanwhile
+
+
 class Leases(Protocol):
-    """Farm ownership: one lease holder per farm."""
+    """Farm ownership: one lease holder per farm; and the liveness of lease holders.
+
+    A lease says who owns a farm; a heartbeat (a short-TTL key each replica renews
+    from its tick) says whether that replica is alive. Together they tell an owner
+    that is slow (heartbeat present: wait, answer 503) from one that is gone
+    (heartbeat absent: take its lease at once), in one round trip.
+    """
 
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
         """Take the lease when free (or renew it when ours); False when another replica holds it."""
 
-    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
-        """Extend our leases; return the farms whose lease is no longer ours."""
+    async def claim_lease(self, farm_id: str, ttl_s: float) -> str:
+        """Like `acquire_lease`, answering the holder after the call (our replica id when ours)."""
+
+    async def take_over_lease(self, farm_id: str, silent: str, ttl_s: float) -> str:
+        """Take the lease when it is free, or held by `silent` whose heartbeat is absent (it
+        is gone); answer the holder after the call. `silent` still holding it means alive."""
+
+    async def hand_over_lease(self, farm_id: str, to: str, ttl_s: float) -> bool:
+        """Move our lease to replica `to`; False (nothing changed) when it is not ours."""
+
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> Renewal:
+        """Extend our leases (taking lapsed free ones again) and say which were lost or lapsed."""
 
     async def release_lease(self, farm_id: str) -> None: ...
     async def lease_owner(self, farm_id: str) -> str | None: ...
+
+    async def beat(self, ttl_s: float) -> None:
+        """This replica is alive for `ttl_s` more seconds."""
+
+    async def end_beat(self) -> None:
+        """This replica is going away: its leases may be taken at once."""
+
+    async def alive(self, replica: str) -> bool:
+        """Whether `replica`'s heartbeat is current."""
 
 
 class Coordinator(Limits, Boards, Bus, Presence, Leases, Protocol):

@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import contextlib
 import sqlite3
+import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from .base import (
     Cursor,
     LimitResult,
     Listener,
+    Renewal,
     ReplicaLoad,
     ScoreUpdate,
 )
@@ -90,6 +92,7 @@ class LocalCoordinator:
         self._loads: dict[str, tuple[ReplicaLoad, float]] = {}
         self.replica_id = uuid.uuid4().hex[:12]
         self._leases: dict[str, str] = {}
+        self._beats: dict[str, float] = {}  # replica -> monotonic time its heartbeat lapses
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -366,18 +369,49 @@ class LocalCoordinator:
         self._listeners.append(listener)
 
     # ---- ownership: one process owns everything ---------------------------------------
+    # Leases and heartbeats are kept by replica id like Redis keeps them, so the
+    # ownership rules behave the same here (one process is one replica).
 
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
-        return self._leases.setdefault(farm_id, self.replica_id) == self.replica_id
+        return await self.claim_lease(farm_id, ttl_s) == self.replica_id
 
-    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
-        return [f for f in farm_ids if self._leases.get(f, self.replica_id) != self.replica_id]
+    async def claim_lease(self, farm_id: str, ttl_s: float) -> str:
+        return self._leases.setdefault(farm_id, self.replica_id)
+
+    async def take_over_lease(self, farm_id: str, silent: str, ttl_s: float) -> str:
+        holder = self._leases.get(farm_id)
+        if holder is None or (holder == silent and not await self.alive(silent)):
+            self._leases[farm_id] = holder = self.replica_id
+        return holder
+
+    async def hand_over_lease(self, farm_id: str, to: str, ttl_s: float) -> bool:
+        if self._leases.get(farm_id) != self.replica_id:
+            return False
+        self._leases[farm_id] = to
+        return True
+
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> Renewal:
+        lost = [f for f in farm_ids if self._leases.get(f, self.replica_id) != self.replica_id]
+        retaken = [f for f in farm_ids if f not in self._leases]
+        for f in retaken:
+            self._leases[f] = self.replica_id
+        return Renewal(lost, retaken)
 
     async def release_lease(self, farm_id: str) -> None:
-        self._leases.pop(farm_id, None)
+        if self._leases.get(farm_id) == self.replica_id:
+            del self._leases[farm_id]
 
     async def lease_owner(self, farm_id: str) -> str | None:
         return self._leases.get(farm_id)
+
+    async def beat(self, ttl_s: float) -> None:
+        self._beats[self.replica_id] = time.monotonic() + ttl_s
+
+    async def end_beat(self) -> None:
+        self._beats.pop(self.replica_id, None)
+
+    async def alive(self, replica: str) -> bool:
+        return self._beats.get(replica, 0.0) > time.monotonic()
 
     async def send(self, replica_id: str, message: dict[str, Any]) -> None:
         if replica_id == self.replica_id:

@@ -469,6 +469,29 @@ async def test_replica_loads_are_the_current_reports(coord: Coordinator) -> None
     assert await coord.online_count(T0 + 27) == 0  # presence of players is a separate report
 
 
+# ---- leases and heartbeats ---------------------------------------------------------------------
+
+
+async def test_leases_claim_hand_over_take_over_and_heartbeats(coord: Coordinator) -> None:
+    me, gone = coord.replica_id, "replica-that-left"
+    assert await coord.claim_lease("farm-1", 60.0) == me
+    assert await coord.acquire_lease("farm-1", 60.0) is True
+    assert await coord.hand_over_lease("farm-1", gone, 60.0) is True
+    assert await coord.claim_lease("farm-1", 60.0) == gone
+    assert await coord.hand_over_lease("farm-1", me, 60.0) is False  # not ours any more
+    renewal = await coord.renew_leases(["farm-1", "farm-2"], 60.0)
+    assert (renewal.lost, renewal.retaken) == (["farm-1"], ["farm-2"])
+    assert await coord.alive(gone) is False
+    assert await coord.take_over_lease("farm-1", gone, 60.0) == me  # its holder has no heartbeat
+    await coord.beat(60.0)
+    assert await coord.alive(me) is True
+    await coord.end_beat()
+    assert await coord.alive(me) is False
+    await coord.release_lease("farm-1")
+    assert await coord.lease_owner("farm-1") is None
+    assert await coord.take_over_lease("farm-1", gone, 60.0) == me  # a free lease is taken too
+
+
 # ---- Redis only: many replicas on one server --------------------------------------------------------
 
 
@@ -517,7 +540,8 @@ async def test_redis_leases_have_one_owner(redis_factory: CoordBackend) -> None:
     assert await a.acquire_lease("farm-1", 5.0) is True  # renewing our own
     assert await b.acquire_lease("farm-1", 5.0) is False
     assert await b.lease_owner("farm-1") == a.replica_id
-    assert await b.renew_leases(["farm-1", "farm-2"], 5.0) == ["farm-1"]  # farm-2 was free: b takes it
+    renewal = await b.renew_leases(["farm-1", "farm-2"], 5.0)  # farm-2 was free: b takes it
+    assert (renewal.lost, renewal.retaken) == (["farm-1"], ["farm-2"])
     assert await a.lease_owner("farm-2") == b.replica_id
     await b.release_lease("farm-1")  # not b's to release
     assert await a.lease_owner("farm-1") == a.replica_id
@@ -526,6 +550,41 @@ async def test_redis_leases_have_one_owner(redis_factory: CoordBackend) -> None:
     assert await b.acquire_lease("farm-1", 0.05) is True
     await asyncio.sleep(0.2)  # lapsed
     assert await a.acquire_lease("farm-1", 5.0) is True
+
+
+async def test_redis_a_slow_owner_keeps_its_farm_and_a_gone_one_loses_it_at_once(redis_factory: CoordBackend) -> None:
+    """One script tells slow from gone: the silent holder keeps its lease while its heartbeat
+    is current, and loses it the moment the heartbeat is gone, long before the lease's TTL."""
+    owner = await redis_factory.make()
+    asker = await redis_factory.make()
+    other = await redis_factory.make()
+    assert await owner.claim_lease("farm-1", 60.0) == owner.replica_id
+    assert await asker.claim_lease("farm-1", 60.0) == owner.replica_id  # one round trip names the owner
+    await owner.beat(60.0)
+    assert await asker.alive(owner.replica_id) is True
+    assert await asker.take_over_lease("farm-1", owner.replica_id, 60.0) == owner.replica_id  # slow: kept
+    await owner.end_beat()
+    assert await asker.alive(owner.replica_id) is False
+    # another replica's name does not let us take a farm whose holder is someone else
+    assert await asker.take_over_lease("farm-1", other.replica_id, 60.0) == owner.replica_id
+    assert await asker.take_over_lease("farm-1", owner.replica_id, 60.0) == asker.replica_id  # gone: ours now
+    assert await other.take_over_lease("farm-1", owner.replica_id, 60.0) == asker.replica_id  # only one wins
+    renewal = await owner.renew_leases(["farm-1"], 60.0)
+    assert (renewal.lost, renewal.retaken) == (["farm-1"], [])
+    await owner.beat(0.05)
+    await asyncio.sleep(0.2)  # a heartbeat lapses by itself
+    assert await asker.alive(owner.replica_id) is False
+
+
+async def test_redis_a_lease_is_handed_over_only_by_its_holder(redis_factory: CoordBackend) -> None:
+    a = await redis_factory.make()
+    b = await redis_factory.make()
+    assert await a.claim_lease("farm-1", 60.0) == a.replica_id
+    assert await b.hand_over_lease("farm-1", b.replica_id, 60.0) is False  # not b's to give
+    assert await a.hand_over_lease("farm-1", b.replica_id, 60.0) is True
+    assert await a.claim_lease("farm-1", 60.0) == b.replica_id
+    renewal = await b.renew_leases(["farm-1"], 60.0)
+    assert (renewal.lost, renewal.retaken) == ([], [])  # b renews it as its own, never lapsed
 
 
 async def test_redis_pages_deeper_than_the_frozen_rows(redis_factory: CoordBackend) -> None:

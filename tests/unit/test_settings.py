@@ -66,6 +66,15 @@ def test_a_bad_setting_names_its_field() -> None:
         load_settings(environ={"LLAMAWOOL_TICK_INTERVAL_S": "-1"})
 
 
+def test_a_heartbeat_must_outlive_its_renewal() -> None:
+    """A heartbeat renewed every second with a 1.5 s TTL would read as a dead replica after
+    one slow tick, and its farms would be taken over while it is alive."""
+    with pytest.raises(SettingsError, match="heartbeat_ttl_s"):
+        load_settings(environ={"LLAMAWOOL_HEARTBEAT_S": "1", "LLAMAWOOL_HEARTBEAT_TTL_S": "1.5"})
+    s = load_settings(environ={"LLAMAWOOL_HEARTBEAT_S": "0.5", "LLAMAWOOL_HEARTBEAT_TTL_S": "3"})
+    assert (s.heartbeat_s, s.heartbeat_ttl_s) == (0.5, 3.0)
+
+
 def test_a_bad_game_config_names_its_field(tmp_path: Path) -> None:
     config = json.loads((REPO / "config" / "game-config.json").read_text())
     config["antiCheat"]["maxActionsPerMinute"] = 0
