@@ -27,6 +27,7 @@ from ..store import StorageUnavailable, Store, open_store
 from . import (  # noqa: F401 - importing registers the routes
     routes_admin,
     routes_auth,
+    routes_events,
     routes_farm,
     routes_leaderboards,
     routes_meta,
@@ -309,6 +310,8 @@ def _on_fanout(app: web.Application, channel: str, message: dict[str, Any]) -> N
     c = app[CTX]
     if channel == "broadcast":
         c.engine.broadcast(orjson.dumps({"type": "event", "data": {"type": "broadcast", **message}}).decode())
+    elif channel == "live_events":
+        c.engine.spawn(c.engine.live_events.reload())
     elif channel == "revoked":
         sessions, until = message.get("sessions"), message.get("until")
         if isinstance(sessions, list) and isinstance(until, int | float):

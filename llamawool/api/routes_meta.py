@@ -13,6 +13,7 @@ from .asyncapi import asyncapi_document
 from .context import ctx
 from .http import json_response, route
 from .openapi import openapi_document
+from .routes_events import config_events
 from .schemas import Health
 
 
@@ -44,8 +45,10 @@ async def get_config(request: web.Request) -> web.Response:
         "auto_save_interval_s": prod.autoSaveInterval / 1000,
         "cloud_sync_interval_s": prod.cloudSyncInterval / 1000,
         "max_actions_per_minute": rules.config.antiCheat.maxActionsPerMinute,
+        "events": config_events(c),  # running and upcoming live events (docs/events.md)
     }
-    return json_response(body, headers={"Cache-Control": "public, max-age=60"})
+    # short: a newly scheduled event shows within seconds (sockets hear of it at once)
+    return json_response(body, headers={"Cache-Control": "public, max-age=5"})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 // protocol walk-through; net.js speaks it, model.js extrapolates, this file
 // draws. The server decides every number: the client sends intentions.
 
+import { EventBanner } from "./events.js";
 import { formatDuration, formatNumber, formatPercent, formatRate } from "./format.js";
 import { FarmModel, GameConfig } from "./model.js";
 import { Api, ApiError, Auth, Connection, newIdempotencyKey, sleep } from "./net.js";
@@ -157,6 +158,8 @@ class App {
 
   async start() {
     this.config = new GameConfig(await this._retrying(() => this.api.get("/config", { auth: false })));
+    this.banner = new EventBanner($("#event-banner"), this.config);
+    this.banner.load(this.config.raw.events);
     this.model = new FarmModel(this.config);
     this.shearer = new Shearer(this);
     this.model.optimistic = () => this.shearer.optimisticWool();
@@ -210,6 +213,8 @@ class App {
 
   onWelcome(data) {
     this.welcomes = (this.welcomes ?? 0) + 1;
+    this.banner.setServerTime(data.server_time);
+    if (this.welcomes > 1) this.reloadEvents(); // what changed while the socket was away
     this.player = data.player;
     this.model.loadFarm(data.farm);
     this.shearer.sync(data.farm);
@@ -230,6 +235,7 @@ class App {
   onMessage(msg) {
     switch (msg.type) {
       case "tick":
+        this.banner.setServerTime(msg.data?.server_time);
         if (this.model.applyTick(msg.data)) this.scheduleResync();
         break;
       case "event":
@@ -244,8 +250,21 @@ class App {
     }
   }
 
+  async reloadEvents() {
+    try {
+      this.banner.load((await this.api.get("/config", { auth: false })).events);
+    } catch {
+      // the socket's messages keep the banner current; the next reconnect reads again
+    }
+  }
+
   onEvent(ev) {
     if (!ev) return;
+    if (ev.kind === "live_event") {
+      this.banner.onLiveEvent(ev);
+      if (ev.phase === "started") this.toast(`${ev.event.name} has started: ${this.banner.describe(ev.event)}!`, "info");
+      return;
+    }
     switch (ev.type) {
       case "tier_discovered":
         this.model.discover(ev.tier);
@@ -623,6 +642,7 @@ class App {
   /** A few times a second: rates, costs, affordability, countdowns. */
   refresh() {
     if (this.reconnectAt) this._renderConnText();
+    this.banner?.render();
     if (!this.model.loaded) return;
     const m = this.model;
     const c = this.config;
