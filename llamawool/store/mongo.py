@@ -52,7 +52,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, TypeVar
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -66,6 +66,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
+from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     DuplicateKey,
@@ -888,6 +889,26 @@ class MongoStore:
         with _errors():
             await self._c("audit_log").insert_one(_audit_doc(record))
 
+    # ---- live events -------------------------------------------------------------------------------------
+
+    async def add_event(self, event: LiveEvent) -> None:
+        with _errors():
+            await self._c("live_events").insert_one(_event_doc(event))
+
+    async def list_events(self) -> list[LiveEvent]:
+        with _errors():
+            cursor = self._c("live_events").find().sort([("starts_at", ASCENDING), ("_id", ASCENDING)])
+            return [_event(d) async for d in cursor]
+
+    async def cancel_event(self, event_id: str, at: float) -> LiveEvent | None:
+        with _errors():
+            d = await self._c("live_events").find_one_and_update(
+                {"_id": event_id, "cancelled_at": None, "ends_at": {"$gt": at}},
+                {"$set": {"cancelled_at": at}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _event(d) if d is not None else None
+
     async def list_audit(self, limit: int) -> list[AuditRecord]:
         if limit <= 0:
             return []
@@ -968,6 +989,8 @@ class MongoStore:
             yield _audit(d)
         async for d in self._c("erasures").find(session=s).sort("_id", ASCENDING):
             yield Erasure(d["_id"], d["erased_at"])
+        async for d in self._c("live_events").find(session=s).sort("_id", ASCENDING):
+            yield _event(d)
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Upsert every record by its natural key (safe to re-run); snapshots bypass
@@ -1027,4 +1050,35 @@ class MongoStore:
             return "audit_log", _audit_doc(rec)
         if isinstance(rec, Erasure):
             return "erasures", _erasure_op(rec)
+        if isinstance(rec, LiveEvent):
+            return "live_events", ReplaceOne({"_id": rec.id}, _event_doc(rec), upsert=True)
         raise TypeError(f"not a store record: {type(rec).__name__}")
+
+
+def _event(d: dict[str, Any]) -> LiveEvent:
+    tiers = tuple(d["tiers"]) if d.get("tiers") is not None else None
+    return LiveEvent(
+        d["_id"],
+        d["name"],
+        d["multiplier"],
+        tiers,
+        d["starts_at"],
+        d["ends_at"],
+        d.get("cancelled_at"),
+        d.get("created_at", 0.0),
+        d.get("created_by"),
+    )
+
+
+def _event_doc(event: LiveEvent) -> dict[str, Any]:
+    return {
+        "_id": event.id,
+        "name": event.name,
+        "multiplier": event.multiplier,
+        "tiers": list(event.tiers) if event.tiers is not None else None,
+        "starts_at": event.starts_at,
+        "ends_at": event.ends_at,
+        "cancelled_at": event.cancelled_at,
+        "created_at": event.created_at,
+        "created_by": event.created_by,
+    }
