@@ -11,6 +11,7 @@ from .base import (
     CoordinationUnavailable,
     Coordinator,
     Cursor,
+    LimitHit,
     LimitResult,
     ScoreUpdate,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "CoordinationUnavailable",
     "Coordinator",
     "Cursor",
+    "LimitHit",
     "LimitResult",
     "LocalCoordinator",
     "ScoreUpdate",

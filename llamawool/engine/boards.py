@@ -142,15 +142,19 @@ class BoardFeed:
             log.warning("boards.push_failed", error=str(exc), player_id=pid)
 
     async def _notify_ranks(self, now: float) -> None:
+        """Tell each connected player when a rank of theirs moved: one batched rank
+        lookup per board for every connected farm (not one round trip per farm)."""
         connected = [res for res in self.engine.residents.values() if res.sinks]
-        for i, res in enumerate(connected):
-            if i % CHUNK == CHUNK - 1:
-                await asyncio.sleep(0)  # thousands of rank lookups must not delay a tick
-            if not res.sinks:
-                continue
-            for board in BOARDS:
-                entry = await self.coord.rank(board, period_of(board, now), res.player_id)
-                if entry is None:
+        if not connected:
+            return
+        ids = [res.player_id for res in connected]
+        for board in BOARDS:
+            entries = await self.coord.ranks(board, period_of(board, now), ids)
+            for i, res in enumerate(connected):
+                if i % CHUNK == CHUNK - 1:
+                    await asyncio.sleep(0)  # thousands of messages must not delay a tick
+                entry = entries.get(res.player_id)
+                if entry is None or not res.sinks:
                     continue
                 before = res.ranks.get(board)
                 res.ranks[board] = entry.rank

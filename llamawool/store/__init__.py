@@ -21,6 +21,7 @@ from .base import (
     StoredFarm,
     StoreError,
 )
+from .metered import MeteredStore
 from .mongo import MongoStore
 from .sqlite import SQLiteStore
 
@@ -67,6 +68,7 @@ __all__ = [
     "DuplicateKey",
     "FarmCommit",
     "IdempotencyRecord",
+    "MeteredStore",
     "MongoStore",
     "PlayerRecord",
     "Record",
