@@ -564,6 +564,14 @@ class RedisCoordinator:
             await asyncio.wait_for(self._subscribed.wait(), timeout=max(self.timeout_s, 1.0))
         except TimeoutError:
             log.warning("coord.redis_unreachable", uri=_redact(self.uri), detail="serving degraded; retrying")
+            return
+        # Every script known to Redis up front (one round trip), so pipelines of them do
+        # not meet NOSCRIPT (and pay a load and a resend) the first time each is used.
+        with contextlib.suppress(rex.RedisError, OSError):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.script)
+                await pipe.execute()
 
     async def close(self) -> None:
         task, self._listener_task = self._listener_task, None

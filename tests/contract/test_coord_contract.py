@@ -41,6 +41,7 @@ from llamawool.coord import (
     ScoreUpdate,
     open_coordinator,
 )
+from llamawool.coord.batching import BatchedHits
 from llamawool.coord.redis import RedisCoordinator, decode_key, encode_key
 from llamawool.observability import Metrics
 from llamawool.settings import Settings
@@ -702,3 +703,32 @@ async def test_a_pipeline_of_scripts_survives_redis_forgetting_its_scripts(redis
     ranks = await coord.ranks(B, ALL, ["p1499", "q1499", "p0"])
 
     assert [ranks[p].rank for p in ("p1499", "q1499", "p0")] == [1, 2, 2999]  # q0 ties p0 and comes after
+
+
+async def test_hits_made_at_once_share_one_round_trip_and_one_window(redis_factory: CoordBackend) -> None:
+    """Two replicas, fifty players' attempts each at once on one key: one round trip
+    per replica, and the shared window still allows exactly the limit."""
+    replicas = [await redis_factory.make(), await redis_factory.make()]
+    meters = [Metrics(), Metrics()]
+    batchers = []
+    for coord, metrics in zip(replicas, meters, strict=True):
+        coord.bind_metrics(metrics)
+        batchers.append(BatchedHits(coord, lambda: T0))
+
+    results = await asyncio.gather(*(batchers[i % 2].hit("action:busy", 60, 60.0) for i in range(100)))
+
+    assert sum(r.allowed for r in results) == 60
+    assert sorted(r.remaining for r in results if r.allowed) == list(range(60))
+    assert [_counted(m, "llamawool_redis_round_trips_total", "limits") for m in meters] == [1, 1]
+    assert [_counted(m, "llamawool_redis_commands_total", "limits") for m in meters] == [50, 50]
+
+
+async def test_every_hit_of_a_failed_batch_hears_why() -> None:
+    coord = RedisCoordinator(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    await coord.open()
+    try:
+        batcher = BatchedHits(coord, lambda: T0)
+        results = await asyncio.gather(*(batcher.hit(f"k{i}", 5, 60.0) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, CoordinationUnavailable) for r in results), results
+    finally:
+        await coord.close()
