@@ -602,10 +602,11 @@ class MongoStore:
             return []
 
         async def run(s: AsyncClientSession | None) -> list[bool]:
+            taken = await self._recorded_keys(batch, s)
             if s is None:
-                applied = [await self._cas_one(item) for item in batch]
+                applied = [await self._cas_one(item, taken) for item in batch]
             else:
-                applied = await self._cas_batch(batch, s)
+                applied = await self._cas_batch(batch, taken, s)
             done = [item for item, ok in zip(batch, applied, strict=True) if ok]
             records = [item.idempotency for item in done if item.idempotency is not None]
             if records:
@@ -621,10 +622,30 @@ class MongoStore:
     def _farm_fields(item: FarmCommit) -> Doc:
         return {"revision": item.revision, "doc": item.doc, "last_active": item.last_active}
 
-    async def _cas_batch(self, batch: list[FarmCommit], s: AsyncClientSession) -> list[bool]:
+    async def _recorded_keys(self, batch: list[FarmCommit], s: AsyncClientSession | None) -> set[tuple[str, str]]:
+        """The batch's idempotency keys that are recorded already (one read, and only
+        when the batch carries keys): those commits are replays and are not applied."""
+        wanted = [{"player_id": i.idempotency.player_id, "key": i.idempotency.key} for i in batch if i.idempotency]
+        if not wanted:
+            return set()
+        cursor = self._c("idempotency").find({"$or": wanted}, {"_id": 0, "player_id": 1, "key": 1}, session=s)
+        return {(d["player_id"], d["key"]) async for d in cursor}
+
+    @staticmethod
+    def _replay(item: FarmCommit, taken: set[tuple[str, str]]) -> bool:
+        """Whether `item` carries a key recorded already (by an earlier commit or item)."""
+        if item.idempotency is None:
+            return False
+        key = (item.idempotency.player_id, item.idempotency.key)
+        return key in taken
+
+    async def _cas_batch(
+        self, batch: list[FarmCommit], taken: set[tuple[str, str]], s: AsyncClientSession
+    ) -> list[bool]:
         """Inside a transaction: read the batch's revisions once, decide every
         compare-and-set in order, write them in one ordered bulk write, and check the
-        writes matched what was read (else the transaction is retried)."""
+        writes matched what was read (else the transaction is retried). A commit whose
+        idempotency key is `taken` (or taken by an earlier item) is not applied."""
         farms = self._c("farms")
         ids = list({item.player_id for item in batch})
         cursor = farms.find({"_id": {"$in": ids}}, {"revision": 1}, session=s)
@@ -633,7 +654,9 @@ class MongoStore:
         ops: list[UpdateOne] = []
         creates: list[int] = []
         for item in batch:
-            if item.expected_revision is None:
+            if self._replay(item, taken):
+                ok = False
+            elif item.expected_revision is None:
                 ok = item.player_id not in current
                 if ok:
                     creates.append(len(ops))
@@ -646,6 +669,8 @@ class MongoStore:
                     ops.append(UpdateOne(cas, {"$set": self._farm_fields(item)}))
             if ok:
                 current[item.player_id] = item.revision
+                if item.idempotency is not None:
+                    taken.add((item.idempotency.player_id, item.idempotency.key))
             applied.append(ok)
         if ops:
             r = await farms.bulk_write(ops, ordered=True, session=s)
@@ -653,9 +678,13 @@ class MongoStore:
                 raise _Retry("a farm changed between the read and the write")
         return applied
 
-    async def _cas_one(self, item: FarmCommit) -> bool:
+    async def _cas_one(self, item: FarmCommit, taken: set[tuple[str, str]]) -> bool:
         """Without a transaction: one atomic compare-and-set update of the farm document,
-        carrying the idempotency record with it (`idem`)."""
+        carrying the idempotency record with it (`idem`). A key `taken` already, or the
+        key of the farm's last commit (its copy to the collection may not be written
+        yet), is a replay: not applied."""
+        if self._replay(item, taken):
+            return False
         farms = self._c("farms")
         fields = self._farm_fields(item)
         if item.idempotency is not None:
@@ -665,9 +694,15 @@ class MongoStore:
                 r = await farms.update_one({"_id": item.player_id}, {"$setOnInsert": fields}, upsert=True)
             except DuplicateKeyError:  # a concurrent create won
                 return False
-            return r.upserted_id is not None
-        cas = {"_id": item.player_id, "revision": item.expected_revision}
-        return (await farms.update_one(cas, {"$set": fields})).matched_count == 1
+            ok = r.upserted_id is not None
+        else:
+            cas: Doc = {"_id": item.player_id, "revision": item.expected_revision}
+            if item.idempotency is not None:
+                cas["idem.key"] = {"$ne": item.idempotency.key}
+            ok = (await farms.update_one(cas, {"$set": fields})).matched_count == 1
+        if ok and item.idempotency is not None:
+            taken.add((item.idempotency.player_id, item.idempotency.key))
+        return ok
 
     async def touch_farms(self, items: list[tuple[str, float]]) -> None:
         if not items:

@@ -285,6 +285,10 @@ async def test_without_transactions_the_idempotency_record_commits_inside_the_fa
         assert await store.get_idempotency("f", "other") is None
         farm = await store.load_farm("f")
         assert farm is not None and farm.doc == {"n": 2}
+        # A retry of that action is a replay still: found in the farm's own copy of the record.
+        assert await store.commit([FarmCommit("f", 2, 3, {"n": 3}, T0, idempotency=record)]) == [False]
+        farm = await store.load_farm("f")
+        assert farm is not None and farm.doc == {"n": 2}
     finally:
         await store.client.drop_database(store.db.name)
         await store.close()
