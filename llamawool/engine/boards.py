@@ -31,6 +31,9 @@ log = structlog.get_logger("llamawool.boards")
 ALL_TIME = "all"
 CHUNK = 500  # farms per slice of a push; the event loop runs ticks between slices
 TOP_LIVE = 10
+# Every this many pushes every score goes out again, changed or not: a board that lost
+# entries (Redis restarted empty) is whole again within a minute.
+FULL_PUSH_EVERY = 12
 
 
 def period_of(board: str, now: float) -> str:
@@ -63,6 +66,10 @@ class BoardFeed:
         # Profiles (usernames on boards) are cached for the ConfigMap's userProfileTTL.
         self.profile_ttl_s = float(engine.rules.config.cache.userProfileTTL)
         self._names: dict[str, tuple[str, float]] = {}
+        # (board, player) -> (period, score, tiebreak) last pushed: an unchanged score is
+        # not sent again (a farm's rate and prestige scores rarely move between pushes).
+        self._pushed: dict[tuple[str, str], tuple[str, float, float]] = {}
+        self._pushes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="board-feed")
@@ -104,6 +111,9 @@ class BoardFeed:
         await self.check_rollover(now)
         table = self.engine.table
         rows, lifetime, shears, rate, weekly = table.scores(now, week_start(now))
+        self._pushes += 1
+        if self._pushes % FULL_PUSH_EVERY == 0:
+            self._pushed.clear()
         if rows.size:
             owners = self.engine.row_owners
             ids = [owners[r].player_id if owners[r] is not None else "" for r in rows.tolist()]
@@ -119,9 +129,16 @@ class BoardFeed:
                 batches["weekly"].append(ScoreUpdate(pid, wv, 0.0, now))
             for board, updates in batches.items():
                 period = period_of(board, now)
-                for start in range(0, len(updates), CHUNK):
-                    await self.coord.push_scores(board, period, updates[start : start + CHUNK])
-                    await asyncio.sleep(0)  # let ticks and requests run between chunks
+                pushed = self._pushed
+                changed = [u for u in updates if pushed.get((board, u.player_id)) != (period, u.score, u.tiebreak)]
+                # one call per board: the coordinator sends its chunks in one round trip
+                await self.coord.push_scores(board, period, changed)
+                for u in changed:
+                    self._pushed[(board, u.player_id)] = (period, u.score, u.tiebreak)
+                await asyncio.sleep(0)  # let ticks and requests run between boards
+        # Farms that left memory are pushed whole when they come back (another replica may
+        # have pushed their scores meanwhile).
+        self._pushed = {k: v for k, v in self._pushed.items() if k[1] in self.engine.residents}
         self.stale = False
         await self.coord.report_online(self.coord.replica_id, self.engine.online_count(), now, 3 * self.push_s)
         self.cluster_online.set(await self.coord.online_count(now))

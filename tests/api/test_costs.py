@@ -5,6 +5,7 @@ what an action costs the store, on SQLite and on MongoDB, read from /metrics
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,11 +14,16 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from llamawool.api import create_app
 from llamawool.api.app import context
-from tests.conftest import API, MakeClient, new_guest
+from llamawool.coord.redis import RedisCoordinator
+from llamawool.settings import Settings
+from tests.conftest import API, MakeClient, engine_of, new_guest
+from tests.helpers import FakeClock
 from tests.mongo_server import shared_server
+from tests.redis_server import redis_server  # noqa: F401 - a fixture
 
-from .support import get_farm, ok_json
+from .support import get_farm, held_online, ok_json
 
 STORES = ("sqlite", "mongo")
 
@@ -37,16 +43,19 @@ async def served(request: pytest.FixtureRequest, make_client: MakeClient) -> Asy
         await mongo.client.drop_database(mongo.db.name)
 
 
-async def store_ops(client: TestClient) -> dict[str, float]:
-    """`llamawool_store_ops_total` by op, from /metrics as an operator sees it."""
+async def counted(client: TestClient, metric: str, label: str) -> dict[str, float]:
+    """A counter's samples by one label, from /metrics as an operator sees it."""
     text = await (await client.get("/metrics")).text()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "llamawool_store_ops":
-            for sample in family.samples:
-                if sample.name == "llamawool_store_ops_total":
-                    out[sample.labels["op"]] = sample.value
+        for sample in family.samples:
+            if sample.name == metric:
+                out[sample.labels[label]] = sample.value
     return out
+
+
+async def store_ops(client: TestClient) -> dict[str, float]:
+    return await counted(client, "llamawool_store_ops_total", "op")
 
 
 def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -75,3 +84,35 @@ async def test_an_action_without_a_key_costs_at_most_one_store_round_trip(served
     cost.pop("ping", None)  # a readiness probe, not the actions' cost
     assert set(cost) <= {"commit", "touch_farms", "add_snapshots"}, cost  # no read before a commit
     assert sum(cost.values()) <= 12, cost  # twelve actions: at most one round trip each
+
+
+async def test_a_board_push_costs_redis_one_round_trip_per_board_not_one_per_farm(
+    aiohttp_client: Any,
+    settings: Settings,
+    clock: FakeClock,
+    redis_server: str,  # noqa: F811 - the fixture
+) -> None:
+    coord = RedisCoordinator(redis_server, prefix=f"costs-{uuid.uuid4().hex[:10]}:")
+    client: TestClient = await aiohttp_client(create_app(settings, clock=clock, tick=False, coord=coord))
+    feed = engine_of(client).boards
+    async with contextlib.AsyncExitStack() as sockets:
+        for _ in range(5):
+            guest = await new_guest(client)
+            await sockets.enter_async_context(held_online(client, guest["access_token"]))
+        await feed.push()  # the first push sends every score
+
+        async def cost_of_a_push() -> tuple[dict[str, float], dict[str, float]]:
+            trips = await counted(client, "llamawool_redis_round_trips_total", "purpose")
+            commands = await counted(client, "llamawool_redis_commands_total", "purpose")
+            await feed.push()
+            trips = spent(trips, await counted(client, "llamawool_redis_round_trips_total", "purpose"))
+            return trips, spent(commands, await counted(client, "llamawool_redis_commands_total", "purpose"))
+
+        # Nothing moved: no score goes out again; every farm's four ranks in four round trips.
+        trips, commands = await cost_of_a_push()
+        assert trips == {"boards": 4, "presence": 2} and commands["boards"] == 4 * 5
+        # Wool grew: the lifetime, weekly and prestige (its tiebreak is the lifetime) scores
+        # of the five farms, one round trip each board; the rate board is left alone.
+        clock.advance(2.0)
+        trips, commands = await cost_of_a_push()
+        assert trips == {"boards": 3 + 4, "presence": 2} and commands["boards"] == 3 * 5 + 4 * 5
