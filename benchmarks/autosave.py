@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 
-from llamawool.engine.engine import AUTOSAVE_CHUNK
+from llamawool.engine.ticker import AUTOSAVE_CHUNK
 from llamawool.settings import load_rules
 from llamawool.store import Snapshot, SQLiteStore
 

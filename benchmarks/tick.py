@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from llamawool.engine.engine import Engine, Resident
+from llamawool.engine.engine import Engine
+from llamawool.engine.residents import Resident
 from llamawool.game import FarmState
 from llamawool.observability import Metrics, configure_logging
 from llamawool.settings import Settings, load_rules
@@ -67,7 +68,7 @@ def build_engine(n: int, now: float, seed: int = 6) -> tuple[Engine, CountingSin
     settings = Settings()
     rules = load_rules(settings)
     engine = Engine(rules, _NoStore(), settings, Metrics("bench"), clock=lambda: now)  # type: ignore[arg-type]
-    engine._last_autosave = now  # no autosave inside the measured ticks
+    engine.ticker.last_autosave = now  # no autosave inside the measured ticks
     table = engine.table
     table._alloc(max(n, 1024))
     rng = np.random.default_rng(seed)
@@ -87,7 +88,7 @@ def build_engine(n: int, now: float, seed: int = 6) -> tuple[Engine, CountingSin
     table.last_active[:n] = now
     table.undiscovered[:n] = False
     table.week_start[:n] = 0.0
-    engine.row_owners = [None] * table.capacity
+    engine.resident_set.row_owners = [None] * table.capacity
     sink = CountingSink()
     connected = np.sort(rng.choice(n, size=min(n, CONNECTED_MAX), replace=False))
     for row in connected.tolist():

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import structlog
 from prometheus_client import Counter
 
-from .coord import CoordinationUnavailable, Coordinator, LimitResult, LocalCoordinator
+from .coord import Boards, CoordinationUnavailable, LimitResult, Limits, LocalCoordinator
 from .coord.batching import BatchedHits
 from .game import Rules
 from .observability import Metrics
@@ -56,10 +56,14 @@ def limit_headers(result: LimitResult) -> dict[str, str]:
     return headers
 
 
+class GuardCoord(Limits, Boards, Protocol):
+    """The part of the coordinator anti-cheat uses: limits, and hiding flagged players from boards."""
+
+
 class AntiCheat:
     def __init__(
         self,
-        coord: Coordinator,
+        coord: GuardCoord,
         store: Store,
         settings: Settings,
         rules: Rules,
@@ -74,7 +78,7 @@ class AntiCheat:
         self.enabled = block.enabled
         self.actions_per_minute = block.maxActionsPerMinute
         self.threshold = block.suspiciousActivityThreshold
-        self._fallback = LocalCoordinator(None)
+        self._fallback: Limits = LocalCoordinator(None)
         self._hits = BatchedHits(coord, clock)
         self.violations = Counter(
             "llamawool_anticheat_violations_total", "Anti-cheat violations", ["kind"], registry=metrics.registry

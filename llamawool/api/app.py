@@ -17,8 +17,8 @@ from aiohttp import web, web_response
 from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
 from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordinator
-from ..engine import Engine, FarmConflict, IdempotencyMismatch, PlayerGone
-from ..engine.cluster import OwnerUnreachable, RemoteError
+from ..engine import Engine
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import GameError, Rules
 from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules

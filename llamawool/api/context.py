@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..anticheat import AntiCheat
 from ..auth import Auth
-from ..coord import Coordinator
+from ..coord import Boards, Bus, Coordinator
 from ..engine import Engine
 from ..game import Rules
 from ..observability import Metrics
@@ -34,6 +34,16 @@ class AppContext:
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     sessions: set[WsSession] = field(default_factory=set)
     draining: bool = False
+
+    @property
+    def boards(self) -> Boards:
+        """The coordinator as the leaderboard and player routes use it."""
+        return self.coord
+
+    @property
+    def bus(self) -> Bus:
+        """The coordinator as the routes that message every replica use it."""
+        return self.coord
 
 
 CTX = web.AppKey("llamawool", AppContext)

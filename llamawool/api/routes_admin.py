@@ -148,7 +148,7 @@ async def admin_broadcast(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_body(request, BroadcastRequest)
     await _audit(c, request, "broadcast", None, message=body.message, level=body.level)
-    await c.coord.publish("broadcast", {"message": body.message, "level": body.level, "at": time.time()})
+    await c.bus.publish("broadcast", {"message": body.message, "level": body.level, "at": time.time()})
     return json_response({"sent": True})
 
 

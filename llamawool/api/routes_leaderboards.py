@@ -70,7 +70,7 @@ async def get_board(request: web.Request) -> web.Response:
     q = _query(request, PageQuery)
     period = _period(c, board, q.period)
     cursor = Cursor.decode(q.cursor) if q.cursor else None
-    page = await c.coord.page(board, period, q.limit, cursor, c.engine.clock())
+    page = await c.boards.page(board, period, q.limit, cursor, c.engine.clock())
     body = {
         "board": board,
         "period": period,
@@ -104,8 +104,8 @@ async def get_my_rank(request: web.Request) -> web.Response:
         state = c.engine.resident_state(who.player_id)
         if state is not None:
             await c.engine.boards.push_state(state, c.engine.clock())
-    me = await c.coord.rank(board, period, who.player_id)
-    around = await c.coord.around(board, period, who.player_id, q.radius)
+    me = await c.boards.rank(board, period, who.player_id)
+    around = await c.boards.around(board, period, who.player_id, q.radius)
     player = await c.store.get_player(who.player_id)
     body = {
         "board": board,
@@ -129,5 +129,5 @@ async def get_my_rank(request: web.Request) -> web.Response:
 async def get_periods(request: web.Request) -> web.Response:
     c = ctx(request)
     board = _board(request)
-    periods = await c.coord.periods(board) if board == "weekly" else [ALL_TIME]
+    periods = await c.boards.periods(board) if board == "weekly" else [ALL_TIME]
     return json_response({"board": board, "periods": periods})

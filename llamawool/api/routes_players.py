@@ -61,6 +61,6 @@ async def delete_me(request: web.Request) -> web.Response:
     c.engine.forget(player.id)
     # Off every board too (out of memory first, so no push re-adds it); if
     # coordination is down this answers 503 before the account is erased.
-    await c.coord.remove_player(player.id)
+    await c.boards.remove_player(player.id)
     await c.store.delete_player(player.id)
     return web.Response(status=204)

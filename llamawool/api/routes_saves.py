@@ -8,7 +8,7 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..engine import SaveRejected, SaveStale
+from ..engine.errors import SaveRejected, SaveStale
 from ..engine.saves import SAVE_FORMAT, SAVE_VERSION, signed_save
 from ..game.saves import ClaimedFarm
 from ..store import Snapshot

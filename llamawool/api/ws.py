@@ -26,8 +26,8 @@ from pydantic import TypeAdapter, ValidationError
 from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
 from ..coord import BOARDS
-from ..engine import FarmConflict, IdempotencyMismatch, IdempotentRequest, PlayerGone
-from ..engine.cluster import OwnerUnreachable, RemoteError
+from ..engine import IdempotentRequest
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import AppContext, ctx

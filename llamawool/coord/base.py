@@ -113,17 +113,10 @@ class Cursor:
 Listener = Callable[[str, dict[str, Any]], None]
 
 
-class Coordinator(Protocol):
-    name: str
-    replica_id: str  # this process's identity among replicas
+class Limits(Protocol):
+    """Rate limits and violation counts (anti-cheat)."""
 
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-    def bind_metrics(self, metrics: Metrics) -> None:
-        """Count this adapter's round trips and time its calls into `metrics` (the cost budget)."""
-
-    # rate limits: a sliding window of `limit` hits per `window_s`
+    # a sliding window of `limit` hits per `window_s`
     async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult: ...
     async def hit_many(self, hits: list[LimitHit], now: float) -> list[LimitResult]:
         """`hit` for each, in order, in one round trip (each window is still exact)."""
@@ -134,7 +127,10 @@ class Coordinator(Protocol):
     async def count_violation(self, player_id: str, now: float, window_s: float) -> int:
         """Record one violation; return how many fall within the window."""
 
-    # leaderboards
+
+class Boards(Protocol):
+    """The leaderboards, the hidden (flagged) set and the weekly rollover marker."""
+
     async def push_scores(self, board: str, period: str, updates: list[ScoreUpdate]) -> None: ...
     async def page(self, board: str, period: str, limit: int, cursor: Cursor | None, now: float) -> BoardPage: ...
     async def rank(self, board: str, period: str, player_id: str) -> BoardEntry | None:
@@ -150,18 +146,39 @@ class Coordinator(Protocol):
     async def claim_rollover(self, period: str) -> bool:
         """True exactly once per period across all replicas and restarts."""
 
-    # fan-out to every replica (a replica also hears its own messages); messages are JSON
+
+class Bus(Protocol):
+    """Messages between replicas; messages are JSON."""
+
+    @property
+    def replica_id(self) -> str:
+        """This process's identity among replicas."""
+
+    # fan-out to every replica (a replica also hears its own messages)
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
     def subscribe(self, listener: Listener) -> None: ...
 
-    # presence: each replica reports how many players it serves; the sum is the online count
+    # point to point: listeners of replica `replica_id` hear it on channel "replica:<id>"
+    async def send(self, replica_id: str, message: dict[str, Any]) -> None: ...
+
+
+class Presence(Protocol):
+    """Each replica reports how many players it serves; the sum is the online count."""
+
+    @property
+    def replica_id(self) -> str:
+        """This process's identity among replicas."""
+
     async def report_online(self, replica: str, count: int, now: float, ttl_s: float) -> None:
         """This replica serves `count` players; the report lapses after `ttl_s` unless renewed."""
 
     async def online_count(self, now: float) -> int:
         """Players served by every replica whose report has not lapsed."""
 
-    # farm ownership: one lease holder per farm
+
+class Leases(Protocol):
+    """Farm ownership: one lease holder per farm."""
+
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
         """Take the lease when free (or renew it when ours); False when another replica holds it."""
 
@@ -171,5 +188,15 @@ class Coordinator(Protocol):
     async def release_lease(self, farm_id: str) -> None: ...
     async def lease_owner(self, farm_id: str) -> str | None: ...
 
-    # point to point: listeners of replica `replica_id` hear it on channel "replica:<id>"
-    async def send(self, replica_id: str, message: dict[str, Any]) -> None: ...
+
+class Coordinator(Limits, Boards, Bus, Presence, Leases, Protocol):
+    """Everything replicas share, as one adapter; its users take the narrow part they need."""
+
+    name: str
+    replica_id: str  # this process's identity among replicas
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count this adapter's round trips and time its calls into `metrics` (the cost budget)."""

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .base import Coordinator, LimitHit, LimitResult
+from .base import LimitHit, LimitResult, Limits
 
 
 class BatchedHits:
     """`hit(...)` as many callers at once, one `hit_many` round trip per batch in flight."""
 
-    def __init__(self, coord: Coordinator, clock: Callable[[], float], max_batch: int = 1000) -> None:
+    def __init__(self, coord: Limits, clock: Callable[[], float], max_batch: int = 1000) -> None:
         self.coord = coord
         self.clock = clock
         self.max_batch = max_batch

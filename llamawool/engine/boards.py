@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
 from prometheus_client import Counter, Gauge
 
-from ..coord import BOARDS, BoardEntry, CoordinationUnavailable, Coordinator, ScoreUpdate
+from ..coord import BOARDS, BoardEntry, Boards, CoordinationUnavailable, Presence, ScoreUpdate
 from ..game import FarmState, Rules, iso_week, week_start
+from ..observability import Metrics
 from ..store import Store
-
-if TYPE_CHECKING:
-    from .engine import Engine, Sink
+from .residents import ResidentIndex, Sink
 
 log = structlog.get_logger("llamawool.boards")
 
@@ -40,20 +39,33 @@ def period_of(board: str, now: float) -> str:
     return iso_week(now) if board == "weekly" else ALL_TIME
 
 
+class FeedCoord(Boards, Presence, Protocol):
+    """The part of the coordinator the feed uses: the boards and the online count."""
+
+
 class BoardFeed:
-    def __init__(self, engine: Engine, coord: Coordinator, store: Store, push_s: float) -> None:
-        self.engine = engine
-        self.rules: Rules = engine.rules
+    def __init__(
+        self,
+        residents: ResidentIndex,
+        rules: Rules,
+        clock: Callable[[], float],
+        metrics: Metrics,
+        coord: FeedCoord,
+        store: Store,
+        push_s: float,
+    ) -> None:
+        self.residents = residents
+        self.rules = rules
         self.coord = coord
         self.store = store
         self.push_s = push_s
-        self.clock: Callable[[], float] = engine.clock
+        self.clock = clock
         self.week: str | None = None
         self.subscribers: dict[str, set[Sink]] = {b: set() for b in BOARDS}
         self._last_top: dict[str, bytes] = {}
         self._task: asyncio.Task[None] | None = None
         self.stale = False
-        registry = engine.metrics.registry
+        registry = metrics.registry
         self.rollovers = Counter(
             "llamawool_leaderboard_rollovers_total", "Weekly board rollovers performed", registry=registry
         )
@@ -64,7 +76,7 @@ class BoardFeed:
             "llamawool_players_online_cluster", "Players online on every replica (as last reported)", registry=registry
         )
         # Profiles (usernames on boards) are cached for the ConfigMap's userProfileTTL.
-        self.profile_ttl_s = float(engine.rules.config.cache.userProfileTTL)
+        self.profile_ttl_s = float(rules.config.cache.userProfileTTL)
         self._names: dict[str, tuple[str, float]] = {}
         # (board, player) -> (period, score, tiebreak) last pushed: an unchanged score is
         # not sent again (a farm's rate and prestige scores rarely move between pushes).
@@ -109,13 +121,13 @@ class BoardFeed:
         """One batch: every online or changed resident farm's four scores."""
         now = self.clock()
         await self.check_rollover(now)
-        table = self.engine.table
+        table = self.residents.table
         rows, lifetime, shears, rate, weekly = table.scores(now, week_start(now))
         self._pushes += 1
         if self._pushes % FULL_PUSH_EVERY == 0:
             self._pushed.clear()
         if rows.size:
-            owners = self.engine.row_owners
+            owners = self.residents.row_owners
             ids = [owners[r].player_id if owners[r] is not None else "" for r in rows.tolist()]
             batches: dict[str, list[ScoreUpdate]] = {b: [] for b in BOARDS}
             for pid, lv, ss, rv, wv in zip(
@@ -138,9 +150,10 @@ class BoardFeed:
                 await asyncio.sleep(0)  # let ticks and requests run between boards
         # Farms that left memory are pushed whole when they come back (another replica may
         # have pushed their scores meanwhile).
-        self._pushed = {k: v for k, v in self._pushed.items() if k[1] in self.engine.residents}
+        resident = {res.player_id for res in self.residents.all()}
+        self._pushed = {k: v for k, v in self._pushed.items() if k[1] in resident}
         self.stale = False
-        await self.coord.report_online(self.coord.replica_id, self.engine.online_count(), now, 3 * self.push_s)
+        await self.coord.report_online(self.coord.replica_id, self.residents.online_count(), now, 3 * self.push_s)
         self.cluster_online.set(await self.coord.online_count(now))
         await self._notify_ranks(now)
         await self._notify_tops(now)
@@ -161,7 +174,7 @@ class BoardFeed:
     async def _notify_ranks(self, now: float) -> None:
         """Tell each connected player when a rank of theirs moved: one batched rank
         lookup per board for every connected farm (not one round trip per farm)."""
-        connected = [res for res in self.engine.residents.values() if res.sinks]
+        connected = [res for res in self.residents.all() if res.sinks]
         if not connected:
             return
         ids = [res.player_id for res in connected]

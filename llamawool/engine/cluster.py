@@ -17,70 +17,20 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
-from ..coord import CoordinationUnavailable, Coordinator
-from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
-from ..game import errors as game_errors
-from ..store import StorageUnavailable
-
-if TYPE_CHECKING:
-    from .engine import Engine, Sink
+from ..coord import Bus, CoordinationUnavailable, Leases
+from .errors import OwnerUnreachable
+from .residents import Sink
+from .wire import error_from_wire, error_to_wire
 
 log = structlog.get_logger("llamawool.cluster")
 
-_ACTIONS: dict[str, type[Any]] = {c.__name__: c for c in (Shear, BuyBuilding, BuyUpgrade, Prestige)}
-_GAME_ERRORS: dict[str, type[GameError]] = {
-    cls.code: cls
-    for cls in (
-        game_errors.InsufficientResources,
-        game_errors.RequirementNotMet,
-        game_errors.UnknownItem,
-        game_errors.ActionConflict,
-        game_errors.InvalidAction,
-    )
-}
 
-
-class OwnerUnreachable(Exception):
-    """The lease holder did not answer in time."""
-
-
-class Rerouted(Exception):
-    """The asked replica does not own the farm (any more): route again."""
-
-
-class RemoteError(Exception):
-    """The owner raised an error that has no local type; carried by name."""
-
-    def __init__(self, kind: str, detail: str, extra: dict[str, Any]) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-        self.extra = extra
-
-
-def action_to_wire(action: Action) -> dict[str, Any]:
-    return {"t": type(action).__name__, **asdict(action)}
-
-
-def action_from_wire(d: dict[str, Any]) -> Action:
-    cls = _ACTIONS[d.pop("t")]
-    action: Action = cls(**d)
-    return action
-
-
-def error_to_wire(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, GameError):
-        return {"kind": "game", "code": exc.code, "detail": exc.detail, "extra": exc.extra}
-    extra: dict[str, Any] = {}
-    for name in ("reasons", "current_revision", "key"):
-        if hasattr(exc, name):
-            extra[name] = getattr(exc, name)
-    return {"kind": type(exc).__name__, "detail": str(exc), "extra": extra}
+class ClusterCoord(Leases, Bus, Protocol):
+    """The part of the coordinator a cluster member uses: leases and messages."""
 
 
 class RemoteSink:
@@ -101,12 +51,15 @@ class RemoteSink:
         return isinstance(other, RemoteSink) and (other.replica, other.farm_id) == (self.replica, self.farm_id)
 
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]  # (farm id, wire args with "_from") -> wire result
 
 
 class Cluster:
-    def __init__(self, engine: Engine, coord: Coordinator, lease_ttl_s: float, rpc_timeout_s: float) -> None:
-        self.engine = engine
+    """This replica among its peers: the leases it holds, requests to and from farm
+    owners (`handlers`, by operation name, are the owner's side), and the ticks and
+    events forwarded to sockets watching farms owned elsewhere."""
+
+    def __init__(self, coord: ClusterCoord, lease_ttl_s: float, rpc_timeout_s: float) -> None:
         self.coord = coord
         self.me = coord.replica_id
         self.lease_ttl_s = lease_ttl_s
@@ -209,32 +162,8 @@ class Cluster:
         finally:
             self._pending.pop(rid, None)
         if "error" in reply:
-            raise self._error(reply["error"])
+            raise error_from_wire(reply["error"])
         return reply.get("ok")
-
-    def _error(self, e: dict[str, Any]) -> BaseException:
-        from .engine import IdempotencyMismatch, PlayerGone, SaveRejected, SaveStale
-
-        kind = e["kind"]
-        extra = e.get("extra") or {}
-        if kind == "game":
-            cls = _GAME_ERRORS.get(e["code"], GameError)
-            return cls(e["detail"], **extra)
-        if kind == "StorageUnavailable":
-            return StorageUnavailable(e["detail"])
-        if kind == "SaveStale":
-            return SaveStale(int(extra.get("current_revision", 0)))
-        if kind == "SaveRejected":
-            return SaveRejected(list(extra.get("reasons", [])))
-        if kind == "PlayerGone":
-            return PlayerGone(e["detail"])
-        if kind == "IdempotencyMismatch":
-            return IdempotencyMismatch(e["detail"])
-        if kind == "KeyError":
-            return KeyError(e["detail"])
-        if kind == "Rerouted":
-            return Rerouted(e["detail"])
-        return RemoteError(kind, e["detail"], extra)
 
     def _on_message(self, channel: str, message: dict[str, Any]) -> None:
         if channel != self.channel:

@@ -268,7 +268,10 @@ class Store(Protocol):
     # whole-store export and import (backup, restore, migrate between backends)
     def export_all(self) -> AsyncIterator[Record]:
         """Every record, in the canonical order of `Record` (so two stores holding the same
-        data export the same sequence). Not a consistent snapshot while writers run."""
+        data export the same sequence), consistent while writers run: one snapshot where
+        the backend offers one, else every record checked against those read before it
+        (`export_guard.py`); either way every action acknowledged before the export began
+        is in it and no record refers to one the export lacks."""
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Write records as they are (upsert by natural key; snapshots bypass retention;

@@ -51,6 +51,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, IndexModel, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -82,9 +83,11 @@ from .base import (
     audit_key,
     plan_snapshot_writes,
 )
+from .export_guard import ExportGuard, answered_revision
 
 T = TypeVar("T")
 Doc = dict[str, Any]
+_log = structlog.get_logger("llamawool.store")
 
 DEFAULT_DATABASE = "llamawool"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -92,6 +95,10 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _UNIQUE_FIELDS = {"username_key": "username", "email_key": "email", "device_id": "device_id", "_id": "id"}
 # Server error codes that mean "this deployment has no transactions".
 _NO_TRANSACTIONS = {20, 263}
+# A snapshot read older than the history the server keeps.
+_SNAPSHOT_TOO_OLD = 239
+# The wire version of MongoDB 5.0, the first with snapshot reads outside transactions.
+_SNAPSHOT_READS_WIRE_VERSION = 13
 IMPORT_CHUNK = 500
 
 
@@ -265,10 +272,13 @@ class MongoStore:
         snapshot_history: int = 50,
         snapshot_daily_days: int = 30,
         transactions: bool | None = None,
+        snapshot_reads: bool | None = None,
         listeners: Sequence[CommandListener] = (),
     ) -> None:
         """`transactions` None detects support at open; False forces the per-farm fallback.
-        `listeners` hear every command sent (a test or a benchmark counts round trips).
+        `snapshot_reads` likewise for exports read in one snapshot session (False: read
+        without one, kept consistent by `ExportGuard` alone). `listeners` hear every
+        command sent (a test or a benchmark counts round trips).
 
         `select_timeout_s` (default `timeout_s`) is how long an operation waits for a
         reachable primary: when the server is down, that is how soon a request fails."""
@@ -281,6 +291,8 @@ class MongoStore:
         self._want_transactions = transactions
         self._listeners = list(listeners)
         self.transactions = False
+        self._want_snapshot_reads = snapshot_reads
+        self.snapshot_reads = False
         self.replica_set = False
         self._wc = WriteConcern(w=1, j=True)
         self._client: AsyncMongoClient[Doc] | None = None
@@ -331,6 +343,8 @@ class MongoStore:
                 supported = self.replica_set and sessions
                 want = self._want_transactions
                 self.transactions = supported if want is None else (want and supported)
+                snapshots = supported and hello.get("maxWireVersion", 0) >= _SNAPSHOT_READS_WIRE_VERSION
+                self.snapshot_reads = snapshots and self._want_snapshot_reads is not False
                 name = self.database_name or client.get_default_database(DEFAULT_DATABASE).name
                 # Acknowledged means durable: journaled (j) and, on a replica set, on a majority,
                 # so neither a kill -9 of mongod nor a failover can take back an acknowledged action.
@@ -847,23 +861,66 @@ class MongoStore:
     # ---- whole-store export / import (backup, restore, migrate) ---------------------------------------
 
     async def export_all(self) -> AsyncIterator[Record]:
-        """Every record, in the canonical order `base.Record` documents."""
+        """Every record, in the canonical order `base.Record` documents, consistent while
+        the game writes: read in one snapshot session where the server offers one
+        (MongoDB 5.0+ on a replica set: the store at one moment), and in every case
+        through `ExportGuard`, which keeps only records that agree with those read
+        before them, so an export whose reads were not one snapshot holds every action
+        acknowledged before it began, every reference intact (`export_guard.py`)."""
+        guard = ExportGuard()
         with _errors():
-            async for d in self._c("players").find().sort("_id", ASCENDING):
-                p = _player(d)
-                if p is not None:
-                    yield p
-            async for d in self._c("refresh_tokens").find().sort("_id", ASCENDING):
-                yield _token(d)
-            async for d in self._c("farms").find().sort("_id", ASCENDING):
-                yield StoredFarm(d["_id"], d["revision"], d["doc"], d["last_active"])
-            cursor = self._c("snapshots").find().sort([("player_id", ASCENDING), ("revision", ASCENDING)])
-            async for d in cursor:
-                yield _snapshot(d)
-            async for d in self._c("idempotency").find().sort([("player_id", ASCENDING), ("key", ASCENDING)]):
-                yield _idem(d)
-            async for d in self._c("audit_log").find().sort([("at", ASCENDING), ("_id", ASCENDING)]):
-                yield _audit(d)
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    session = None
+                    if self.snapshot_reads:
+                        session = await stack.enter_async_context(self.client.start_session(snapshot=True))
+                    async for record in self._export_records(session):
+                        if guard.keep(record):
+                            yield record
+                if guard.dropped:  # written while the export ran, after what they refer to was read
+                    _log.info("export.left_out_later_writes", snapshot_session=session is not None, **guard.dropped)
+            except OperationFailure as exc:
+                if exc.code == _SNAPSHOT_TOO_OLD:
+                    raise StorageUnavailable(
+                        "mongodb: the export outlived the snapshot history the server keeps "
+                        "(minSnapshotHistoryWindowInSeconds, 300 s by default): raise it for backups"
+                    ) from exc
+                raise
+
+    async def _export_records(self, s: AsyncClientSession | None) -> AsyncIterator[Record]:
+        async for d in self._c("players").find(session=s).sort("_id", ASCENDING):
+            p = _player(d)
+            if p is not None:
+                yield p
+        async for d in self._c("refresh_tokens").find(session=s).sort("_id", ASCENDING):
+            yield _token(d)
+        # A fallback commit's record rides in its farm (`idem`) until it is copied to its
+        # collection, and `get_idempotency` answers from there: exported too when the
+        # farm's last commit carried it and the collection lacks it (a copy cut short, or
+        # not made yet while the export ran), so a restore keeps that replay answer.
+        embedded: dict[tuple[str, str], IdempotencyRecord] = {}
+        async for d in self._c("farms").find(session=s).sort("_id", ASCENDING):
+            if isinstance(d.get("idem"), dict):
+                rec = _idem(d["idem"])
+                if answered_revision(rec) == d["revision"]:
+                    embedded[(rec.player_id, rec.key)] = rec
+            yield StoredFarm(d["_id"], d["revision"], d["doc"], d["last_active"])
+        cursor = self._c("snapshots").find(session=s).sort([("player_id", ASCENDING), ("revision", ASCENDING)])
+        async for d in cursor:
+            yield _snapshot(d)
+        riding = sorted(embedded.items(), reverse=True)  # by (player id, key), smallest last
+        cursor = self._c("idempotency").find(session=s).sort([("player_id", ASCENDING), ("key", ASCENDING)])
+        async for d in cursor:
+            rec = _idem(d)
+            while riding and riding[-1][0] < (rec.player_id, rec.key):
+                yield riding.pop()[1]
+            if riding and riding[-1][0] == (rec.player_id, rec.key):
+                riding.pop()  # copied: the collection's record stands
+            yield rec
+        while riding:
+            yield riding.pop()[1]
+        async for d in self._c("audit_log").find(session=s).sort([("at", ASCENDING), ("_id", ASCENDING)]):
+            yield _audit(d)
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Upsert every record by its natural key (safe to re-run); snapshots bypass

@@ -45,6 +45,7 @@ _PendingWrite = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"
 EXPORT_PAGE = 1000
 MIN_FREE_BYTES = 64 * 1024  # after a failed write, less free space than this keeps /ready at 503
 IMPORT_CHUNK = 500
+BUSY_TIMEOUT_S = 30  # how long a statement waits for a lock another connection holds
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS players (
@@ -188,7 +189,7 @@ class SQLiteStore:
     # ---- plumbing ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -253,8 +254,14 @@ class SQLiteStore:
             # Copy the WAL into the database and truncate it (retried at most once a second).
             self._next_checkpoint = time.monotonic() + 1.0
             with contextlib.suppress(sqlite3.Error):  # still no room: the next write tries again
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                self._checkpoint_owed = busy != 0
+                # Without waiting: TRUNCATE waits for every reader to leave its snapshot, and a
+                # backup holds one for as long as it runs; the write must not stall behind it.
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    self._checkpoint_owed = busy != 0
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         try:
             conn.execute("BEGIN IMMEDIATE")
             if len(fns) == 1:
@@ -666,14 +673,34 @@ class SQLiteStore:
     # ---- whole-store export / import (backup, restore, migrate) -------------------------------
 
     async def export_all(self) -> AsyncIterator[Record]:
-        """Every record in the canonical order of `base.Record`, read in keyset pages so
-        a large store streams in bounded memory."""
+        """Every record in the canonical order of `base.Record`, as of one moment.
+
+        Every page is read in one read transaction on a connection of its own (on a
+        thread of its own, so it is never used by two at once): writes that commit
+        while the export runs (WAL lets them) are not in it, and a backup taken during
+        play is the store as it stood when the export began, every reference intact.
+        Keyset pages stream a large store in bounded memory. While the export holds its
+        snapshot the WAL cannot be reset, so it grows by the writes made meanwhile."""
+        thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-export")
+        snapshot = _ExportSnapshot(self._connect, thread)
+        try:
+            # BEGIN is deferred: the snapshot is taken by the first read, here, before
+            # anything is yielded; every later page reads that same snapshot.
+            await snapshot.run(lambda c: c.execute("BEGIN").execute("SELECT 1 FROM players LIMIT 1").fetchall())
+            async for record in self._export_records(snapshot):
+                yield record
+        finally:
+            # on the export's thread, so after any page still running (a cancelled export)
+            await asyncio.get_running_loop().run_in_executor(thread, snapshot.end)
+            thread.shutdown(wait=False)
+
+    async def _export_records(self, snapshot: _ExportSnapshot) -> AsyncIterator[Record]:
         players = (
             f"SELECT {', '.join('p.' + c.strip() for c in PLAYER_COLUMNS.split(','))}, "
             "(SELECT device_id FROM devices d WHERE d.player_id = p.id LIMIT 1) "
             "FROM players p WHERE p.id > ? ORDER BY p.id LIMIT ?"
         )
-        async for row in self._pages(players, lambda r: (r[0],), ("",)):
+        async for row in self._pages(snapshot, players, lambda r: (r[0],), ("",)):
             player = _player(row[:12], row[12])
             if player is not None:
                 yield player
@@ -681,32 +708,36 @@ class SQLiteStore:
             "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
             "FROM refresh_tokens WHERE token_hash > ? ORDER BY token_hash LIMIT ?"
         )
-        async for r in self._pages(tokens, lambda r: (r[0],), ("",)):
+        async for r in self._pages(snapshot, tokens, lambda r: (r[0],), ("",)):
             yield RefreshTokenRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
         farms = "SELECT player_id, revision, doc, last_active FROM farms WHERE player_id > ? ORDER BY player_id LIMIT ?"
-        async for r in self._pages(farms, lambda r: (r[0],), ("",)):
+        async for r in self._pages(snapshot, farms, lambda r: (r[0],), ("",)):
             yield StoredFarm(r[0], r[1], orjson.loads(r[2]), r[3])
         snaps = (
             "SELECT player_id, revision, taken_at, farm_value, doc FROM snapshots "
             "WHERE (player_id, revision) > (?, ?) ORDER BY player_id, revision LIMIT ?"
         )
-        async for r in self._pages(snaps, lambda r: (r[0], r[1]), ("", -(2**63))):
+        async for r in self._pages(snapshot, snaps, lambda r: (r[0], r[1]), ("", -(2**63))):
             yield Snapshot(r[0], r[1], r[2], r[3], orjson.loads(r[4]))
         idem = (
             "SELECT player_id, key, request_hash, status, body, created_at FROM idempotency "
             "WHERE (player_id, key) > (?, ?) ORDER BY player_id, key LIMIT ?"
         )
-        async for r in self._pages(idem, lambda r: (r[0], r[1]), ("", "")):
+        async for r in self._pages(snapshot, idem, lambda r: (r[0], r[1]), ("", "")):
             yield IdempotencyRecord(r[0], r[1], r[2], r[3], bytes(r[4]), r[5])
         audit = (
             "SELECT at, id, admin_id, action, target, details FROM audit_log "
             "WHERE (at, id) > (?, ?) ORDER BY at, id LIMIT ?"
         )
-        async for r in self._pages(audit, lambda r: (r[0], r[1]), (float("-inf"), -1)):
+        async for r in self._pages(snapshot, audit, lambda r: (r[0], r[1]), (float("-inf"), -1)):
             yield AuditRecord(r[0], r[2], r[3], r[4], orjson.loads(r[5]))
 
+    @staticmethod
     async def _pages(
-        self, sql: str, after: Callable[[tuple[Any, ...]], tuple[Any, ...]], start: tuple[Any, ...]
+        snapshot: _ExportSnapshot,
+        sql: str,
+        after: Callable[[tuple[Any, ...]], tuple[Any, ...]],
+        start: tuple[Any, ...],
     ) -> AsyncIterator[tuple[Any, ...]]:
         cursor = start
         while True:
@@ -715,7 +746,7 @@ class SQLiteStore:
             def page(c: sqlite3.Connection, params: tuple[Any, ...] = params) -> list[tuple[Any, ...]]:
                 return c.execute(sql, params).fetchall()
 
-            rows = await self._read(page)
+            rows = await snapshot.run(page)
             for row in rows:
                 yield row
             if len(rows) < EXPORT_PAGE:
@@ -750,6 +781,35 @@ class SQLiteStore:
         if chunk:
             await flush()
         return counts
+
+
+class _ExportSnapshot:
+    """An export's own connection and read transaction, used on the export's one thread."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], thread: ThreadPoolExecutor) -> None:
+        self._connect = connect
+        self._thread = thread
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def work() -> T:
+            if self._conn is None:
+                self._conn = self._connect()
+            return fn(self._conn)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+        except sqlite3.DatabaseError as exc:
+            raise StorageUnavailable(f"sqlite: {exc}") from exc
+
+    def end(self) -> None:
+        """End the read transaction (it wrote nothing) and close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            conn.close()
 
 
 def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[Any, ...], int]) -> None:

@@ -45,6 +45,13 @@ from tests.mongo_server import shared_server
 
 T0 = 1_800_000_000.0
 BACKENDS = ["sqlite", "mongo"]
+# MongoDB as production runs it (a replica set: transactions, snapshot sessions), with
+# exports read without a snapshot session, and as a standalone mongod (neither).
+MONGO_KINDS: dict[str, dict[str, Any]] = {
+    "mongo": {},
+    "mongo-no-snapshot": {"snapshot_reads": False},
+    "mongo-standalone": {"transactions": False, "snapshot_reads": False},
+}
 
 
 @asynccontextmanager
@@ -55,7 +62,8 @@ async def open_backend(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
     if kind == "sqlite":
         store = SQLiteStore(tmp_path / f"{name}.sqlite3", synchronous="NORMAL", snapshot_history=3)
     else:
-        store = MongoStore(shared_server().uri, database=f"backup_{name}", snapshot_history=3)
+        options = MONGO_KINDS[kind]
+        store = MongoStore(shared_server().uri, database=f"backup_{name}", snapshot_history=3, **options)
     await store.open()
     try:
         yield store

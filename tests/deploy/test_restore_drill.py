@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
 def test_restore_drill_restores_serves_and_reports_against_rpo_and_rto(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = ServerProcess(data).start()
+    backup = tmp_path / f"llamawool-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl.gz"
+    env = {**os.environ, "LLAMAWOOL_ENV": "test"}
     try:
         req = urllib.request.Request(  # noqa: S310 - loopback
             server.url + "/api/v1/auth/guest",
@@ -31,18 +33,17 @@ def test_restore_drill_restores_serves_and_reports_against_rpo_and_rto(tmp_path:
         )
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
             assert resp.status == 201
+        # Taken from the live server's database, as the CronJob does (a point-in-time export).
+        subprocess.run(
+            [sys.executable, "-m", "llamawool", "backup", "--out", str(backup), "--data-dir", str(data)],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     finally:
         assert server.terminate() == 0
-    backup = tmp_path / f"llamawool-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl.gz"
-    env = {**os.environ, "LLAMAWOOL_ENV": "test"}
-    subprocess.run(
-        [sys.executable, "-m", "llamawool", "backup", "--out", str(backup), "--data-dir", str(data)],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
     result = subprocess.run(
         ["bash", str(DEPLOY / "dr" / "restore-drill.sh"), str(backup)],
         cwd=tmp_path,

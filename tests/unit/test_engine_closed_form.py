@@ -592,7 +592,7 @@ class SnapshotLog:
 
 
 async def test_the_autosave_writes_in_chunks_and_retries_what_a_failed_chunk_lost(tmp_path: Path) -> None:
-    from llamawool.engine.engine import AUTOSAVE_CHUNK
+    from llamawool.engine.ticker import AUTOSAVE_CHUNK
 
     clock = FakeClock(T0)
     farms = [f"p{i}" for i in range(2 * AUTOSAVE_CHUNK + 7)]

@@ -1,0 +1,239 @@
+"""The tick and the engine's upkeep: one vectorised pass over every resident farm.
+
+Each tick settles farms that crossed a threshold, takes farms whose online
+window ran out offline, sends every connected farm its tick, renews this
+replica's leases (dropping copies whose lease was lost) and, every autosave
+interval, writes history snapshots and last-activity times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from ..game import Rules
+from ..observability import Metrics
+from ..settings import Settings
+from ..store import StorageUnavailable, Store
+from .boards import BoardFeed
+from .cluster import Cluster
+from .errors import FarmConflict
+from .farms import Farms
+from .residents import Resident, ResidentSet, snapshot_of
+from .views import tick_message
+
+log = structlog.get_logger("llamawool.engine")
+PRUNE_EVERY_S = 3600.0  # how often old idempotency records are forgotten
+AUTOSAVE_CHUNK = 100  # snapshots per store write in an autosave (see Ticker.autosave)
+
+
+class Ticker:
+    def __init__(
+        self,
+        rules: Rules,
+        store: Store,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        residents: ResidentSet,
+        farms: Farms,
+        boards: BoardFeed,
+        cluster: Cluster,
+        spawn: Callable[[Awaitable[Any]], None],
+        drop_copy: Callable[[Resident], None],
+        rewatch: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.rules = rules
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.residents = residents
+        self.table = residents.table
+        self.farms = farms
+        self.boards = boards
+        self.cluster = cluster
+        self.spawn = spawn
+        self.drop_copy = drop_copy
+        self.rewatch = rewatch
+        self.online_window_s = rules.online_window_s
+        self.autosave_s = rules.config.production.autoSaveInterval / 1000.0
+        self.last_autosave = 0.0
+        self._last_prune = 0.0
+        self.listeners: list[Callable[[float], None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="engine-tick")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        interval = self.settings.tick_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > interval:
+                self.metrics.tick_overruns.inc()
+                next_at = loop.time()  # skip missed ticks instead of bursting
+            next_at += interval
+            try:
+                self.tick()
+            except Exception:
+                log.exception("engine.tick_failed")
+
+    def tick(self) -> None:
+        """One tick: vectorised over every resident farm; Python only for the few
+        rows that need an event and for handing payloads to connections."""
+        started = time.perf_counter()
+        now = self.clock()
+        result = self.table.tick(now, self.online_window_s)
+        owners = self.residents.row_owners
+        # Offline first: a farm whose window ran out must anchor when it went
+        # offline (unlocking what it reached by then), not be settled at `now`.
+        for row in result.offline_rows.tolist():
+            res = owners[row]
+            if res is not None and not res.busy:
+                res.busy = True
+                self.spawn(self._go_offline(res))
+        for row in result.settle_rows.tolist():
+            res = owners[row]
+            if res is not None and not res.busy:
+                res.busy = True
+                self.spawn(self._settle(res))
+        if result.connected_rows.size:
+            balances = result.balances.tolist()
+            keys = self.rules.tier_keys
+            for row, bal in zip(result.connected_rows.tolist(), balances, strict=True):
+                res = owners[row]
+                if res is None:
+                    continue
+                with_rates = res.ticked_revision != res.state.revision
+                res.ticked_revision = res.state.revision
+                msg = tick_message(self.rules, res.state, now, keys, bal, with_rates)
+                for sink in res.sinks:
+                    sink.send(msg)
+        self.metrics.players_online.set(self.residents.online_count())
+        if now - self.last_autosave >= self.autosave_s:
+            self.last_autosave = now
+            self.spawn(self.autosave())
+        if self.residents.by_id and self.cluster.renew_due():
+            self.spawn(self._renew_leases())
+        for player_id in self.cluster.silent_farms(3 * self.settings.tick_interval_s + 2.0):
+            self.spawn(self.rewatch(player_id))
+        for listener in self.listeners:
+            listener(now)
+        self.metrics.tick_duration.observe(time.perf_counter() - started)
+
+    async def _renew_leases(self) -> None:
+        lost = await self.cluster.renew(list(self.residents.by_id))
+        for player_id in lost:
+            res = self.residents.by_id.get(player_id)
+            if res is None:
+                continue
+            # Another replica owns it now (our renewals failed for a while): hand
+            # our sockets over as watchers and drop our copy without writing.
+            log.warning("cluster.lease_lost", player_id=player_id, sockets=len(res.sinks))
+            self.drop_copy(res)
+        if self.cluster.resync_due():
+            await self._resync()
+
+    async def _resync(self) -> None:
+        """Coordination is back after an outage, and every replica has renewed its leases
+        since. Copies this replica loaded or kept without a lease may be older than what
+        another replica committed meanwhile (reads would show them until our next write
+        is refused): drop them all without writing (every change is committed already);
+        the next request or socket loads the newest revision under a lease."""
+        dropped = 0
+        for res in list(self.residents.by_id.values()):
+            async with res.lock:
+                if not res.evicted:
+                    self.drop_copy(res)
+                    dropped += 1
+        log.warning("cluster.resynced", farms=dropped)
+
+    async def _settle(self, res: Resident) -> None:
+        try:
+            async with res.lock:
+                if res.evicted:
+                    return
+                now = self.clock()
+                outcome = self.rules.settle(res.state, now)
+                if outcome.events or outcome.state.discovered != res.state.discovered:
+                    await self.farms.commit(res, outcome)
+                else:
+                    self.table.sync(res.row, res.state)
+        except (StorageUnavailable, FarmConflict) as exc:
+            log.warning("engine.settle_failed", player_id=res.player_id, error=str(exc))
+        finally:
+            res.busy = False
+
+    async def _go_offline(self, res: Resident) -> None:
+        try:
+            async with res.lock:
+                if res.evicted or res.sinks:
+                    return
+                at = res.state.last_active + self.online_window_s
+                if not res.state.online or at > self.clock():
+                    return
+                outcome = self.rules.go_offline(res.state, at)
+                await self.farms.commit(res, outcome, snapshot=True)
+                await self.boards.push_state(res.state, at)
+                self.residents.evict(res)
+                log.info("farm.offline", player_id=res.player_id, at=at)
+        except (StorageUnavailable, FarmConflict) as exc:
+            log.warning("engine.offline_failed", player_id=res.player_id, error=str(exc))
+        finally:
+            res.busy = False
+
+    async def autosave(self, force: bool = False) -> None:
+        """History snapshots of changed farms and the last-activity times of online ones.
+
+        Written in chunks of AUTOSAVE_CHUNK farms, one store write each, so that the
+        actions committing meanwhile share the writer with the autosave instead of
+        queueing behind one transaction of every resident farm (thousands of
+        snapshots: a p99 spike every interval). A farm counts as saved only once its
+        chunk is written; after a failure (a full disk) its snapshot is written by
+        the next autosave."""
+        now = self.clock()
+        touched = []
+        changed = []
+        for res in list(self.residents.by_id.values()):
+            if res.sinks:
+                res.state.last_active = now
+            if res.state.online:
+                touched.append((res.player_id, res.state.last_active))
+            if res.state.revision > res.snapshot_revision:
+                changed.append(res)
+        written = 0
+        try:
+            for start in range(0, len(changed), AUTOSAVE_CHUNK):
+                chunk = changed[start : start + AUTOSAVE_CHUNK]
+                snaps = [snapshot_of(self.rules, res.state) for res in chunk]
+                await self.store.add_snapshots(snaps)
+                for res, snap in zip(chunk, snaps, strict=True):
+                    res.snapshot_revision = max(res.snapshot_revision, snap.revision)
+                written += len(chunk)
+            for start in range(0, len(touched), AUTOSAVE_CHUNK * 4):
+                await self.store.touch_farms(touched[start : start + AUTOSAVE_CHUNK * 4])
+            if now - self._last_prune >= PRUNE_EVERY_S:
+                self._last_prune = now
+                await self.store.prune_idempotency(now - self.settings.idempotency_ttl_s)
+        except StorageUnavailable as exc:
+            self.metrics.store_errors.inc()
+            log.warning("engine.autosave_failed", error=str(exc), farms=len(changed) - written)
+            if force:
+                raise
