@@ -29,13 +29,15 @@ STORES = ("sqlite", "mongo")
 
 
 @pytest.fixture(params=STORES)
-async def served(request: pytest.FixtureRequest, make_client: MakeClient) -> AsyncIterator[TestClient]:
-    """A server (ticking, as in production) on SQLite or on MongoDB (a database of its own)."""
+async def served(
+    request: pytest.FixtureRequest, make_client: MakeClient, clock: FakeClock
+) -> AsyncIterator[TestClient]:
+    """A server on SQLite or on MongoDB (a database of its own), on the test's clock."""
     if request.param == "sqlite":
-        yield await make_client()
+        yield await make_client(clock=clock, tick=False)
         return
     uri = f"{shared_server().uri}costs_{uuid.uuid4().hex[:12]}"
-    client = await make_client(mongodb_uri=uri)
+    client = await make_client(clock=clock, tick=False, mongodb_uri=uri)
     try:
         yield client
     finally:
@@ -84,6 +86,68 @@ async def test_an_action_without_a_key_costs_at_most_one_store_round_trip(served
     cost.pop("ping", None)  # a readiness probe, not the actions' cost
     assert set(cost) <= {"commit", "touch_farms", "add_snapshots"}, cost  # no read before a commit
     assert sum(cost.values()) <= 12, cost  # twelve actions: at most one round trip each
+
+
+def keyed(headers: dict[str, str], key: str) -> dict[str, str]:
+    return {**headers, "Idempotency-Key": key}
+
+
+def forget_replies(client: TestClient) -> None:
+    """As a replica that did not commit the keys sees them (or this one after a restart)."""
+    for res in engine_of(client).residents.values():
+        res.replies.clear()
+
+
+async def test_a_keyed_action_reads_nothing_before_its_commit_and_its_retry_nothing(served: TestClient) -> None:
+    players = await players_online(served, 4)
+    before = await store_ops(served)
+
+    firsts = await asyncio.gather(
+        *(served.post(f"{API}/farm/shear", json={"count": 2}, headers=keyed(h, f"k{i}")) for i, h in enumerate(players))
+    )
+    bodies = [await ok_json(r) for r in firsts]
+    cost = spent(before, await store_ops(served))
+    assert set(cost) == {"commit"} and cost["commit"] <= 4, cost  # the key's check rides in the commit
+
+    before = await store_ops(served)
+    retries = await asyncio.gather(
+        *(served.post(f"{API}/farm/shear", json={"count": 2}, headers=keyed(h, f"k{i}")) for i, h in enumerate(players))
+    )
+    assert [r.headers["Idempotent-Replayed"] for r in retries] == ["true"] * 4
+    assert [await ok_json(r) for r in retries] == bodies
+    assert spent(before, await store_ops(served)) == {}  # answered from memory
+
+
+async def test_a_retry_this_replica_does_not_remember_is_found_by_its_commit(served: TestClient) -> None:
+    guest = await new_guest(served)
+    h = keyed(guest["headers"], "shear-1")
+    first = await ok_json(await served.post(f"{API}/farm/shear", json={"count": 3}, headers=h))
+    forget_replies(served)
+    before = await store_ops(served)
+
+    again = await served.post(f"{API}/farm/shear", json={"count": 3}, headers=h)
+
+    assert again.headers["Idempotent-Replayed"] == "true" and await ok_json(again) == first
+    # the commit is refused for its key; then the first answer is read
+    assert spent(before, await store_ops(served)) == {"commit": 1, "get_idempotency": 1}
+    farm = await get_farm(served, guest["headers"])
+    assert farm["revision"] == first["farm"]["revision"] and farm["balances"]["basic"] == 3.0
+
+
+async def test_a_retry_the_rules_would_refuse_now_gets_the_first_answer(served: TestClient) -> None:
+    guest = await new_guest(served)
+    await ok_json(await served.post(f"{API}/farm/shear", json={"count": 10}, headers=guest["headers"]))
+    h = keyed(guest["headers"], "buy-1")
+    first = await ok_json(await served.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 1}, headers=h))
+    forget_replies(served)
+    before = await store_ops(served)
+
+    # The barn took all the wool: bought again it would be refused, but this is a retry.
+    again = await served.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 1}, headers=h)
+
+    assert again.headers["Idempotent-Replayed"] == "true" and await ok_json(again) == first
+    assert spent(before, await store_ops(served)) == {"get_idempotency": 1}  # nothing written
+    assert (await get_farm(served, guest["headers"]))["buildings"]["barn"] == 1
 
 
 async def test_a_board_push_costs_redis_one_round_trip_per_board_not_one_per_farm(
