@@ -118,35 +118,38 @@ async def test_a_keyed_action_reads_nothing_before_its_commit_and_its_retry_noth
     assert spent(before, await store_ops(served)) == {}  # answered from memory
 
 
+async def first_then_forgotten_retry(
+    client: TestClient, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> dict[str, float]:
+    """Send a keyed action, forget what this replica remembers of its key, send it again:
+    the retry is a replay of the first answer; returns what the retry cost the store."""
+    first = await ok_json(await client.post(f"{API}{path}", json=body, headers=headers))
+    forget_replies(client)
+    before = await store_ops(client)
+    again = await client.post(f"{API}{path}", json=body, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true" and await ok_json(again) == first
+    return spent(before, await store_ops(client))
+
+
 async def test_a_retry_this_replica_does_not_remember_is_found_by_its_commit(served: TestClient) -> None:
     guest = await new_guest(served)
-    h = keyed(guest["headers"], "shear-1")
-    first = await ok_json(await served.post(f"{API}/farm/shear", json={"count": 3}, headers=h))
-    forget_replies(served)
-    before = await store_ops(served)
 
-    again = await served.post(f"{API}/farm/shear", json={"count": 3}, headers=h)
+    cost = await first_then_forgotten_retry(served, "/farm/shear", {"count": 3}, keyed(guest["headers"], "shear-1"))
 
-    assert again.headers["Idempotent-Replayed"] == "true" and await ok_json(again) == first
-    # the commit is refused for its key; then the first answer is read
-    assert spent(before, await store_ops(served)) == {"commit": 1, "get_idempotency": 1}
+    assert cost == {"commit": 1, "get_idempotency": 1}  # the commit is refused for its key, the answer read
     farm = await get_farm(served, guest["headers"])
-    assert farm["revision"] == first["farm"]["revision"] and farm["balances"]["basic"] == 3.0
+    assert farm["revision"] == 2 and farm["balances"]["basic"] == 3.0  # created, then sheared once
 
 
 async def test_a_retry_the_rules_would_refuse_now_gets_the_first_answer(served: TestClient) -> None:
     guest = await new_guest(served)
     await ok_json(await served.post(f"{API}/farm/shear", json={"count": 10}, headers=guest["headers"]))
-    h = keyed(guest["headers"], "buy-1")
-    first = await ok_json(await served.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 1}, headers=h))
-    forget_replies(served)
-    before = await store_ops(served)
 
-    # The barn took all the wool: bought again it would be refused, but this is a retry.
-    again = await served.post(f"{API}/farm/buildings/barn/purchase", json={"quantity": 1}, headers=h)
+    # The barn takes all the wool: bought again it would be refused, but this is a retry.
+    purchase = "/farm/buildings/barn/purchase"
+    cost = await first_then_forgotten_retry(served, purchase, {"quantity": 1}, keyed(guest["headers"], "buy-1"))
 
-    assert again.headers["Idempotent-Replayed"] == "true" and await ok_json(again) == first
-    assert spent(before, await store_ops(served)) == {"get_idempotency": 1}  # nothing written
+    assert cost == {"get_idempotency": 1}  # nothing written
     assert (await get_farm(served, guest["headers"]))["buildings"]["barn"] == 1
 
 
