@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import uuid
 from collections import Counter
@@ -97,6 +98,21 @@ class Cluster:
     replicas: list[Replica]
     sent_to: int = 0  # the replica actions go to (1: the one not owning the farms)
 
+    @asynccontextmanager
+    async def quiet(self) -> AsyncIterator[None]:
+        """No ticks, lease renewals or board pushes meanwhile: a phase's counts are its
+        requests' own (the background is measured on its own, per player-second)."""
+        engines = [context(r.server.app).engine for r in self.replicas]
+        for engine in engines:
+            await engine.ticker.stop()
+            await engine.boards.stop()
+        try:
+            yield
+        finally:
+            for engine in engines:
+                engine.ticker.start()
+                engine.boards.start()
+
     def counts(self) -> dict[str, Counter[str]]:
         total: dict[str, Counter[str]] = {}
         for r in self.replicas:
@@ -153,17 +169,22 @@ async def replica(settings: Settings, **app_args: Any) -> AsyncIterator[Replica]
 async def phase(
     cluster: Cluster, rows: list[Row], phase_name: str, per: str, units: int, work: Callable[[], Any]
 ) -> None:
-    before = cluster.counts()
-    await work()
-    await asyncio.sleep(0.2)  # the last group commit and releases land
-    after = cluster.counts()
+    """Count what `work` costs; requests' phases run with the background quiet."""
+    async with contextlib.AsyncExitStack() as stack:
+        if per != "player-second":
+            await stack.enter_async_context(cluster.quiet())
+        before = cluster.counts()
+        await work()
+        await asyncio.sleep(0.2)  # the last group commit and releases land
+        after = cluster.counts()
     spent = {k: after[k] - before.get(k, Counter()) for k in after}
     rows.append(Row(cluster.name, phase_name, per, units, spent))
 
 
 async def play(cluster: Cluster, players: int, seconds: float, rows: list[Row]) -> None:
     owner, actor = cluster.replicas[0], cluster.replicas[cluster.sent_to]
-    async with aiohttp.ClientSession() as http, AsyncExitStack() as sockets:
+    # no connection limit: every player holds a socket open (the default pool of 100 would starve)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http, AsyncExitStack() as sockets:
         guests: list[dict[str, str]] = []
 
         async def login() -> None:

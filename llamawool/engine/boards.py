@@ -87,11 +87,18 @@ class BoardFeed:
         self._task = asyncio.create_task(self._loop(), name="board-feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the feed's loop. Cancelled until it has really ended: a cancellation that
+        lands inside a Redis call can be swallowed by the client library (redis-py on
+        Python 3.11 does, now and then), and the loop would push on, holding shutdown."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
     async def _loop(self) -> None:
         while True:
