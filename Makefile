@@ -87,6 +87,7 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.actions --quick
 	$(PY) -m benchmarks.startup --quick
 	$(PY) -m benchmarks.autosave --quick
+	$(PY) -m benchmarks.costs --quick
 
 ## The soak (RELIABILITY.md): 2,000 players (REST + WebSocket) for 30 minutes on one process; fails on a
 ## growth trend over 5 % (RSS, open files, tasks, p99) or any error. soak-quick: 200 players for 60 s.
