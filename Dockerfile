@@ -10,8 +10,18 @@
 # Runs as uid/gid 1001 with a read-only root filesystem: the only writable
 # paths are LLAMAWOOL_DATA_DIR (/data) and /tmp, which the orchestrator mounts
 # (emptyDir in Kubernetes, volumes/tmpfs in docker-compose).
+#
+# BASE_IMAGE is any Debian-family image with CPython 3.11 and its venv module
+# as `python3`: the official python:3.11-slim-trixie by default; where no
+# registry can be reached, a local one (tests/image_base.py builds a Debian
+# bookworm base with debootstrap). Both stages use the same base, so the
+# virtualenv's interpreter link stays valid.
+# checkov reads `FROM ${BASE_IMAGE}` as an image without a tag (CKV_DOCKER_7);
+# the default is a pinned tag, which tests/deploy/test_validators.py holds it to.
+# checkov:skip=CKV_DOCKER_7:the base is a build argument whose default is pinned
+ARG BASE_IMAGE=python:3.11-slim-trixie
 
-FROM python:3.11-slim-trixie AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -20,14 +30,16 @@ COPY pyproject.toml constraints.txt ./
 COPY llamawool ./llamawool
 # pip compiles the bytecode at install time (the read-only image never writes any);
 # the virtualenv's own pip and setuptools go once they have done their job.
-RUN python -m venv /opt/venv \
+RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
-FROM python:3.11-slim-trixie AS runtime
+FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="llamawool" \
       org.opencontainers.image.description="Server-authoritative game server for Llama Wool Farm" \
       org.opencontainers.image.licenses="MIT"
+# The virtualenv comes first on PATH: its `python` runs the CMD and the HEALTHCHECK
+# on either base (Debian's own python3 package installs no `python`).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+## Debian's packages that tests need are installed only when missing; as root here, through
+## sudo where make runs as another user (a hosted CI runner).
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo )env DEBIAN_FRONTEND=noninteractive apt-get
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 DEPLOY_STAMP := $(VENV)/.deploy-$(shell cat constraints.txt requirements/deploy.txt requirements/checkov.txt | cksum | cut -d' ' -f1)
 
@@ -37,7 +40,7 @@ $(E2E_STAMP): $(STAMP) requirements/e2e.txt
 	@touch $@
 
 e2e-deps: $(E2E_STAMP)
-	@command -v chromium >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	@command -v chromium >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y chromium)
 
 ## Render the production manifests into deploy/rendered/ (and compose's alert rules).
 manifests: $(DEPLOY_STAMP)
@@ -60,10 +63,26 @@ types: $(STAMP)
 ## The real servers the tests start themselves (Debian's packages, installed only when missing).
 .PHONY: servers-deps
 servers-deps:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light)
-	@command -v redis-server >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || ($(APT_GET) update && $(APT_GET) install -y nginx-light)
+	@command -v redis-server >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y redis-server)
 
-unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps
+## The image test's tools (tests/e2e/test_image.py): podman with runc (crun fails on some
+## kernels' cgroup layouts) and debootstrap, which builds the local base image when no
+## registry can be reached.
+.PHONY: image-deps
+image-deps:
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && { command -v debootstrap >/dev/null 2>&1 || test -x /usr/sbin/debootstrap || test -n "$$LLAMAWOOL_TEST_IMAGE_BASE"; } \
+		|| ($(APT_GET) update && $(APT_GET) install -y podman runc debootstrap)
+
+
+## Prometheus (promtool) and Alertmanager (amtool) from Debian's packages, installed only when missing:
+## the alert rules' unit tests, `amtool check-config` and the cluster test that runs both servers.
+.PHONY: monitoring-deps
+monitoring-deps:
+	@command -v promtool >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus)
+	@command -v amtool >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus-alertmanager)
+
+unit: $(STAMP) deploy-deps e2e-deps security-deps servers-deps image-deps monitoring-deps
 	$(VENV)/bin/pytest -q
 
 clean:
@@ -78,7 +97,7 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 	@touch $@
 
 bench-deps: $(BENCH_STAMP)
-	@command -v wrk >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)
+	@command -v wrk >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y wrk)
 
 ## A smoke run of every benchmark (well under a minute): proves each runs; a missed goal does not fail it.
 bench-quick: bench-deps
@@ -88,6 +107,7 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.startup --quick
 	$(PY) -m benchmarks.autosave --quick
 	$(PY) -m benchmarks.costs --quick
+	$(PY) -m benchmarks.cluster --quick
 
 ## The soak (RELIABILITY.md): 2,000 players (REST + WebSocket) for 30 minutes on one process; fails on a
 ## growth trend over 5 % (RSS, open files, tasks, p99) or any error. soak-quick: 200 players for 60 s.
@@ -100,7 +120,7 @@ soak-quick: bench-deps
 
 ## The full benchmarks (about ten minutes; see BENCHMARKS.md); fails when a goal is missed.
 bench: bench-deps
-	@status=0; for b in "tick" "ws --full" "actions" "startup" "autosave"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
+	@status=0; for b in "tick" "ws --full" "actions" "startup" "autosave" "cluster"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
 
 .PHONY: security-deps fuzz
 SECURITY_STAMP := $(VENV)/.security-$(shell cat constraints.txt requirements/security.txt | cksum | cut -d' ' -f1)

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psutil
@@ -219,18 +219,23 @@ def bench_config(directory: Path, actions_per_minute: int = 1_000_000) -> Path:
     return path
 
 
+# anti-cheat limits raised: a load test is one IP and few players doing a lot
+LOAD_TEST_LIMITS = {
+    "LLAMAWOOL_ACCESS_TOKEN_TTL_S": "7200",
+    "LLAMAWOOL_SHEAR_REQUESTS_PER_MINUTE": "100000000",
+    "LLAMAWOOL_GUESTS_PER_IP_PER_HOUR": "100000000",
+    "LLAMAWOOL_REGISTRATIONS_PER_IP_PER_HOUR": "100000000",
+    "LLAMAWOOL_WS_VIOLATIONS_BEFORE_CLOSE": "100000000",
+}
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         **os.environ,
         "LLAMAWOOL_ENV": "test",
         "LLAMAWOOL_LOG_LEVEL": "warning",
         "LLAMAWOOL_JWT_SECRET": JWT_SECRET,
-        "LLAMAWOOL_ACCESS_TOKEN_TTL_S": "7200",
-        # anti-cheat limits raised: a load test is one IP and few players doing a lot
-        "LLAMAWOOL_SHEAR_REQUESTS_PER_MINUTE": "100000000",
-        "LLAMAWOOL_GUESTS_PER_IP_PER_HOUR": "100000000",
-        "LLAMAWOOL_REGISTRATIONS_PER_IP_PER_HOUR": "100000000",
-        "LLAMAWOOL_WS_VIOLATIONS_BEFORE_CLOSE": "100000000",
+        **LOAD_TEST_LIMITS,
     }
     env.update(extra or {})
     return env
@@ -428,14 +433,25 @@ def access_tokens(ids: Sequence[str], ttl_s: int = 7200) -> list[str]:
 # driven by JSON lines on stdin, answering JSON lines on stdout.
 
 
+class WsListener(Protocol):
+    """What a WsClient reports to: its text frames, and that it closed."""
+
+    open: set[WsClient]
+
+    def on_text(self, client: WsClient, payload: bytes, now: float) -> None: ...
+
+    def lost(self, client: WsClient) -> None: ...
+
+
 class WsClient(asyncio.Protocol):
-    def __init__(self, gen: LoadGen, path: str, host: str) -> None:
+    def __init__(self, gen: WsListener, path: str, host: str) -> None:
         self.gen = gen
         self.path = path
         self.host = host
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.upgraded = False
+        self.head = b""  # the handshake's response head
         self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.pending: dict[int, float] = {}  # action id -> sent at
@@ -454,7 +470,7 @@ class WsClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.gen.open.discard(self)
+        self.gen.lost(self)
         if not self.welcome.done():
             self.welcome.set_result(False)
 
@@ -481,6 +497,7 @@ class WsClient(asyncio.Protocol):
                 self.transport.close()
                 return
             self.upgraded = True
+            self.head = buf[:end]
             buf = buf[end + 4 :]
         gen = self.gen
         pos = 0
@@ -520,7 +537,7 @@ class WsClient(asyncio.Protocol):
         self.transport.write(bytes((first, 0x80 | len(payload))) + mask + payload)
 
 
-def _server_time(payload: bytes) -> float | None:
+def server_time(payload: bytes) -> float | None:
     i = payload.find(b'"server_time":')
     if i < 0:
         return None
@@ -549,6 +566,9 @@ class LoadGen:
         self.action_err = 0
         self.errors: dict[str, int] = {}
 
+    def lost(self, client: WsClient) -> None:
+        self.open.discard(client)
+
     def on_text(self, client: WsClient, payload: bytes, now: float) -> None:
         if payload.startswith(b'{"type":"tick"'):
             client.ticks += 1
@@ -557,7 +577,7 @@ class LoadGen:
                 self.tick_messages += 1
                 self.tick_bytes += len(payload)
                 self.bytes += len(payload)
-                st = _server_time(payload)
+                st = server_time(payload)
                 if st is not None:
                     self.lateness.append(now - st)
                     worst = self.per_tick.get(st, 0.0)

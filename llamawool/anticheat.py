@@ -24,7 +24,7 @@ from .coord.batching import BatchedHits
 from .game import Rules
 from .observability import Metrics
 from .settings import Settings
-from .store import Store
+from .store import PlayerChanges, Store
 
 log = structlog.get_logger("llamawool.anticheat")
 
@@ -130,21 +130,17 @@ class AntiCheat:
         except CoordinationUnavailable:
             self.coord_errors.inc()
             count = await self._fallback.count_violation(player_id, now, self.settings.violation_window_s)
-        player = await self.store.get_player(player_id)
-        if player is None:
+        reason = None
+        if count >= self.threshold:
+            reason = f"{count} violations within {self.settings.violation_window_s:.0f}s (last: {kind})"
+        # counted and flagged by the store itself: no read-modify-write of the player
+        newly = await self.store.record_violation(player_id, now, reason)
+        if newly is None:
             return False
-        player.last_violation_at = now
-        player.violations_total += 1
-        newly = False
-        if count >= self.threshold and player.flagged_at is None:
-            player.flagged_at = now
-            player.flag_reason = f"{count} violations within {self.settings.violation_window_s:.0f}s (last: {kind})"
-            newly = True
-        await self.store.update_player(player)
         log.info("anticheat.violation", player_id=player_id, kind=kind, count=count, detail=detail)
         if newly:
             self.flags.inc()
-            log.warning("anticheat.flagged", player_id=player_id, violations=count, reason=player.flag_reason)
+            log.warning("anticheat.flagged", player_id=player_id, violations=count, reason=reason)
             await self._set_hidden(player_id, True)
         return newly
 
@@ -155,13 +151,18 @@ class AntiCheat:
             self.coord_errors.inc()
             log.warning("anticheat.hidden_not_synced", player_id=player_id, hidden=hidden)
 
-    async def clear_flag(self, player_id: str) -> bool:
+    async def clear_flag(self, player_id: str, *, quiet_since: float | None = None) -> bool:
+        """Clear the player's flag. With `quiet_since` (the decay sweep), only while the
+        last violation is still the one the sweep judged: a violation counted meanwhile
+        keeps the flag."""
         player = await self.store.get_player(player_id)
         if player is None or player.flagged_at is None:
             return False
-        player.flagged_at = None
-        player.flag_reason = None
-        await self.store.update_player(player)
+        expect: PlayerChanges = {"flagged_at": player.flagged_at}
+        if quiet_since is not None:
+            expect["last_violation_at"] = quiet_since
+        if not await self.store.update_player_fields(player_id, {"flagged_at": None, "flag_reason": None}, expect):
+            return False
         await self._set_hidden(player_id, False)
         log.info("anticheat.flag_cleared", player_id=player_id)
         return True
@@ -172,7 +173,9 @@ class AntiCheat:
         cleared = 0
         for player in await self.store.list_flagged():
             last = player.last_violation_at or player.flagged_at or now
-            if now - last >= self.settings.flag_decay_s and await self.clear_flag(player.id):
+            if now - last >= self.settings.flag_decay_s and await self.clear_flag(
+                player.id, quiet_since=player.last_violation_at
+            ):
                 cleared += 1
         return cleared
 
@@ -187,6 +190,15 @@ class AntiCheat:
         if not result.allowed:
             self.limited.labels(scope=scope).inc()
             raise RateLimited(scope, result)
+
+    async def check_export(self, player_id: str) -> LimitResult:
+        """Count one data export of the player (`GET /players/me/export` reads everything
+        held about them): refused past `data_exports_per_hour`, whatever `enabled` says."""
+        result = await self._hit(f"export:{player_id}", self.settings.data_exports_per_hour, 3600.0)
+        if not result.allowed:
+            self.limited.labels(scope="export").inc()
+            raise RateLimited("export", result)
+        return result
 
     def _login_key(self, ip: str, login: str) -> str:
         return f"loginfail:{ip}:{login.lower()}"

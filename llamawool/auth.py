@@ -33,7 +33,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from .observability import get_logger
 from .settings import Settings
-from .store import PlayerRecord, RefreshTokenRecord, Revocation, Store
+from .store import PlayerChanges, PlayerRecord, RefreshTokenRecord, Revocation, Store
 
 JWT_ALGORITHM = "HS256"
 REVOCATION_OVERLAP_S = 30.0  # re-read this far back each poll (replica clocks differ a little)
@@ -68,6 +68,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    session_id: str = ""
 
 
 def _hash_token(token: str) -> str:
@@ -169,11 +170,48 @@ class Auth:
                 expires_at=now + self.refresh_ttl,
             )
         )
-        return TokenPair(self.access_token(player, now, family), refresh, self.access_ttl)
+        return TokenPair(self.access_token(player, now, family), refresh, self.access_ttl, family)
+
+    async def issue_if(self, player: PlayerRecord, holds: Callable[[PlayerRecord], bool]) -> TokenPair | None:
+        """Start a session for a credential checked against `player` as read earlier (a
+        password, a guest's device id), unless the account changed meanwhile: the session
+        is stored first, then the player read again; when `holds` is no longer true of it
+        (the password changed, the guest registered) or it is gone, the session ends at
+        once and None is returned. A change ends every session after its write too
+        (`change_credentials`), so either it sees this session or this read sees it."""
+        tokens = await self.issue(player)
+        now = await self.store.get_player(player.id)
+        if now is not None and holds(now):
+            return tokens
+        await self.store.revoke_family(tokens.session_id)
+        await self.end_sessions([tokens.session_id])
+        return None
+
+    async def change_credentials(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        """Write a new password (a password change, a guest's upgrade, a new admin) and end
+        every session: before the write, so that a change cut short leaves the account
+        signed out with its old credentials rather than the old sessions alive with new
+        ones; and after it, for a sign-in that checked the old credentials and started
+        its session in between (`issue_if`). False (nothing written) when `expect` fails."""
+        await self.end_all_sessions(player_id)
+        if not await self.store.update_player_fields(player_id, changes, expect):
+            return False
+        await self.end_all_sessions(player_id)
+        return True
 
     async def refresh(self, refresh_token: str) -> tuple[PlayerRecord, TokenPair]:
+        """Rotate: spend the token and store its successor in one step of the store, which
+        refuses a family revoked before or during it, so once a logout, a password change,
+        an account deletion or a detected replay has answered, no token of the sessions
+        it ended can be rotated again. The player is read after the rotation: an account
+        erased meanwhile leaves an orphan token that no refresh can use."""
         now = time.time()
-        spent = await self.store.spend_refresh_token(_hash_token(refresh_token), now)
+        successor = secrets.token_urlsafe(32)
+        spent = await self.store.rotate_refresh_token(
+            _hash_token(refresh_token), _hash_token(successor), now, now + self.refresh_ttl
+        )
         if spent.record is None:
             raise AuthError("INVALID_TOKEN", "unknown refresh token")
         if spent.reused:
@@ -182,10 +220,13 @@ class Auth:
             raise AuthError("INVALID_TOKEN", "refresh token already used: its session has been revoked")
         if spent.record.expires_at <= now:
             raise AuthError("INVALID_TOKEN", "the refresh token has expired")
+        if spent.ended:
+            raise AuthError("INVALID_TOKEN", "the session has ended (logged out, password changed or revoked)")
         player = await self.store.get_player(spent.record.player_id)
         if player is None:
             raise AuthError("INVALID_TOKEN", "the account no longer exists")
-        return player, await self.issue(player, spent.record.family_id)
+        family = spent.record.family_id
+        return player, TokenPair(self.access_token(player, now, family), successor, self.access_ttl, family)
 
     async def logout(self, refresh_token: str | None, player_id: str | None) -> None:
         """End the refresh token's session; with no refresh token, every session of

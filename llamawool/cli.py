@@ -1,4 +1,7 @@
-"""Command line: `python -m llamawool serve | openapi | check-config | admin | backup | restore | migrate`."""
+"""Command line: `python -m llamawool serve | openapi | check-config | admin | backup | restore | migrate`.
+
+`migrate status` / `migrate up` read and upgrade the configured store's schema;
+`migrate --from URI --to URI` copies every record between stores."""
 
 from __future__ import annotations
 
@@ -94,7 +97,7 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
     from .api.schemas import Email, Password, Username
     from .auth import Auth
     from .passwords import password_problem
-    from .store import PlayerRecord, open_store
+    from .store import PlayerChanges, PlayerRecord, open_store
 
     password = os.environ.get(password_env) or getpass.getpass("admin password: ")
     try:
@@ -130,13 +133,14 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
             await store.create_player(player)
             verb = "created"
         else:
-            player.role = "admin"
-            player.is_guest = False
-            player.email = email
-            player.username = username
-            player.password_hash = password_hash
-            await auth.end_all_sessions(player.id)  # a new password: the sessions end first (see change_password)
-            await store.update_player(player)
+            admin: PlayerChanges = {
+                "role": "admin",
+                "is_guest": False,
+                "email": email,
+                "username": username,
+                "password_hash": password_hash,
+            }
+            await auth.change_credentials(player.id, admin)  # a new password: every session ends
             verb = "promoted"
         sys.stdout.write(f"admin {username} {verb} (id {player.id})\n")
         return 0
@@ -144,9 +148,69 @@ async def create_admin(settings: Settings, username: str, email: str, password_e
         await store.close()
 
 
+async def erase_player(settings: Settings, args: argparse.Namespace) -> int:
+    """`admin erase-player`: erase accounts by id and record their tombstones, as
+    `DELETE /players/me` does (docs/privacy.md); for erasures a lost database took with
+    it (ids from the `player.erased` log lines) or requests made to support. Run it
+    with the servers stopped: a running server's sessions end only when their access
+    tokens expire."""
+    import time
+
+    from .store import StoreError, open_store, store_from_uri
+
+    try:
+        store = store_from_uri(args.uri, settings) if args.uri else open_store(settings)
+    except ValueError as exc:
+        sys.stderr.write(f"llamawool: {exc}\n")
+        return 2
+    try:
+        await store.open()
+        try:
+            for player_id in args.player:
+                held = await store.get_player(player_id) is not None
+                await store.delete_player(player_id, args.at if args.at is not None else time.time())
+                sys.stdout.write(f"erased {player_id}{'' if held else ' (not held here: tombstone recorded)'}\n")
+        finally:
+            await store.close()
+    except StoreError as exc:
+        sys.stderr.write(f"llamawool admin erase-player: {exc}\n")
+        return 1
+    return 0
+
+
+async def schema_tool(settings: Settings, args: argparse.Namespace) -> int:
+    """`migrate status` (exit 0: this code can run on the database as it is; 1: steps are
+    pending or the database is too new) and `migrate up` (run the pending steps)."""
+    from .store import SQLiteStore, StoreError, open_store, store_from_uri
+
+    try:
+        store = store_from_uri(args.uri, settings, "inspect") if args.uri else open_store(settings, "inspect")
+    except ValueError as exc:
+        sys.stderr.write(f"llamawool: {exc}\n")
+        return 2
+    if args.action == "status" and isinstance(store, SQLiteStore) and not store.path.exists():
+        sys.stderr.write(f"llamawool migrate status: no database at {store.path}\n")  # and status creates none
+        return 1
+    try:
+        await store.open()
+        try:
+            if args.action == "up":
+                ran = await store.upgrade_schema()
+                for name in ran:
+                    sys.stdout.write(f"applied: {name}\n")
+            status = await store.schema_status()
+        finally:
+            await store.close()
+    except StoreError as exc:
+        sys.stderr.write(f"llamawool migrate {args.action}: {exc}\n")
+        return 1
+    sys.stdout.write(status.describe() + "\n")
+    return 1 if status.pending or status.too_new else 0
+
+
 async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
     """`backup`, `restore` and `migrate` (format and guarantees: `store/portable.py`)."""
-    from .store import StoreError, open_store, store_from_uri
+    from .store import SQLiteStore, StoreError, open_store, store_from_uri
     from .store.portable import BackupError, VerifyError, backup, migrate, restore
 
     def chosen(uri: str | None) -> Store:
@@ -158,19 +222,30 @@ async def data_tool(settings: Settings, args: argparse.Namespace) -> int:
             stores = [store_from_uri(args.source, settings), store_from_uri(args.target, settings)]
         else:
             stores = [chosen(args.uri)]
+        # restore --erasures-from: backup files, or stores (whose tombstones are read)
+        sources: list[Path | Store] = []
+        for source in getattr(args, "erasures_from", None) or []:
+            if "://" not in source:
+                sources.append(Path(source))
+                continue
+            # read only: a source on an older schema is not upgraded (it then holds no tombstones)
+            tombstones = store_from_uri(source, settings, "inspect")
+            if isinstance(tombstones, SQLiteStore) and not tombstones.path.exists():
+                raise ValueError(f"--erasures-from {source}: no database at {tombstones.path}")
+            sources.append(tombstones)
     except ValueError as exc:
         sys.stderr.write(f"llamawool: {exc}\n")
         return 2
     opened: list[Store] = []
     try:
-        for store in stores:
+        for store in [*stores, *(s for s in sources if not isinstance(s, Path))]:
             await store.open()
             opened.append(store)
         if args.command == "backup":
             d = await backup(stores[0], args.out)
             out(f"backup of {stores[0].name} written to {args.out}: {d.describe()}\n")
         elif args.command == "restore":
-            d = await restore(stores[0], args.in_file)
+            d = await restore(stores[0], args.in_file, erasures_from=sources)
             out(f"restored {args.in_file} into {stores[0].name} and verified: {d.describe()}\n")
         else:
             d = await migrate(stores[0], stores[1])
@@ -209,20 +284,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_create.add_argument("--data-dir", type=Path)
     p_create.add_argument("--settings", type=Path)
+    p_erase = admin_sub.add_parser(
+        "erase-player", help="erase accounts by id and record their tombstones (as DELETE /players/me does)"
+    )
+    p_erase.add_argument("--player", action="append", required=True, help="a player id; repeatable")
+    p_erase.add_argument("--at", type=float, help="the erasure time (Unix seconds; default now)")
+    p_erase.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
+    p_erase.add_argument("--data-dir", type=Path)
+    p_erase.add_argument("--settings", type=Path)
     where = "the store the settings select (MONGODB_URI, else SQLite in the data folder), or --uri"
     p_backup = sub.add_parser("backup", help=f"write a portable, compressed backup of {where}")
     p_backup.add_argument("--out", type=Path, required=True, help="the backup file to write (gzip JSON lines)")
     p_restore = sub.add_parser("restore", help=f"load a backup into {where}; safe to re-run")
     p_restore.add_argument("--in", dest="in_file", type=Path, required=True, help="the backup file to read")
+    p_restore.add_argument(
+        "--erasures-from",
+        action="append",
+        metavar="FILE_OR_URI",
+        help="also re-apply the tombstones (erased accounts) of this backup file or store (the newest backup, "
+        "or the live database the restore replaces); repeatable. The backup's and the target's always apply",
+    )
     for p in (p_backup, p_restore):
         p.add_argument("--uri", help="sqlite:///PATH or mongodb://... instead of the configured store")
         p.add_argument("--data-dir", type=Path)
         p.add_argument("--settings", type=Path)
-    p_migrate = sub.add_parser("migrate", help="copy every record between stores, then verify; safe to re-run")
-    p_migrate.add_argument("--from", dest="source", required=True, help="sqlite:///PATH or mongodb://...")
-    p_migrate.add_argument("--to", dest="target", required=True, help="sqlite:///PATH or mongodb://...")
+    p_migrate = sub.add_parser(
+        "migrate",
+        help=f"`status` / `up`: the schema version of {where}, and its pending migrations run; "
+        "`--from URI --to URI`: copy every record between stores, then verify (safe to re-run)",
+    )
+    p_migrate.add_argument("action", nargs="?", choices=("status", "up"), help="the schema commands")
+    p_migrate.add_argument("--uri", help="status / up: sqlite:///PATH or mongodb://... instead of the configured store")
+    p_migrate.add_argument("--data-dir", type=Path)
+    p_migrate.add_argument("--from", dest="source", help="copy: sqlite:///PATH or mongodb://...")
+    p_migrate.add_argument("--to", dest="target", help="copy: sqlite:///PATH or mongodb://...")
     p_migrate.add_argument("--settings", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        copying = args.source is not None or args.target is not None
+        if args.action and copying:
+            parser.error(f"migrate {args.action} takes no --from/--to (those copy between stores)")
+        if not args.action and (args.source is None or args.target is None):
+            parser.error("migrate needs `status`, `up`, or both --from and --to")
 
     try:
         if args.command == "openapi":
@@ -246,7 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("configuration ok\n")
         return 0
     if args.command == "admin":
-        return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+        from .store import SchemaError
+
+        try:
+            if args.admin_command == "erase-player":
+                return asyncio.run(erase_player(settings, args))
+            return asyncio.run(create_admin(settings, args.username, args.email, args.password_env))
+        except SchemaError as exc:
+            sys.stderr.write(f"llamawool admin: {exc}\n")
+            return 1
+    if args.command == "migrate" and args.action:
+        return asyncio.run(schema_tool(settings, args))
     if args.command in ("backup", "restore", "migrate"):
         return asyncio.run(data_tool(settings, args))
     loop_factory = None
@@ -256,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - Windows
         pass
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(settings))
+    from .store import SchemaError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(settings))
+    except SchemaError as exc:  # a database this code must not open as it is: say what to do
+        structlog.get_logger("llamawool.cli").error("server.schema_refused", error=str(exc))
+        sys.stderr.write(f"llamawool: cannot start: {exc}\n")
+        return 1
     return 0

@@ -18,26 +18,39 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-REDACTED_KEYS = frozenset(
-    {"password", "token", "access_token", "refresh_token", "authorization", "jwt_secret", "secret", "cookie"}
-)
-
+# A field is a secret when its name says so, whatever the rest of the name
+# (`new_password`, `refresh_token`, `X-Api-Key`, `jwt_secret_file`, `Authorization`):
+# matched by pattern, not a list of exact names a new log call can miss.
+_SECRET_KEY = re.compile(r"passw|secret|token|authoriz|cookie|credential|api[_-]?key|private[_-]?key", re.IGNORECASE)
 
 # A JWT (base64url parts joined by dots, the first an encoded '{"'): a credential wherever
 # it shows up, such as a client's input quoted in a refusal's detail, even cut short.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_.-]*")
+# The userinfo of a URL (`mongodb://user:password@host`), in a `*_uri` / `*_url` field or
+# quoted in an error message: the host stays, the credentials go.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def _scrub(key: object, value: Any) -> Any:
+    if isinstance(key, str) and _SECRET_KEY.search(key):
+        return "[redacted]"
+    if isinstance(value, str):
+        if "eyJ" in value:
+            value = _JWT.sub("[redacted-jwt]", value)
+        if "@" in value and "://" in value:
+            value = _USERINFO.sub(r"\g<scheme>[redacted]@", value)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(None, v) for v in value]
+    return value
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let a secret reach a log line, whoever logged it (nested fields too)."""
     for key in list(event):
-        value = event[key]
-        if key.lower() in REDACTED_KEYS:
-            event[key] = "[redacted]"
-        elif isinstance(value, dict):
-            event[key] = _redact(_, __, dict(value))
-        elif isinstance(value, str) and "eyJ" in value:
-            event[key] = _JWT.sub("[redacted-jwt]", value)
+        event[key] = _scrub(key, event[key])
     return event
 
 
@@ -64,8 +77,8 @@ def configure_logging(level: str = "info", fmt: str = "json", region: str = "loc
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
             _TRACEBACKS,
+            _redact,  # after the traceback is rendered: an exception's message is scrubbed too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
@@ -94,6 +107,24 @@ class Metrics:
         )
         self.ws_active = Gauge("websocket_connections_active", "Open WebSocket connections", registry=r)
         self.ws_messages = Counter("websocket_messages_total", "WebSocket messages", ["direction", "type"], registry=r)
+        self.rebalance_closed = Counter(
+            "llamawool_rebalance_closed_total",
+            "Sockets closed (1012, reason rebalancing) because this replica held more than its fair share",
+            registry=r,
+        )
+        self.rebalance_refused = Counter(
+            "llamawool_rebalance_refused_total",
+            "New sockets refused (503) because this replica was above its band while a peer had room",
+            registry=r,
+        )
+        self.rebalance_fair_share = Gauge(
+            "llamawool_rebalance_fair_share",
+            "Sockets per live replica as of this replica's last rebalancing round",
+            registry=r,
+        )
+        self.replicas_live = Gauge(
+            "llamawool_replicas_live", "Replicas whose load report is current and that are not draining", registry=r
+        )
         self.tick_duration = Histogram(
             "llamawool_tick_duration_seconds",
             "Time to compute one engine tick and hand out its payloads",
@@ -146,6 +177,34 @@ class Metrics:
             "llamawool_redis_round_trips_total",
             "Round trips to Redis, by purpose (a pipeline or a script is one)",
             ["purpose"],
+            registry=r,
+        )
+        # Ownership across replicas (docs/replicas.md); every label is a fixed set.
+        self.remote_watched = Gauge(
+            "llamawool_remote_watched_sockets",
+            "Sockets on this replica whose farm is owned by another replica (fed through Redis)",
+            registry=r,
+        )
+        self.rpc = Counter(
+            "llamawool_rpc_total",
+            "Requests this replica sent to a farm's owner, by operation and outcome "
+            "(ok, error, timeout, busy, rerouted)",
+            ["op", "outcome"],
+            registry=r,
+        )
+        self.forwarded_actions = Counter(
+            "llamawool_forwarded_actions_total", "Player actions sent to the replica owning the farm", registry=r
+        )
+        self.lease_acquisitions = Counter(
+            "llamawool_lease_acquisitions_total",
+            "Lease claims for farms not resident here (taken, held_elsewhere, taken_over, unavailable)",
+            ["outcome"],
+            registry=r,
+        )
+        self.handovers = Counter(
+            "llamawool_handovers_total",
+            "Farms handed to the replica where their player's socket is (in: taken, out: given)",
+            ["direction"],
             registry=r,
         )
         self.offline_credits = Counter(

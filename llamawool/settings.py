@@ -21,6 +21,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_DIR = PACKAGE_DIR.parent / "config"
 DEV_JWT_SECRET = "llamawool-dev-secret-do-not-use-in-production"  # noqa: S105 - the refused default
 MIN_PRODUCTION_SECRET_LEN = 32
+# Reachable from the internet through an Ingress: a real secret and a known client address.
+PUBLIC_ENVS = ("staging", "production")
 
 
 class SettingsError(ValueError):
@@ -70,17 +72,30 @@ class Settings(BaseModel):
     shear_requests_per_minute: int = Field(1200, gt=0)
     login_failures_per_window: int = Field(10, gt=0, description="failed logins per IP+login per window")
     login_failure_window_s: float = Field(900, gt=0)
-    guests_per_ip_per_hour: int = Field(30, gt=0)
+    guests_per_ip_per_hour: int = Field(
+        120, gt=0, description="new guests per client address; carrier-grade NAT shares one (docs/decisions.md)"
+    )
     registrations_per_ip_per_hour: int = Field(20, gt=0)
+    data_exports_per_hour: int = Field(4, gt=0, description="`GET /players/me/export` per player per hour")
     violation_window_s: float = Field(3600, gt=0)
     flag_decay_s: float = Field(86400, gt=0)
     ws_violations_before_close: int = Field(10, gt=0, description="limit errors on one socket within a minute")
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
+    clients_connect_directly: bool = Field(
+        False,
+        description="no proxy in front: the peer address is the client's (staging and production "
+        "refuse to start unless this or trusted_proxies is set)",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="origins (scheme://host[:port]) whose pages may call the API; empty: same-origin only",
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    migrate_on_start: bool = Field(
+        True,
+        description="run pending schema migrations when the store opens; false: refuse to start until "
+        "`python -m llamawool migrate up` has run",
+    )
 
     max_body_bytes: int = Field(64 * 1024, gt=0)
     ws_max_message_bytes: int = Field(4096, gt=0)
@@ -88,12 +103,43 @@ class Settings(BaseModel):
     ws_heartbeat_s: float = Field(30.0, gt=0)
     ws_send_queue: int = Field(64, gt=0)
     drain_grace_s: float = Field(25.0, gt=0)
+    drain_flush_s: float = Field(
+        5.0, gt=0, description="how long a socket sent away by a drain waits for its in-flight action's result"
+    )
     gc_young_threshold: int = Field(
         50_000, ge=700, description="new objects between young garbage collections (Python's default: 700)"
     )
 
     lease_ttl_s: float = Field(10.0, gt=0, description="farm ownership lease (replicas)")
     rpc_timeout_s: float = Field(3.0, gt=0, description="how long to wait for a farm's owner to answer")
+    heartbeat_s: float = Field(1.0, gt=0, description="how often a replica renews its heartbeat (replicas)")
+    heartbeat_ttl_s: float = Field(
+        5.0, gt=0, description="a replica whose heartbeat is this old is gone: its farms are taken over at once"
+    )
+    owner_max_inflight: int = Field(
+        256, gt=0, description="requests from peers an owner serves at once; beyond, it answers busy (503)"
+    )
+    busy_retry_after_s: int = Field(1, gt=0, description="Retry-After of a 503 because a farm's owner is busy")
+
+    # rebalancing sockets over replicas (llamawool/api/rebalance.py)
+    rebalance_interval_s: float = Field(
+        3.0, gt=0, description="how often a replica reports its sockets and sheds what it holds above its share"
+    )
+    rebalance_tolerance: float = Field(
+        0.1, ge=0, description="a replica sheds only when it holds more than fair share x (1 + this)"
+    )
+    rebalance_min_excess: int = Field(2, ge=1, description="sockets above fair share before any is shed")
+    rebalance_step: float = Field(
+        0.35, ge=0, le=1, description="fraction of the excess shed per interval; 0 turns shedding off"
+    )
+    rebalance_pool: str = Field(
+        "",
+        description="replicas rebalance only with replicas of the same pool (those behind one load balancer; "
+        "the chart gives each blue-green colour its own)",
+    )
+    rebalance_warmup_s: float = Field(
+        20.0, ge=0, description="a replica sheds nothing this long after it starts (its peers' reports settle)"
+    )
 
     mongodb_uri: str | None = Field(None, description="MongoDB replaces SQLite when set (MONGODB_URI)")
     mongodb_pool_size: int = Field(50, gt=0, description="connections per replica")
@@ -108,20 +154,39 @@ class Settings(BaseModel):
     redis_timeout_s: float = Field(2.0, gt=0, description="connect, command and pool-wait timeout")
 
     @model_validator(mode="after")
-    def _production_needs_a_real_secret(self) -> Settings:
-        if self.env == "production":
+    def _public_needs_a_real_secret(self) -> Settings:
+        """Staging is as public as production (the pipeline's smoke test goes through
+        its Ingress): a token signed with the published development secret, or a
+        guessable short one, would open any account there too."""
+        if self.env in PUBLIC_ENVS:
             secret = self.resolved_jwt_secret()
             if secret == DEV_JWT_SECRET or len(secret) < MIN_PRODUCTION_SECRET_LEN:
                 raise ValueError(
-                    "jwt_secret: production refuses to start with the default or a short secret "
+                    f"jwt_secret: {self.env} refuses to start with the default or a short secret "
                     f"(set JWT_SECRET or LLAMAWOOL_JWT_SECRET_FILE, at least {MIN_PRODUCTION_SECRET_LEN} characters)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _public_knows_its_clients_addresses(self) -> Settings:
+        """Behind an ingress with no trusted proxy every client has the ingress's
+        address: per-IP limits become one budget for the whole region and a
+        stranger's failed logins lock the owner out. A public server must be told
+        which it is."""
+        if self.env in PUBLIC_ENVS and not self.trusted_proxies and not self.clients_connect_directly:
+            raise ValueError(
+                f"trusted_proxies: {self.env} refuses to start without knowing where client addresses come from: "
+                "set LLAMAWOOL_TRUSTED_PROXIES to the ingress controller's CIDRs, or "
+                "LLAMAWOOL_CLIENTS_CONNECT_DIRECTLY=true when nothing proxies the server"
+            )
+        if self.trusted_proxies and self.clients_connect_directly:
+            raise ValueError("clients_connect_directly: contradicts trusted_proxies (set one of them)")
         return self
 
     def blocks_weak_passwords(self) -> bool:
         if self.password_blocklist is not None:
             return self.password_blocklist
-        return self.env in ("staging", "production")
+        return self.env in PUBLIC_ENVS
 
     def resolved_jwt_secret(self) -> str:
         if self.jwt_secret_file is not None:
@@ -130,6 +195,12 @@ class Settings(BaseModel):
             except OSError as exc:
                 raise ValueError(f"jwt_secret_file: cannot read {self.jwt_secret_file}: {exc.strerror}") from None
         return self.jwt_secret
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_renewal(self) -> Settings:
+        if self.heartbeat_ttl_s <= 2 * self.heartbeat_s:
+            raise ValueError("heartbeat_ttl_s: must exceed twice heartbeat_s, or a busy tick reads as a dead replica")
+        return self
 
     @model_validator(mode="after")
     def _proxies_are_networks(self) -> Settings:

@@ -1,4 +1,5 @@
-"""Shared test helpers: a controllable clock, a real server subprocess, free ports."""
+"""Shared test helpers: a controllable clock, a real server subprocess, free ports,
+a sink that keeps what the engine sends it, quiet engine logs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,40 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+import structlog
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def logs_go_nowhere() -> Iterator[None]:
+    """The engine logs; render its lines but write them nowhere, whatever an earlier
+    test left structlog bound to (a CLI test can leave it on a closed stream).
+    Applies to every test of a module that imports it."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    yield
+    structlog.configure(**saved)
+
+
+class CollectingSink:
+    """A connection that keeps what the engine sends it."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def send(self, message: str) -> None:
+        self.messages.append(orjson.loads(message))
+
+    def ticks(self) -> list[dict[str, Any]]:
+        return [m["data"] for m in self.messages if m["type"] == "tick"]
 
 
 class FakeClock:

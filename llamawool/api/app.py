@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..anticheat import AntiCheat, RateLimited, limit_headers
 from ..auth import Auth
 from ..coord import BadCursor, CoordinationUnavailable, Coordinator, open_coordinator
 from ..engine import Engine
-from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import GameError, Rules
 from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules
@@ -33,9 +34,10 @@ from . import (  # noqa: F401 - importing registers the routes
     routes_saves,
     ws,
 )
-from .context import CTX, AppContext
-from .errors import ApiError, field_error, problem_response
-from .http import API_PREFIX, PRINCIPAL, ROUTES, Handler, Route, authenticate
+from .context import CTX, REBALANCER, AppContext
+from .errors import ApiError, field_error, problem_response, unavailable
+from .http import API_PREFIX, PRINCIPAL, ROUTE, ROUTES, Handler, Route, authenticate
+from .rebalance import Rebalancer
 from .routes_meta import OPS_ROUTES, openapi
 
 log = structlog.get_logger("llamawool.api")
@@ -56,6 +58,7 @@ def _wrap(r: Route) -> Handler:
     """Authenticate per the route's access level before the handler runs."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        request[ROUTE] = r
         if r.access != "public":
             who = authenticate(request, request.app[CTX].auth.decode_access, r.access)
             if who is not None:
@@ -80,16 +83,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         except GameError as exc:
             raise ApiError(exc.code, exc.detail, **exc.extra) from None
         except StorageUnavailable:
-            raise ApiError(
-                "UNAVAILABLE",
-                "storage is unavailable; nothing was applied, retry shortly",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise _unavailable(request, "storage did not answer", retry_after=5) from None
+        except OwnerBusy as exc:
+            cause = "the replica that holds this farm is busy"
+            raise _unavailable(request, cause, retry_after=math.ceil(exc.retry_after_s)) from None
         except (OwnerUnreachable, RemoteError):
-            detail = "the replica that holds this farm is not answering; retry shortly"
-            raise ApiError("UNAVAILABLE", detail, headers={"Retry-After": "2"}) from None
+            raise _unavailable(request, "the replica that holds this farm did not answer", retry_after=2) from None
         except FarmConflict:
-            raise ApiError("UNAVAILABLE", "the farm moved; retry", headers={"Retry-After": "1"}) from None
+            raise _unavailable(request, "the farm moved to another replica", retry_after=1) from None
         except PlayerGone:
             raise ApiError("INVALID_TOKEN", "the account no longer exists") from None
         except RateLimited as exc:
@@ -136,6 +137,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         c.metrics.http_requests.labels(request.method, route_name, str(status)).inc()
         c.metrics.http_duration.labels(request.method, route_name).observe(elapsed)
     return resp
+
+
+def _unavailable(request: web.Request, cause: str, *, retry_after: int) -> ApiError:
+    r = request.get(ROUTE)
+    detail, extra = unavailable(
+        cause,
+        writes=request.method not in ("GET", "HEAD"),
+        retry_key="Idempotency-Key" if r is not None and r.idempotent_key else None,
+    )
+    return ApiError("UNAVAILABLE", detail, headers={"Retry-After": str(retry_after)}, **extra)
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:
@@ -223,6 +234,7 @@ def create_app(
     trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies]
     app = web.Application(middlewares=[cors_middleware, problem_middleware], client_max_size=settings.max_body_bytes)
     app[CTX] = AppContext(settings, rules, store, engine, auth, metrics, coord, anticheat, trusted)
+    rebalancer = app[REBALANCER] = Rebalancer(app[CTX])
     coord.subscribe(lambda channel, message: _on_fanout(app, channel, message))
 
     async def announce(sessions: list[str], until: float) -> None:
@@ -253,6 +265,7 @@ def create_app(
         background.append(asyncio.create_task(auth.watch_revocations()))
         if tick:
             background.append(asyncio.create_task(_sweep_flags(anticheat)))
+            background.append(asyncio.create_task(rebalancer.run()))
         log.info(
             "server.started",
             store=store.name,
@@ -311,15 +324,22 @@ def _close_revoked(app: web.Application, sessions: set[str]) -> None:
 
 
 async def drain(app: web.Application, code: int = ws.CLOSE_RESTART) -> None:
-    """Readiness fails at once; open sockets are told to reconnect elsewhere.
+    """Readiness fails at once; the peers hear that this replica no longer takes its
+    share, and open sockets are told to reconnect elsewhere, each after the action
+    it is applying is answered (within `drain_flush_s`).
 
     All sockets close concurrently: one slow client must not hold back the
     1012 of everyone else, nor eat the grace period one close at a time.
     """
     c = app[CTX]
     c.draining = True
+    c.engine.begin_drain()
     sessions = list(c.sessions)
-    await asyncio.gather(*(s.close(code, "server restarting: reconnect") for s in sessions), return_exceptions=True)
+    await asyncio.gather(
+        app[REBALANCER].withdraw(),  # peers stop counting this replica in their fair share
+        *(s.send_away(code, "server restarting: reconnect") for s in sessions),
+        return_exceptions=True,
+    )
 
 
 async def _index(request: web.Request) -> web.FileResponse:

@@ -18,6 +18,7 @@ from ..settings import Settings
 from ..store import Store
 
 if TYPE_CHECKING:
+    from .rebalance import Rebalancer
     from .ws import WsSession
 
 
@@ -47,6 +48,7 @@ class AppContext:
 
 
 CTX = web.AppKey("llamawool", AppContext)
+REBALANCER: web.AppKey[Rebalancer] = web.AppKey("rebalancer")
 
 
 def ctx(request: web.Request) -> AppContext:

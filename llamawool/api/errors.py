@@ -54,6 +54,25 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def unavailable(cause: str, *, writes: bool, retry_key: str | None) -> tuple[str, dict[str, Any]]:
+    """The detail and extension fields of an `UNAVAILABLE` answer: only what is true.
+
+    A read changed nothing. A write that storage or the farm's replica did not
+    confirm may have been applied all the same: a MongoDB commit whose result was
+    lost, a majority write that timed out after it applied, the owner's reply lost
+    after the routing retries. "Nothing was applied" would invite a retry without
+    the key, applying the action twice; the honest answer is "unknown", and the
+    idempotency key (`retry_key`, where the request can carry one) settles it.
+    """
+    if not writes:
+        return f"{cause}; nothing was changed, retry shortly", {}
+    if retry_key is None:
+        how = "check its effect before repeating it"
+    else:
+        how = f"retry with the same {retry_key}: the answer says what was done, and nothing is applied twice"
+    return f"{cause}; the request may or may not have been applied: {how}", {"outcome": "unknown"}
+
+
 def field_error(field: str, message: str, type_: str = "value_error", *, detail: str | None = None) -> ApiError:
     """422 for one field, shaped like the schema's own refusals (`errors: [{field,
     message, type}]`, see `http.validation_problem`), so clients read every field

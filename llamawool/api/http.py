@@ -49,6 +49,7 @@ class Route:
 
 
 ROUTES: list[Route] = []
+ROUTE = web.RequestKey("route", Route)  # the route a request matched (set by the app before its handler)
 
 
 def route(

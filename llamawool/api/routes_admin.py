@@ -1,11 +1,17 @@
 """Operator tools (admin role): look up, clear a flag, restore, broadcast, audit.
 
-Every admin call is written to the audit log before it answers.
+Every admin call is written to the audit log before it acts, reading the log
+included. A change (a restore, a cleared flag) is recorded `pending` before it
+is made and `completed` or `failed` after, under one `ref`: a process that dies
+in between leaves the pending record, never a change nobody recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -42,6 +48,30 @@ class AuditQuery(BaseModel):
 
 async def _audit(c: AppContext, request: web.Request, action: str, target: str | None, **details: Any) -> None:
     await c.store.add_audit(AuditRecord(time.time(), principal(request).player_id, action, target, details))
+
+
+async def _audited_change(
+    c: AppContext,
+    request: web.Request,
+    action: str,
+    target: str,
+    change: Callable[[], Awaitable[dict[str, Any]]],
+    **details: Any,
+) -> dict[str, Any]:
+    """Record the change as pending, make it, then record how it ended (the
+    change's own details on success). Returns those details."""
+    ref = uuid.uuid4().hex
+    await _audit(c, request, action, target, status="pending", ref=ref, **details)
+    try:
+        outcome = await change()
+    except Exception as exc:
+        # best effort: the pending record already says the change was attempted
+        with contextlib.suppress(Exception):
+            error = exc.code if isinstance(exc, ApiError) else type(exc).__name__
+            await _audit(c, request, action, target, status="failed", ref=ref, error=error, **details)
+        raise
+    await _audit(c, request, action, target, status="completed", ref=ref, **details, **outcome)
+    return outcome
 
 
 async def _player(c: AppContext, ident: str) -> PlayerRecord:
@@ -110,9 +140,12 @@ async def admin_clear_flag(request: web.Request) -> web.Response:
     c = ctx(request)
     await read_body(request, EmptyRequest)
     player = await _player(c, request.match_info["player"])
-    cleared = await c.anticheat.clear_flag(player.id)
-    await _audit(c, request, "player.clear_flag", player.id, cleared=cleared)
-    return json_response({"player_id": player.id, "cleared": cleared})
+
+    async def clear() -> dict[str, Any]:
+        return {"cleared": await c.anticheat.clear_flag(player.id)}
+
+    outcome = await _audited_change(c, request, "player.clear_flag", player.id, clear)
+    return json_response({"player_id": player.id, "cleared": outcome["cleared"]})
 
 
 @route(
@@ -128,12 +161,16 @@ async def admin_restore(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_body(request, RestoreRequest)
     player = await _player(c, request.match_info["player"])
-    try:
-        state = await c.engine.restore(player.id, body.revision)
-    except KeyError:
-        raise ApiError("NOT_FOUND", f"no snapshot at revision {body.revision}") from None
-    await _audit(c, request, "farm.restore", player.id, from_revision=body.revision, new_revision=state.revision)
-    return json_response({"player_id": player.id, "restored_from": body.revision, "revision": state.revision})
+
+    async def restore() -> dict[str, Any]:
+        try:
+            state = await c.engine.restore(player.id, body.revision)
+        except KeyError:
+            raise ApiError("NOT_FOUND", f"no snapshot at revision {body.revision}") from None
+        return {"new_revision": state.revision}
+
+    outcome = await _audited_change(c, request, "farm.restore", player.id, restore, from_revision=body.revision)
+    return json_response({"player_id": player.id, "restored_from": body.revision, "revision": outcome["new_revision"]})
 
 
 @route(
@@ -160,6 +197,8 @@ async def admin_audit(request: web.Request) -> web.Response:
         q = AuditQuery.model_validate(dict(request.query))
     except ValidationError as exc:
         raise validation_problem(exc) from None
+    # Who read the log is itself in it (before the read: a read that fails was attempted).
+    await _audit(c, request, "audit.read", None, limit=q.limit)
     records = await c.store.list_audit(q.limit)
     return json_response(
         {

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..auth import Auth, AuthError, TokenPair
 from ..passwords import password_problem
 from ..settings import Settings
-from ..store import DuplicateKey, PlayerRecord, Store
+from ..store import DuplicateKey, PlayerChanges, PlayerRecord, Store
 from .context import ctx
 from .errors import ApiError, field_error
 from .http import (
@@ -88,8 +88,11 @@ async def guest(request: web.Request) -> web.Response:
         )
         existing = await c.store.create_player(candidate)
         status = 201 if existing.id == pid else 200
+    # the device id opens a guest only: one that registered meanwhile gets no session
+    tokens = await c.auth.issue_if(existing, lambda now: now.is_guest)
+    if tokens is None:
+        raise ApiError("INVALID_CREDENTIALS", "this device's farm belongs to a registered account: log in")
     c.metrics.auth.labels(kind="guest", outcome="ok").inc()
-    tokens = await c.auth.issue(existing)
     return json_response(auth_body(existing, tokens), status=status, headers=_no_store())
 
 
@@ -118,11 +121,21 @@ async def register(request: web.Request) -> web.Response:
                 raise ApiError("INVALID_TOKEN", "the account no longer exists")
             if not player.is_guest:
                 raise ApiError("CONFLICT", "this account is already registered")
-            player.email = body.email
-            player.username = body.username
-            player.password_hash = password_hash
-            player.is_guest = False
-            await c.store.update_player(player)
+            await _refuse_taken(c.store, player.id, body.email, body.username)
+            upgrade: PlayerChanges = {
+                "email": body.email,
+                "username": body.username,
+                "password_hash": password_hash,
+                "is_guest": False,
+            }
+            # A password now guards the account: every session its device id opened ends
+            # and the caller gets a fresh pair below. Only while it is still a guest: of
+            # two upgrades racing, one wins.
+            if not await c.auth.change_credentials(player.id, upgrade, expect={"is_guest": True}):
+                raise ApiError("CONFLICT", "this account is already registered")
+            player = await c.store.get_player(player.id)
+            if player is None:
+                raise ApiError("INVALID_TOKEN", "the account no longer exists")
         else:
             player = await c.store.create_player(
                 PlayerRecord(
@@ -139,6 +152,17 @@ async def register(request: web.Request) -> web.Response:
     c.metrics.auth.labels(kind="register", outcome="ok").inc()
     tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), status=201, headers=_no_store())
+
+
+async def _refuse_taken(store: Store, player_id: str, email: str, username: str) -> None:
+    """409 before a guest's upgrade ends its sessions, when the name or email is taken
+    (the unique indexes still decide a race; this spares the common case a sign-out)."""
+    for field, other in (
+        ("email", await store.find_player(email=email)),
+        ("username", await store.find_player(username=username)),
+    ):
+        if other is not None and other.id != player_id:
+            raise DuplicateKey(field)
 
 
 def check_new_password(
@@ -186,8 +210,13 @@ async def login(request: web.Request) -> web.Response:
         await c.anticheat.login_failed(ip, subject)
         c.metrics.auth.labels(kind="login", outcome="failed").inc()
         raise ApiError("INVALID_CREDENTIALS", "wrong login or password")
+    # the password verified must still be the account's when the session starts
+    verified = player.password_hash
+    tokens = await c.auth.issue_if(player, lambda now: now.password_hash == verified)
+    if tokens is None:
+        c.metrics.auth.labels(kind="login", outcome="failed").inc()
+        raise ApiError("INVALID_CREDENTIALS", "the password was changed meanwhile: log in with the new one")
     c.metrics.auth.labels(kind="login", outcome="ok").inc()
-    tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), headers=_no_store())
 
 
@@ -266,12 +295,15 @@ async def change_password(request: web.Request) -> web.Response:
     )
     if body.new_password == body.current_password:
         raise field_error("new_password", "the new password is the current one", "same_password")
-    player.password_hash = await c.auth.hash_password(body.new_password)
-    # Sessions end before the password changes: should the process die in between,
-    # the account is signed out everywhere with its old password, never left with a
-    # new password and the old sessions still alive.
-    await c.auth.end_all_sessions(player.id)
-    await c.store.update_player(player)
+    new_hash = await c.auth.hash_password(body.new_password)
+    # Every session ends (see Auth.change_credentials). Only the password is written,
+    # and only over the one verified above: a concurrent change that won answers 409
+    # here rather than being overwritten.
+    if not await c.auth.change_credentials(
+        player.id, {"password_hash": new_hash}, expect={"password_hash": player.password_hash}
+    ):
+        raise ApiError("CONFLICT", "the password was changed meanwhile: log in with the new one")
+    player.password_hash = new_hash
     c.metrics.auth.labels(kind="password_change", outcome="ok").inc()
     tokens = await c.auth.issue(player)
     return json_response(auth_body(player, tokens), headers=_no_store())

@@ -133,6 +133,11 @@ class Problem(Response):
     status: int
     detail: str
     code: str
+    outcome: Literal["unknown", "not_applied"] | None = Field(
+        None,
+        description="on UNAVAILABLE for a write: `unknown` when it may have been applied "
+        "(retry with the same Idempotency-Key), `not_applied` when it certainly was not",
+    )
 
 
 class Health(Response):

@@ -8,14 +8,23 @@ writes every session's queue while its socket keeps up, and a backlogged
 socket gets a writer task of its own, so a slow client never blocks the tick
 or the others; when its queue is full, ticks (which supersede each other) are
 dropped first.
+
+A drain (SIGTERM) sends every socket away with 1012, but first lets the
+action being handled finish and its result reach the socket, within
+`drain_flush_s`: an action that committed is answered, or (past the bound)
+findable by its idempotency key. Actions that arrive once the drain began are
+refused unapplied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -27,11 +36,11 @@ from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
 from ..coord import BOARDS
 from ..engine import IdempotentRequest
-from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerUnreachable, PlayerGone, RemoteError
+from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerUnreachable, PlayerGone, RemoteError
 from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
 from ..store import StorageUnavailable
-from .context import AppContext, ctx
-from .errors import CODES
+from .context import REBALANCER, AppContext, ctx
+from .errors import CODES, unavailable
 from .http import IDEMPOTENCY_KEY, route
 from .routes_auth import player_view
 from .routes_farm import VIOLATION_CODES
@@ -130,13 +139,22 @@ class WsSession:
         self._started = False
         self._broken = False  # a write failed: the socket is gone
         self._slow: asyncio.Task[None] | None = None  # the writer while backlogged
-        self.closing = False
+        self._sent = asyncio.Event()  # set while nothing waits in the queue
+        self._sent.set()
+        self._idle = asyncio.Event()  # set while no message of the client's is being handled
+        self._idle.set()
+        self._stopped = False  # the writer is gone: nothing more is queued
+        self._handshake: asyncio.Event | None = None  # set once a close we started is over
+        self.closing = False  # being closed: no new action is applied, queued results still go out
+        self.opened_at = time.monotonic()  # rebalancing moves the oldest sockets first
         self.limit_errors: deque[float] = deque()
 
     # -- Sink --
     def send(self, message: str) -> None:
-        if self.closing or self._broken:
+        if self._stopped or self._broken:
             return
+        if self.closing and message.startswith('{"type":"tick"'):
+            return  # the client is being sent away; its next welcome carries the farm
         if len(self._queue) >= self._limit:
             # Drop the oldest tick: a newer one carries everything it did.
             for i, queued in enumerate(self._queue):
@@ -146,6 +164,7 @@ class WsSession:
             else:
                 self._queue.popleft()
         self._queue.append(message)
+        self._sent.clear()
         if self._started and self._slow is None:
             self._outbox.mark(self)
 
@@ -177,6 +196,8 @@ class WsSession:
             except (ConnectionError, RuntimeError):
                 self._broken = True
                 queue.clear()
+        if not queue:
+            self._sent.set()
 
     async def _write_loop(self) -> None:
         try:
@@ -189,20 +210,31 @@ class WsSession:
             return
         finally:
             self._slow = None
+            if not self._queue:
+                self._sent.set()
 
     def start_writer(self) -> None:
         self._started = True
         if self._queue:
             self._outbox.mark(self)
 
-    async def flush_and_stop_writer(self) -> None:
-        if not self._started:
-            return
-        # Let queued messages (errors, results) out before closing.
-        for _ in range(100):
-            if not self._queue or self._broken or (self._slow is None and not self._outbox.pending(self)):
-                break
-            await asyncio.sleep(0)
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        """Around each message of the client's: a drain waits for the one in hand."""
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+    async def flush_and_stop_writer(self, wait_s: float = 0.0) -> None:
+        """Stop writing, first waiting up to `wait_s` for the queue (results, errors)
+        to reach the socket; a socket that does not read does not hold us longer."""
+        if self._started and not self._broken and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._sent.wait()
+        self._stopped = True
         self._started = False
         self._outbox.discard(self)
         if self._slow is not None:
@@ -211,10 +243,42 @@ class WsSession:
                 await self._slow
 
     async def close(self, code: int, reason: str) -> None:
+        """Close with `code` once what is queued has gone out (within `drain_flush_s`)."""
         self.closing = True
+        await self.flush_and_stop_writer(self.c.settings.drain_flush_s)
+        await self._close_socket(code, reason)
+
+    async def send_away(self, code: int, reason: str) -> None:
+        """A drain: refuse new actions, let the one being applied finish and its result
+        reach the socket, then close. All within `drain_flush_s`: past it the result may
+        be lost, never the action (its idempotency key finds it)."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.c.settings.drain_flush_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._idle.wait()
+        if self._started and not self._broken:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._sent.wait()
         await self.flush_and_stop_writer()
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=reason.encode())
+        await self._close_socket(code, reason)
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        self._handshake = done = asyncio.Event()
+        try:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, message=reason.encode())
+        finally:
+            done.set()
+
+    async def closed(self) -> None:
+        """Until the close handshake this session started is over (aiohttp bounds it).
+        The handler waits for it: returning drops the connection, and a client whose
+        echo of our close frame then fails reports 1006 instead of our code."""
+        if self._handshake is not None:
+            await self._handshake.wait()
 
 
 def _token_from_request(request: web.Request) -> str | None:
@@ -255,6 +319,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     if c.draining:
         return web.Response(status=503, headers={"Retry-After": "1"}, text="draining")
+    if request.app[REBALANCER].full():
+        # The load balancer tries the next replica (proxy_next_upstream http_503).
+        return web.Response(
+            status=503, headers={"Retry-After": "1"}, text="rebalancing: a replica with room will take it"
+        )
     s = c.settings
     ws = web.WebSocketResponse(
         heartbeat=s.ws_heartbeat_s,
@@ -277,6 +346,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if session.player_id is not None:
             c.engine.detach(session.player_id, session)
         await session.flush_and_stop_writer()
+        await session.closed()
         if not ws.closed:
             await ws.close()
     return ws
@@ -304,7 +374,7 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
     session.start_writer()
     try:
         state, now = await c.engine.attach(who.player_id, session)
-    except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
+    except (StorageUnavailable, OwnerBusy, OwnerUnreachable, RemoteError, FarmConflict):
         await session.close(1011, "farm unavailable, retry")
         return
     from ..engine import farm_view
@@ -322,7 +392,8 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
             await c.engine.mark_report_seen(who.player_id)
     async for msg in ws:
         if msg.type == WSMsgType.TEXT:
-            await _handle_text(c, session, who, msg.data)
+            with session.handling():
+                await _handle_text(c, session, who, msg.data)
         elif msg.type == WSMsgType.BINARY:
             session.error("UNSUPPORTED_FRAME", "binary frames are not supported; send JSON text")
         elif msg.type == WSMsgType.ERROR:
@@ -375,6 +446,15 @@ async def _handle_subscription(c: AppContext, session: WsSession, env: WsEnvelop
 
 
 async def _handle_action(c: AppContext, session: WsSession, who: Principal, env: WsEnvelope) -> None:
+    if session.closing:
+        # Known unapplied: it never reached the engine. Another replica will take it.
+        session.error(
+            "UNAVAILABLE",
+            "the server is restarting: this action was not applied; reconnect and send it again",
+            env.id,
+            outcome="not_applied",
+        )
+        return
     kind: ActionKind = "shear" if (env.data or {}).get("action") == "shear" else "action"
     try:
         await c.anticheat.check_action(who.player_id, kind)
@@ -404,10 +484,17 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
         if exc.code in VIOLATION_CODES:
             await c.anticheat.violation(who.player_id, "impossible_action", exc.detail[:200])
         return
-    except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
-        session.error(
-            "UNAVAILABLE", "storage is unavailable; nothing was applied, retry shortly", env.id, retry_after=5
+    except OwnerBusy as exc:
+        detail, extra = unavailable(
+            "the replica that holds this farm is busy", writes=True, retry_key="data.idempotency_key"
         )
+        session.error("UNAVAILABLE", detail, env.id, retry_after=math.ceil(exc.retry_after_s), **extra)
+        return
+    except (StorageUnavailable, OwnerUnreachable, RemoteError, FarmConflict):
+        detail, extra = unavailable(
+            "storage or the farm's replica did not answer", writes=True, retry_key="data.idempotency_key"
+        )
+        session.error("UNAVAILABLE", detail, env.id, retry_after=5, **extra)
         return
     except PlayerGone:
         await session.close(CLOSE_AUTH, "account no longer exists")

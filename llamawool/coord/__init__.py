@@ -18,6 +18,8 @@ from .base import (
     LimitResult,
     Limits,
     Presence,
+    Renewal,
+    ReplicaLoad,
     ScoreUpdate,
 )
 from .local import LocalCoordinator
@@ -58,6 +60,8 @@ __all__ = [
     "Limits",
     "LocalCoordinator",
     "Presence",
+    "Renewal",
+    "ReplicaLoad",
     "ScoreUpdate",
     "open_coordinator",
 ]

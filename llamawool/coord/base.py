@@ -57,6 +57,23 @@ class ScoreUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What one replica carries, as it last reported it (for rebalancing sockets).
+
+    A draining replica still reports (with `draining` set) so its peers leave it
+    out of the fair share at once instead of when its report lapses. Replicas
+    rebalance only within their `pool` (those behind one load balancer: each
+    colour of a blue-green release is its own). `at` is when it was measured.
+    """
+
+    sockets: int
+    farms: int = 0
+    draining: bool = False
+    pool: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class BoardEntry:
     rank: int
     player_id: str
@@ -175,18 +192,57 @@ class Presence(Protocol):
     async def online_count(self, now: float) -> int:
         """Players served by every replica whose report has not lapsed."""
 
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        """This replica's open sockets and resident farms; the report lapses after `ttl_s` unless renewed."""
+
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        """Every replica whose load report has not lapsed (one round trip)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a renewal of our leases found."""
+
+    lost: list[str]  # held by another replica now
+    retaken: list[str]  # had lapsed and were free: ours again, but another replica may have served them meanwhile
+
 
 class Leases(Protocol):
-    """Farm ownership: one lease holder per farm."""
+    """Farm ownership: one lease holder per farm; and the liveness of lease holders.
+
+    A lease says who owns a farm; a heartbeat (a short-TTL key each replica renews
+    from its tick) says whether that replica is alive. Together they tell an owner
+    that is slow (heartbeat present: wait, answer 503) from one that is gone
+    (heartbeat absent: take its lease at once), in one round trip.
+    """
 
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
         """Take the lease when free (or renew it when ours); False when another replica holds it."""
 
-    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
-        """Extend our leases; return the farms whose lease is no longer ours."""
+    async def claim_lease(self, farm_id: str, ttl_s: float) -> str:
+        """Like `acquire_lease`, answering the holder after the call (our replica id when ours)."""
+
+    async def take_over_lease(self, farm_id: str, silent: str, ttl_s: float) -> str:
+        """Take the lease when it is free, or held by `silent` whose heartbeat is absent (it
+        is gone); answer the holder after the call. `silent` still holding it means alive."""
+
+    async def hand_over_lease(self, farm_id: str, to: str, ttl_s: float) -> bool:
+        """Move our lease to replica `to`; False (nothing changed) when it is not ours."""
+
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> Renewal:
+        """Extend our leases (taking lapsed free ones again) and say which were lost or lapsed."""
 
     async def release_lease(self, farm_id: str) -> None: ...
     async def lease_owner(self, farm_id: str) -> str | None: ...
+
+    async def beat(self, ttl_s: float) -> None:
+        """This replica is alive for `ttl_s` more seconds."""
+
+    async def end_beat(self) -> None:
+        """This replica is going away: its leases may be taken at once."""
+
+    async def alive(self, replica: str) -> bool:
+        """Whether `replica`'s heartbeat is current."""
 
 
 class Coordinator(Limits, Boards, Bus, Presence, Leases, Protocol):

@@ -12,12 +12,13 @@ import asyncio
 import bisect
 import contextlib
 import sqlite3
+import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
@@ -32,6 +33,8 @@ from .base import (
     LimitHit,
     LimitResult,
     Listener,
+    Renewal,
+    ReplicaLoad,
     ScoreUpdate,
 )
 
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from ..observability import Metrics
 
 log = structlog.get_logger("llamawool.coord")
+
+_T = TypeVar("_T")
 
 Key = tuple[float, float, float, str]  # (-score, -tiebreak, reached_at, player_id): ascending = best first
 
@@ -88,8 +93,10 @@ class LocalCoordinator:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="coord-local")
         self._hits = 0
         self._online: dict[str, tuple[int, float]] = {}
+        self._loads: dict[str, tuple[ReplicaLoad, float]] = {}
         self.replica_id = uuid.uuid4().hex[:12]
         self._leases: dict[str, str] = {}
+        self._beats: dict[str, float] = {}  # replica -> monotonic time its heartbeat lapses
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -368,27 +375,69 @@ class LocalCoordinator:
         self._online[replica] = (count, now + ttl_s)
 
     async def online_count(self, now: float) -> int:
-        for replica in [r for r, (_, until) in self._online.items() if until <= now]:
-            del self._online[replica]
-        return sum(count for count, _ in self._online.values())
+        return sum(_current(self._online, now).values())
+
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        self._loads[replica] = (load, now + ttl_s)
+
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        return _current(self._loads, now)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     # ---- ownership: one process owns everything ---------------------------------------
+    # Leases and heartbeats are kept by replica id like Redis keeps them, so the
+    # ownership rules behave the same here (one process is one replica).
 
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
-        return self._leases.setdefault(farm_id, self.replica_id) == self.replica_id
+        return await self.claim_lease(farm_id, ttl_s) == self.replica_id
 
-    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
-        return [f for f in farm_ids if self._leases.get(f, self.replica_id) != self.replica_id]
+    async def claim_lease(self, farm_id: str, ttl_s: float) -> str:
+        return self._leases.setdefault(farm_id, self.replica_id)
+
+    async def take_over_lease(self, farm_id: str, silent: str, ttl_s: float) -> str:
+        holder = self._leases.get(farm_id)
+        if holder is None or (holder == silent and not await self.alive(silent)):
+            self._leases[farm_id] = holder = self.replica_id
+        return holder
+
+    async def hand_over_lease(self, farm_id: str, to: str, ttl_s: float) -> bool:
+        if self._leases.get(farm_id) != self.replica_id:
+            return False
+        self._leases[farm_id] = to
+        return True
+
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> Renewal:
+        lost = [f for f in farm_ids if self._leases.get(f, self.replica_id) != self.replica_id]
+        retaken = [f for f in farm_ids if f not in self._leases]
+        for f in retaken:
+            self._leases[f] = self.replica_id
+        return Renewal(lost, retaken)
 
     async def release_lease(self, farm_id: str) -> None:
-        self._leases.pop(farm_id, None)
+        if self._leases.get(farm_id) == self.replica_id:
+            del self._leases[farm_id]
 
     async def lease_owner(self, farm_id: str) -> str | None:
         return self._leases.get(farm_id)
 
+    async def beat(self, ttl_s: float) -> None:
+        self._beats[self.replica_id] = time.monotonic() + ttl_s
+
+    async def end_beat(self) -> None:
+        self._beats.pop(self.replica_id, None)
+
+    async def alive(self, replica: str) -> bool:
+        return self._beats.get(replica, 0.0) > time.monotonic()
+
     async def send(self, replica_id: str, message: dict[str, Any]) -> None:
         if replica_id == self.replica_id:
             await self.publish(f"replica:{replica_id}", message)
+
+
+def _current(reports: dict[str, tuple[_T, float]], now: float) -> dict[str, _T]:
+    """Forget the reports that lapsed by `now`; the rest, by replica."""
+    for replica in [r for r, (_, until) in reports.items() if until <= now]:
+        del reports[replica]
+    return {replica: value for replica, (value, _) in reports.items()}

@@ -19,7 +19,9 @@ Keys (all under `prefix`, default ``llamawool:``):
   changes so cached first pages are not reused), ``boards`` / ``p:{board}`` (which
   boards and periods exist), ``roll:{period}`` (SET NX marker), ``fanout`` and
   ``replica:{id}`` (pub/sub channels: everyone, one replica), ``lease:{farm}`` (the
-  owner's replica id, PX = lease TTL), ``online`` / ``online:exp`` (presence reports).
+  owner's replica id, PX = lease TTL), ``hb:{replica}`` (a replica's heartbeat, PX =
+  heartbeat TTL), ``online`` / ``online:exp`` (presence reports),
+  ``load`` / ``load:exp`` (each replica's sockets and farms, for rebalancing).
 - ``v:{view}`` / ``vm:{view}`` - a frozen view for cursor paging: a copy of the top
   `view_rows` visible members (``ZRANGESTORE``) and its metadata, both expiring with the
   leaderboard TTL. ``l:{board}:{period}`` points at the newest view, which first pages
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import struct
@@ -62,6 +65,8 @@ from .base import (
     LimitHit,
     LimitResult,
     Listener,
+    Renewal,
+    ReplicaLoad,
     ScoreUpdate,
 )
 
@@ -429,27 +434,55 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do s = s + tonumber(v) end
 return s
 """
 
-# KEYS[1] lease; ARGV: replica, pexpire ms -> 1 when the lease is (now) ours
-_ACQUIRE = """
+# KEYS: loads hash, expiry zset; ARGV: now -> [replica, load JSON, ...] of reports still current
+_LOADS = """
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
+  redis.call('HDEL', KEYS[1], r)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1] lease; ARGV: replica, pexpire ms -> the holder after the call (ARGV[1] when ours)
+_CLAIM = """
 local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then return 0 end
+if v and v ~= ARGV[1] then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+# KEYS: lease, heartbeat of the silent holder; ARGV: replica, silent holder, pexpire ms
+# -> the holder after the call: ours when the lease was free, or held by the silent
+# replica and its heartbeat is gone. A holder whose heartbeat is current is alive
+# (slow, not dead) and keeps its lease.
+_TAKE_OVER = """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] and not (v == ARGV[2] and redis.call('EXISTS', KEYS[2]) == 0) then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return ARGV[1]
+"""
+
+# KEYS[1] lease; ARGV: replica, new holder, pexpire ms -> 1 when the lease moved
+_HAND_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
-# KEYS: leases; ARGV: replica, pexpire ms -> the keys that another replica holds now.
-# A lease that lapsed unnoticed and is still free is taken again.
+# KEYS: leases; ARGV: replica, pexpire ms -> {keys another replica holds now, keys that
+# had lapsed (free: taken again, but someone may have served the farm meanwhile)}
 _RENEW = """
-local lost = {}
+local lost, retaken = {}, {}
 for i = 1, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if v and v ~= ARGV[1] then
     lost[#lost + 1] = KEYS[i]
   else
+    if not v then retaken[#retaken + 1] = KEYS[i] end
     redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
   end
 end
-return lost
+return {lost, retaken}
 """
 
 # KEYS[1] lease; ARGV[1] replica: delete only our own
@@ -470,12 +503,21 @@ _PURPOSE = {
     "remove": "boards",
     "hide": "boards",
     "online": "presence",
+    "loads": "presence",
+    "claim": "leases",
+    "take_over": "leases",
+    "hand_over": "leases",
     "acquire": "leases",
     "renew": "leases",
     "release": "leases",
 }
 # A script call in a pipeline: the script, its keys, its args, and how many items it handles.
 _Call = tuple[str, list[str], list[Any], int]
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least one."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def _pexpire_ms(seconds: float) -> int:
@@ -554,7 +596,10 @@ class RedisCoordinator:
             "remove": register(_REMOVE),
             "hide": register(_HIDE),
             "online": register(_ONLINE),
-            "acquire": register(_ACQUIRE),
+            "loads": register(_LOADS),
+            "claim": register(_CLAIM),
+            "take_over": register(_TAKE_OVER),
+            "hand_over": register(_HAND_OVER),
             "renew": register(_RENEW),
             "release": register(_RELEASE),
         }
@@ -873,22 +918,35 @@ class RedisCoordinator:
     def _lease(self, farm_id: str) -> str:
         return self.prefix + "lease:" + farm_id
 
-    @_guard
+    def _beat_key(self, replica: str) -> str:
+        return self.prefix + "hb:" + replica
+
     async def acquire_lease(self, farm_id: str, ttl_s: float) -> bool:
-        ms = max(1, math.ceil(ttl_s * 1000))
-        return bool(await self._run("acquire", [self._lease(farm_id)], [self.replica_id, ms]))
+        return await self.claim_lease(farm_id, ttl_s) == self.replica_id
 
     @_guard
-    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> list[str]:
-        if not farm_ids:
-            return []
-        ms = max(1, math.ceil(ttl_s * 1000))
+    async def claim_lease(self, farm_id: str, ttl_s: float) -> str:
+        return str(await self._run("claim", [self._lease(farm_id)], [self.replica_id, _ms(ttl_s)]))
+
+    @_guard
+    async def take_over_lease(self, farm_id: str, silent: str, ttl_s: float) -> str:
+        keys = [self._lease(farm_id), self._beat_key(silent)]
+        return str(await self._run("take_over", keys, [self.replica_id, silent, _ms(ttl_s)]))
+
+    @_guard
+    async def hand_over_lease(self, farm_id: str, to: str, ttl_s: float) -> bool:
+        return bool(await self._run("hand_over", [self._lease(farm_id)], [self.replica_id, to, _ms(ttl_s)]))
+
+    @_guard
+    async def renew_leases(self, farm_ids: list[str], ttl_s: float) -> Renewal:
         cut = len(self._lease(""))
-        lost: list[str] = []
+        out = Renewal([], [])
         for start in range(0, len(farm_ids), _PUSH_CHUNK):
             keys = [self._lease(f) for f in farm_ids[start : start + _PUSH_CHUNK]]
-            lost.extend(str(k)[cut:] for k in await self._run("renew", keys, [self.replica_id, ms], len(keys)))
-        return lost
+            lost, retaken = await self._run("renew", keys, [self.replica_id, _ms(ttl_s)], len(keys))
+            out.lost.extend(str(k)[cut:] for k in lost)
+            out.retaken.extend(str(k)[cut:] for k in retaken)
+        return out
 
     @_guard
     async def release_lease(self, farm_id: str) -> None:
@@ -899,6 +957,21 @@ class RedisCoordinator:
         self._count("leases", 1)
         owner = await self._r.get(self._lease(farm_id))
         return None if owner is None else str(owner)
+
+    @_guard
+    async def beat(self, ttl_s: float) -> None:
+        self._count("leases", 1)  # the replica's heartbeat: its leases are alive
+        await self._r.set(self._beat_key(self.replica_id), "1", px=_ms(ttl_s))
+
+    @_guard
+    async def end_beat(self) -> None:
+        self._count("leases", 1)
+        await self._r.delete(self._beat_key(self.replica_id))
+
+    @_guard
+    async def alive(self, replica: str) -> bool:
+        self._count("leases", 1)
+        return bool(await self._r.exists(self._beat_key(replica)))
 
     # ---- presence --------------------------------------------------------------------
 
@@ -914,6 +987,24 @@ class RedisCoordinator:
     async def online_count(self, now: float) -> int:
         p = self.prefix
         return int(await self._run("online", [p + "online", p + "online:exp"], [repr(now)]))
+
+    @_guard
+    async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
+        raw = orjson.dumps(dataclasses.asdict(load)).decode()
+        self._count("presence", 4)  # MULTI, HSET, ZADD, EXEC
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.prefix + "load", replica, raw)
+            pipe.zadd(self.prefix + "load:exp", {replica: now + ttl_s})
+            await pipe.execute()
+
+    @_guard
+    async def replica_loads(self, now: float) -> dict[str, ReplicaLoad]:
+        p = self.prefix
+        flat = await self._run("loads", [p + "load", p + "load:exp"], [repr(now)])
+        loads: dict[str, ReplicaLoad] = {}
+        for replica, raw in zip(flat[::2], flat[1::2], strict=True):
+            loads[str(replica)] = ReplicaLoad(**orjson.loads(raw))
+        return loads
 
 
 def _redact(uri: str) -> str:

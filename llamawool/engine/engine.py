@@ -26,10 +26,11 @@ from ..observability import Metrics
 from ..settings import Settings
 from ..store import Snapshot, StorageUnavailable, Store
 from .boards import BoardFeed
-from .cluster import Cluster
+from .cluster import Cluster, ClusterSettings
 from .commit import GroupCommitter
 from .connections import Connections
 from .farms import Farms, IdempotentRequest, Reply
+from .handover import Handover
 from .residents import Resident, ResidentSet, Sink
 from .routing import Router
 from .table import FarmTable
@@ -60,7 +61,18 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.online_window_s = rules.online_window_s
         self.coord: Coordinator = coord if coord is not None else LocalCoordinator(None)
-        self.cluster = Cluster(self.coord, settings.lease_ttl_s, settings.rpc_timeout_s)
+        self.cluster = Cluster(
+            self.coord,
+            ClusterSettings(
+                settings.lease_ttl_s,
+                settings.rpc_timeout_s,
+                settings.heartbeat_s,
+                settings.heartbeat_ttl_s,
+                settings.owner_max_inflight,
+                settings.busy_retry_after_s,
+            ),
+            metrics,
+        )
         self.resident_set = ResidentSet(
             rules, store, self.committer, self.table, metrics, clock, lambda pid: self.spawn(self.cluster.release(pid))
         )
@@ -76,7 +88,12 @@ class Engine:
             lambda res: self.connections.drop_copy(res),
         )
         self.router = Router(self.resident_set, self.cluster)
-        self.connections = Connections(self.resident_set, self.farms, self.router, self.cluster, self.spawn)
+        self.handover = Handover(
+            rules, store, self.resident_set, self.cluster, clock, lambda res, to: self.connections.drop_copy(res, to)
+        )
+        self.connections = Connections(
+            self.resident_set, self.farms, self.router, self.cluster, self.handover, self.spawn
+        )
         self.boards = BoardFeed(
             self.resident_set, rules, clock, metrics, self.coord, store, settings.leaderboard_push_s
         )
@@ -105,6 +122,7 @@ class Engine:
 
     async def start(self, *, tick: bool = True) -> None:
         self.committer.start()
+        await self.cluster.beat()  # alive before the first request: peers wait for us, not take over
         self.ticker.last_autosave = self.clock()
         if tick:
             self.ticker.start()
@@ -126,7 +144,12 @@ class Engine:
             log.error("engine.final_save_failed", error=str(exc))
         for player_id in list(self.residents):
             await self.cluster.release(player_id)
+        await self.cluster.end_beat()
         await self.committer.stop()
+
+    def begin_drain(self) -> None:
+        """This replica is going away: hand no farm in (its leases are released at stop)."""
+        self.cluster.draining = True
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run `coro` in the background, held until done; `stop` waits for what is left."""
@@ -152,7 +175,10 @@ class Engine:
         def local() -> Awaitable[Reply]:
             return self.farms.submit(player_id, action, sent if idempotency or asked else None)
 
-        return await self.router.route(player_id, SUBMIT, SubmitArgs(action, sent), local, asked)
+        reply = await self.router.route(player_id, SUBMIT, SubmitArgs(action, sent), local, asked)
+        if asked:
+            self.metrics.forwarded_actions.inc()
+        return reply
 
     async def touch(self, player_id: str) -> tuple[FarmState, float]:
         """An authenticated request: the farm is online now. Returns its state."""

@@ -41,6 +41,18 @@ class OwnerUnreachable(Exception):
     """The lease holder did not answer in time."""
 
 
+class OwnerBusy(Exception):
+    """The farm's owner is alive but cannot answer now (its queue is full, or it did not
+    answer in time while its heartbeat is current): the client retries after
+    `retry_after_s` (503 + Retry-After). A request that timed out may still be applied
+    by the owner: a retry with the same Idempotency-Key finds it."""
+
+    def __init__(self, owner: str, retry_after_s: float) -> None:
+        super().__init__(owner)
+        self.owner = owner
+        self.retry_after_s = retry_after_s
+
+
 class Rerouted(Exception):
     """The asked replica does not own the farm (any more): route again."""
 

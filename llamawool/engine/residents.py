@@ -94,6 +94,10 @@ class ResidentSet:
     def all(self) -> Iterable[Resident]:
         return self.by_id.values()
 
+    def here(self, player_id: str) -> bool:
+        """Resident, or being loaded (by a request that found it owns the farm)."""
+        return player_id in self.by_id or player_id in self._loading
+
     def online_count(self) -> int:
         n = self.table.size
         return int(self.table.online[:n].sum())
@@ -164,13 +168,16 @@ class ResidentSet:
         self.metrics.farms_resident.set(len(self.by_id))
 
     async def locked(self, player_id: str) -> Resident:
-        """The resident farm with its lock held (reloading if it was evicted meanwhile)."""
-        while True:
-            res = await self.resident(player_id)
-            await res.lock.acquire()
-            if not res.evicted:
-                return res
-            res.lock.release()
+        """The resident farm with its lock held. Raises FarmConflict when the copy was
+        dropped while we waited for its lock (it went stale, was handed to another
+        replica, or its lease was lost): the caller routes again rather than reload
+        here, where the farm may no longer belong."""
+        res = await self.resident(player_id)
+        await res.lock.acquire()
+        if not res.evicted:
+            return res
+        res.lock.release()
+        raise FarmConflict(player_id)
 
     def forget(self, player_id: str) -> None:
         """Drop a farm from memory without writing it (its player was erased)."""

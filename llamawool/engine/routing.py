@@ -20,6 +20,13 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 
+class _Unknown:
+    """The owner is not known yet: ask the coordinator."""
+
+
+UNKNOWN = _Unknown()
+
+
 class Router:
     def __init__(self, residents: ResidentSet, cluster: Cluster) -> None:
         self.residents = residents
@@ -34,16 +41,25 @@ class Router:
         asked: list[str] | None = None,
     ) -> R:
         """Run `local` when this replica owns the farm (taking a free lease), else
-        ask the owner; when the owner is unreachable, wait for its lease to lapse
-        and take over. A commit refused as stale reloads the farm and runs again.
-        `asked` collects the owners the request was sent to."""
+        ask the owner. An owner that does not answer in time is either slow (its
+        heartbeat is current: OwnerBusy, 503 + Retry-After, no polling) or gone (its
+        lease is taken over at once and the farm is loaded here). A commit refused as
+        stale reloads the farm and runs again. `asked` collects the owners the
+        request was sent to."""
+        known: str | _Unknown | None = UNKNOWN
         for _ in range(4):
-            owner = None if player_id in self.residents.by_id else await self.cluster.owner_elsewhere(player_id)
+            if player_id in self.residents.by_id:
+                owner = None
+            elif isinstance(known, _Unknown):
+                owner = await self.cluster.owner_elsewhere(player_id)
+            else:
+                owner = known
+            known = UNKNOWN
             if owner is None:
                 try:
                     return await local()
                 except FarmConflict:
-                    continue  # our copy was stale: it was dropped; load the newest and retry
+                    continue  # our copy was stale or moved: it was dropped; route again
             try:
                 if asked is not None:
                     asked.append(owner)
@@ -52,7 +68,7 @@ class Router:
             except Rerouted:
                 continue
             except OwnerUnreachable:
-                await self.cluster.wait_for_lapse(player_id, owner)
+                known = await self.cluster.owner_silent(player_id, owner)
         raise OwnerUnreachable(player_id)
 
     def serve(self, op: Op[A, R], run: Callable[[str, str, A], Awaitable[R]], *, owned_only: bool = True) -> None:
@@ -62,11 +78,16 @@ class Router:
         async def handler(player_id: str, wire_args: dict[str, Any]) -> Any:
             if owned_only:
                 await self._owned(player_id)
-            result = await run(player_id, wire_args["_from"], op.args_from_wire(wire_args))
+            try:
+                result = await run(player_id, wire_args["_from"], op.args_from_wire(wire_args))
+            except FarmConflict:
+                # Our copy was dropped while this request waited for it (stale, handed
+                # over, lease lost): the caller asks whoever owns the farm now.
+                raise Rerouted(player_id) from None
             return op.result_to_wire(result)
 
         self.cluster.handlers[op.name] = handler
 
     async def _owned(self, player_id: str) -> None:
-        if player_id not in self.residents.by_id and await self.cluster.owner_elsewhere(player_id) is not None:
+        if not self.residents.here(player_id) and await self.cluster.owner_elsewhere(player_id) is not None:
             raise Rerouted(player_id)

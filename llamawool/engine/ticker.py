@@ -130,8 +130,11 @@ class Ticker:
         if now - self.last_autosave >= self.autosave_s:
             self.last_autosave = now
             self.spawn(self.autosave())
+        if self.cluster.beat_due():
+            self.spawn(self.cluster.beat())
         if self.residents.by_id and self.cluster.renew_due():
             self.spawn(self._renew_leases())
+        self.metrics.remote_watched.set(self.cluster.watched_sockets())
         for player_id in self.cluster.silent_farms(3 * self.settings.tick_interval_s + 2.0):
             self.spawn(self.rewatch(player_id))
         for listener in self.listeners:
@@ -148,22 +151,27 @@ class Ticker:
             # our sockets over as watchers and drop our copy without writing.
             log.warning("cluster.lease_lost", player_id=player_id, sockets=len(res.sinks))
             self.drop_copy(res)
-        if self.cluster.resync_due():
-            await self._resync()
+        unleased = self.cluster.resync_due()
+        if unleased:
+            await self._resync(unleased)
 
-    async def _resync(self) -> None:
-        """Coordination is back after an outage, and every replica has renewed its leases
-        since. Copies this replica loaded or kept without a lease may be older than what
-        another replica committed meanwhile (reads would show them until our next write
-        is refused): drop them all without writing (every change is committed already);
-        the next request or socket loads the newest revision under a lease."""
+    async def _resync(self, farm_ids: list[str]) -> None:
+        """Coordination is back after failing, and every replica has renewed its leases
+        since. The copies this replica loaded or kept without a lease may be older than
+        what another replica committed meanwhile (reads would show them until our next
+        write is refused): drop exactly those without writing (every change is committed
+        already); their sockets attach again and load the newest revision under a lease.
+        Every other farm keeps its copy and its sockets keep their ticks."""
         dropped = 0
-        for res in list(self.residents.by_id.values()):
+        for player_id in farm_ids:
+            res = self.residents.by_id.get(player_id)
+            if res is None:
+                continue
             async with res.lock:
                 if not res.evicted:
                     self.drop_copy(res)
                     dropped += 1
-        log.warning("cluster.resynced", farms=dropped)
+        log.warning("cluster.resynced", farms=dropped, unleased=len(farm_ids))
 
     async def _settle(self, res: Resident) -> None:
         try:

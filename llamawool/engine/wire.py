@@ -17,7 +17,7 @@ from ..game import Action, BuyBuilding, BuyUpgrade, FarmState, GameError, Presti
 from ..game import errors as game_errors
 from ..game.saves import ClaimedFarm
 from ..store import Snapshot, StorageUnavailable
-from .errors import IdempotencyMismatch, PlayerGone, RemoteError, Rerouted, SaveRejected, SaveStale
+from .errors import IdempotencyMismatch, OwnerBusy, PlayerGone, RemoteError, Rerouted, SaveRejected, SaveStale
 from .farms import IdempotentRequest, Reply
 
 A = TypeVar("A")
@@ -50,7 +50,7 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, GameError):
         return {"kind": "game", "code": exc.code, "detail": exc.detail, "extra": exc.extra}
     extra: dict[str, Any] = {}
-    for name in ("reasons", "current_revision", "key"):
+    for name in ("reasons", "current_revision", "key", "owner", "retry_after_s"):
         if hasattr(exc, name):
             extra[name] = getattr(exc, name)
     return {"kind": type(exc).__name__, "detail": str(exc), "extra": extra}
@@ -76,6 +76,8 @@ def error_from_wire(e: dict[str, Any]) -> BaseException:
         return KeyError(e["detail"])
     if kind == "Rerouted":
         return Rerouted(e["detail"])
+    if kind == "OwnerBusy":
+        return OwnerBusy(str(extra.get("owner", "")), float(extra.get("retry_after_s", 1.0)))
     return RemoteError(kind, e["detail"], extra)
 
 
@@ -142,6 +144,22 @@ def _touched_from_wire(_farm: str, out: Any) -> Touched:
     return FarmState.from_doc(out["doc"], out["revision"]), out["now"]
 
 
+@dataclass(frozen=True, slots=True)
+class AttachArgs:
+    """A socket on the asking replica joins the farm; `take`: the asker may take the farm
+    over (a handover) when the owner has no socket of it."""
+
+    take: bool = False
+
+
+def _attached_to_wire(t: Touched | None) -> dict[str, Any]:
+    return {"handed_over": True} if t is None else _touched_to_wire(t)
+
+
+def _attached_from_wire(farm: str, out: Any) -> Touched | None:
+    return None if out.get("handed_over") else _touched_from_wire(farm, out)
+
+
 SUBMIT: Op[SubmitArgs, Reply] = Op(
     "submit",
     _submit_to_wire,
@@ -150,7 +168,14 @@ SUBMIT: Op[SubmitArgs, Reply] = Op(
     lambda _f, out: Reply(out["status"], out["body"].encode(), out["revision"], out["replayed"]),
 )
 TOUCH: Op[None, Touched] = Op("touch", _no_args, _none, _touched_to_wire, _touched_from_wire)
-ATTACH: Op[None, Touched] = Op("attach", _no_args, _none, _touched_to_wire, _touched_from_wire)
+# None: the owner handed the farm over, its lease is the asker's now (`handover.py`)
+ATTACH: Op[AttachArgs, Touched | None] = Op(
+    "attach",
+    lambda a: {"take": a.take},
+    lambda a: AttachArgs(bool(a.get("take"))),
+    _attached_to_wire,
+    _attached_from_wire,
+)
 DETACH: Op[None, None] = Op("detach", _no_args, _none, _no_result, _no_result_back)
 SNAPSHOT: Op[None, Snapshot] = Op(
     "snapshot",

@@ -8,8 +8,10 @@ from ..settings import Settings
 from .base import (
     AuditRecord,
     DuplicateKey,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     Record,
     RefreshTokenRecord,
@@ -22,25 +24,23 @@ from .base import (
     StoreError,
 )
 from .metered import MeteredStore
+from .migrations import SchemaError, SchemaPolicy
 from .mongo import MongoStore
 from .sqlite import SQLiteStore
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, schema: SchemaPolicy | None = None) -> Store:
     """The adapter the settings select: MongoDB when `mongodb_uri` is set, else
-    SQLite in the data folder."""
+    SQLite in the data folder. `schema` (default: MIGRATE_ON_START's) is what its
+    `open` does about pending schema migrations."""
     if settings.mongodb_uri:
-        return store_from_uri(settings.mongodb_uri, settings)
-    return SQLiteStore(
-        settings.data_dir / "llamawool.sqlite3",
-        synchronous=settings.sqlite_synchronous,
-        snapshot_history=settings.snapshot_history,
-        snapshot_daily_days=settings.snapshot_daily_days,
-    )
+        return store_from_uri(settings.mongodb_uri, settings, schema)
+    return store_from_uri(f"sqlite:///{settings.data_dir / 'llamawool.sqlite3'}", settings, schema)
 
 
-def store_from_uri(uri: str, settings: Settings) -> Store:
+def store_from_uri(uri: str, settings: Settings, schema: SchemaPolicy | None = None) -> Store:
     """`sqlite:///relative/path`, `sqlite:////absolute/path`, or `mongodb://` / `mongodb+srv://`."""
+    policy: SchemaPolicy = schema or ("apply" if settings.migrate_on_start else "refuse")
     if uri.startswith(("mongodb://", "mongodb+srv://")):
         return MongoStore(
             uri,
@@ -49,6 +49,7 @@ def store_from_uri(uri: str, settings: Settings) -> Store:
             select_timeout_s=settings.mongodb_select_timeout_s,
             snapshot_history=settings.snapshot_history,
             snapshot_daily_days=settings.snapshot_daily_days,
+            schema=policy,
         )
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
@@ -59,6 +60,7 @@ def store_from_uri(uri: str, settings: Settings) -> Store:
             synchronous=settings.sqlite_synchronous,
             snapshot_history=settings.snapshot_history,
             snapshot_daily_days=settings.snapshot_daily_days,
+            schema=policy,
         )
     raise ValueError(f"{uri!r}: expected sqlite:///PATH or mongodb://...")
 
@@ -66,15 +68,18 @@ def store_from_uri(uri: str, settings: Settings) -> Store:
 __all__ = [
     "AuditRecord",
     "DuplicateKey",
+    "Erasure",
     "FarmCommit",
     "IdempotencyRecord",
     "MeteredStore",
     "MongoStore",
+    "PlayerChanges",
     "PlayerRecord",
     "Record",
     "RefreshTokenRecord",
     "Revocation",
     "SQLiteStore",
+    "SchemaError",
     "Snapshot",
     "SpendResult",
     "StorageUnavailable",

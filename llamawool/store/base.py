@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from .migrations.schema import SchemaStatus
 
 
 class StoreError(Exception):
@@ -49,6 +52,21 @@ class PlayerRecord:
     violations_total: int = 0
 
 
+class PlayerChanges(TypedDict, total=False):
+    """The fields of a player a write changes (`Store.update_player_fields`): only
+    these are written, so concurrent writers of other fields lose nothing."""
+
+    username: str
+    email: str | None
+    password_hash: str | None
+    role: str
+    is_guest: bool
+    settings: dict[str, Any]
+    flagged_at: float | None
+    flag_reason: str | None
+    last_violation_at: float | None
+
+
 @dataclass(slots=True)
 class RefreshTokenRecord:
     token_hash: str
@@ -63,10 +81,13 @@ class RefreshTokenRecord:
 @dataclass(slots=True)
 class SpendResult:
     """Outcome of spending a refresh token: `record` when it was fresh;
-    `reused` when it had been spent or revoked already (its family is revoked now)."""
+    `reused` when it had been spent or revoked already (its family is revoked now);
+    `ended` when it was fresh but its family was revoked while it was being rotated
+    (no successor is live)."""
 
     record: RefreshTokenRecord | None
     reused: bool = False
+    ended: bool = False
 
 
 @dataclass(slots=True)
@@ -118,6 +139,17 @@ class AuditRecord:
 
 
 @dataclass(slots=True)
+class Erasure:
+    """A tombstone: the player erased their account at `erased_at`. It holds the
+    opaque player id and nothing else, is kept for as long as any backup made before
+    the erasure could be restored, and a restore drops every record of an erased
+    player (`portable.restore`), so no backup brings an erased account back."""
+
+    player_id: str
+    erased_at: float
+
+
+@dataclass(slots=True)
 class FarmCommit:
     """One farm's change in a group commit.
 
@@ -138,9 +170,20 @@ class FarmCommit:
 
 # One record of a whole-store export, in the canonical order every adapter yields:
 # players by id, refresh tokens by hash, farms by player id, snapshots by (player id,
-# revision), idempotency records by (player id, key), audit entries by (at, insertion).
+# revision), idempotency records by (player id, key), audit entries by (at, insertion),
+# erasures (tombstones) by player id.
 # Strings sort by code point (= UTF-8 bytes), as both SQLite and MongoDB compare them.
-Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord
+Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord | Erasure
+
+
+def record_owner(record: Record) -> str | None:
+    """The player a record is personal data of (None: an audit entry or a tombstone,
+    which a restore keeps whoever they name)."""
+    if isinstance(record, PlayerRecord):
+        return record.id
+    if isinstance(record, AuditRecord | Erasure):
+        return None
+    return record.player_id
 
 
 def audit_key(record: AuditRecord) -> tuple[Any, ...]:
@@ -200,8 +243,15 @@ class Store(Protocol):
 
     name: str
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect, then check the schema version: upgrade, refuse, or neither, as the
+        adapter's `schema` policy says (`migrations/schema.py`)."""
+
     async def close(self) -> None: ...
+    async def schema_status(self) -> SchemaStatus: ...
+    async def upgrade_schema(self) -> list[str]:
+        """Run the pending schema migrations; the names of those this call ran."""
+
     async def ping(self) -> None:
         """Raise StorageUnavailable when the backend cannot serve."""
 
@@ -213,11 +263,32 @@ class Store(Protocol):
     async def find_player(
         self, *, email: str | None = None, username: str | None = None, device_id: str | None = None
     ) -> PlayerRecord | None: ...
-    async def update_player(self, player: PlayerRecord) -> None:
-        """Replace the record; DuplicateKey when email or username is taken."""
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        """Write only the fields in `changes`, and only while the stored record holds the
+        values in `expect` (a compare-and-set: None means unset). Returns whether the
+        player exists and matched; DuplicateKey when the email or username is taken."""
 
-    async def delete_player(self, player_id: str) -> None:
-        """Erase the player and everything of theirs (farm, snapshots, tokens, keys)."""
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        """Count one violation in the store itself (`violations_total` + 1, `last_violation_at`);
+        with `flag_reason`, flag the player unless flagged already. Returns whether it was
+        flagged now; None when there is no such player."""
+
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        """Erase the player and everything of theirs (farm, snapshots, tokens, keys) and
+        record the tombstone (`Erasure`, erased at `at`, default now; an existing
+        tombstone keeps its earlier time) in the same write: the tombstone first, so an
+        erase cut short is finished by a restore or by calling again."""
+
+    async def list_erasures(self) -> list[Erasure]:
+        """Every tombstone, by player id."""
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        """The player's refresh tokens, oldest first (their data export lists sessions)."""
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        """The player's stored replay answers, by key."""
 
     async def count_players(self) -> int: ...
     async def usernames(self, player_ids: list[str]) -> dict[str, str]: ...
@@ -226,6 +297,15 @@ class Store(Protocol):
     # refresh-token families
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None: ...
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult: ...
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        """Spend the token and store its successor in the same family as one step: the
+        successor is stored only when the token was fresh and unexpired, and once a
+        revocation of the family (`revoke_family`, `revoke_player_tokens`, a replay) has
+        returned, no successor of it is live: a rotation that loses that race answers
+        `ended` and its successor is revoked."""
+
     async def revoke_family(self, family_id: str) -> None: ...
     async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
         """Revoke every refresh token of the player; returns the families that had a token
@@ -264,6 +344,8 @@ class Store(Protocol):
     # admin audit log
     async def add_audit(self, record: AuditRecord) -> None: ...
     async def list_audit(self, limit: int) -> list[AuditRecord]: ...
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        """The newest `limit` entries whose target or actor is the player, newest first."""
 
     # whole-store export and import (backup, restore, migrate between backends)
     def export_all(self) -> AsyncIterator[Record]:

@@ -84,6 +84,6 @@ class ExportGuard:
                 return False
             answered = answered_revision(record)
             return answered is None or answered <= reached
-        if isinstance(record, base.AuditRecord):
+        if isinstance(record, base.AuditRecord | base.Erasure):
             return True
         raise TypeError(f"not a store record: {type(record).__name__}")

@@ -10,14 +10,16 @@ name: a fixed set, never a key or a player.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter
 
 from .base import (
     AuditRecord,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     Record,
     RefreshTokenRecord,
@@ -27,6 +29,9 @@ from .base import (
     Store,
     StoredFarm,
 )
+
+if TYPE_CHECKING:
+    from .migrations.schema import SchemaStatus
 
 T = TypeVar("T")
 
@@ -53,6 +58,12 @@ class MeteredStore:
     async def close(self) -> None:
         await self.inner.close()
 
+    async def schema_status(self) -> SchemaStatus:
+        return await self._count("schema_status", self.inner.schema_status())
+
+    async def upgrade_schema(self) -> list[str]:
+        return await self._count("upgrade_schema", self.inner.upgrade_schema())
+
     async def ping(self) -> None:
         await self._count("ping", self.inner.ping())
 
@@ -69,11 +80,25 @@ class MeteredStore:
             "find_player", self.inner.find_player(email=email, username=username, device_id=device_id)
         )
 
-    async def update_player(self, player: PlayerRecord) -> None:
-        await self._count("update_player", self.inner.update_player(player))
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        return await self._count("update_player_fields", self.inner.update_player_fields(player_id, changes, expect))
 
-    async def delete_player(self, player_id: str) -> None:
-        await self._count("delete_player", self.inner.delete_player(player_id))
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        return await self._count("record_violation", self.inner.record_violation(player_id, at, flag_reason))
+
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        await self._count("delete_player", self.inner.delete_player(player_id, at))
+
+    async def list_erasures(self) -> list[Erasure]:
+        return await self._count("list_erasures", self.inner.list_erasures())
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        return await self._count("list_player_tokens", self.inner.list_player_tokens(player_id))
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        return await self._count("list_player_idempotency", self.inner.list_player_idempotency(player_id))
 
     async def count_players(self) -> int:
         return await self._count("count_players", self.inner.count_players())
@@ -89,6 +114,13 @@ class MeteredStore:
 
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
         return await self._count("spend_refresh_token", self.inner.spend_refresh_token(token_hash, now))
+
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        return await self._count(
+            "rotate_refresh_token", self.inner.rotate_refresh_token(token_hash, successor_hash, now, expires_at)
+        )
 
     async def revoke_family(self, family_id: str) -> None:
         await self._count("revoke_family", self.inner.revoke_family(family_id))
@@ -134,6 +166,9 @@ class MeteredStore:
 
     async def list_audit(self, limit: int) -> list[AuditRecord]:
         return await self._count("list_audit", self.inner.list_audit(limit))
+
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        return await self._count("list_audit_about", self.inner.list_audit_about(player_id, limit))
 
     def export_all(self) -> AsyncIterator[Record]:
         self._ops.labels(op="export_all").inc()

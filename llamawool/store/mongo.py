@@ -10,10 +10,16 @@ Collections (one database, the URI's default database or `llamawool`):
   partial index (`email`, `device_id`, `flagged_at`) are absent, not null, when
   unset.
 - `refresh_tokens`: `_id` = token hash; indexes by family and by player.
+- `refresh_families`: `_id` = family (session) id, `player_id`, `revoked`: what a
+  rotation reads to know its family was revoked (see `rotate_refresh_token`).
 - `farms`: `_id` = player id, `revision`, `doc`, `last_active`.
 - `snapshots`: unique (player_id, revision).
 - `idempotency`: unique (player_id, key).
-- `audit_log`: ordered by (at, _id).
+- `audit_log`: ordered by (at, _id); indexed by target and by actor.
+- `erasures`: `_id` = an erased player's id, `erased_at` (tombstones: see
+  `delete_player` and `portable.restore`).
+- `schema_version`: the schema's version and migration lock (`migrations/mongo.py`);
+  `open` creates the collections' indexes through those migrations.
 
 Group commit. When the deployment supports multi-document transactions (a
 replica set or a sharded cluster: what production runs) a batch is one
@@ -52,7 +58,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Any, TypeVar
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, IndexModel, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -70,8 +76,10 @@ from pymongo.write_concern import WriteConcern
 from .base import (
     AuditRecord,
     DuplicateKey,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     Record,
     RefreshTokenRecord,
@@ -84,6 +92,8 @@ from .base import (
     plan_snapshot_writes,
 )
 from .export_guard import ExportGuard, answered_revision
+from .migrations import SchemaPolicy, SchemaStatus
+from .migrations import mongo as schema
 
 T = TypeVar("T")
 Doc = dict[str, Any]
@@ -175,6 +185,28 @@ def _player_doc(p: PlayerRecord) -> Doc:
     return doc
 
 
+def _player_fields(changes: PlayerChanges) -> tuple[Doc, list[str]]:
+    """The document fields to set, and those to remove, for these player fields: the
+    name keys follow their names, and a field with a partial index is absent when unset."""
+    sets: Doc = {}
+    unset: list[str] = []
+    for name, value in changes.items():
+        if name == "username":
+            sets.update(username=value, username_key=fold(str(value)))
+        elif name == "email":
+            if value is None:
+                unset += ["email", "email_key"]
+            else:
+                sets.update(email=value, email_key=fold(str(value)))
+        elif name == "flagged_at" and value is None:
+            unset.append("flagged_at")
+        elif name in PlayerChanges.__annotations__:
+            sets[name] = value
+        else:
+            raise ValueError(f"not a player field: {name}")
+    return sets, unset
+
+
 def _player(d: Doc | None) -> PlayerRecord | None:
     if d is None:
         return None
@@ -252,6 +284,11 @@ def _audit(d: Doc) -> AuditRecord:
     return AuditRecord(d["at"], d["admin_id"], d["action"], d.get("target"), d.get("details") or {})
 
 
+def _erasure_op(erasure: Erasure) -> UpdateOne:
+    """Upsert the tombstone; one already there keeps the earlier time."""
+    return UpdateOne({"_id": erasure.player_id}, {"$min": {"erased_at": erasure.erased_at}}, upsert=True)
+
+
 async def _backoff(attempt: int) -> None:
     """Jittered exponential backoff for transaction retries: replicas that
     conflicted must not retry in lockstep."""
@@ -273,6 +310,7 @@ class MongoStore:
         snapshot_daily_days: int = 30,
         transactions: bool | None = None,
         snapshot_reads: bool | None = None,
+        schema: SchemaPolicy = "apply",
         listeners: Sequence[CommandListener] = (),
     ) -> None:
         """`transactions` None detects support at open; False forces the per-farm fallback.
@@ -281,8 +319,11 @@ class MongoStore:
         command sent (a test or a benchmark counts round trips).
 
         `select_timeout_s` (default `timeout_s`) is how long an operation waits for a
-        reachable primary: when the server is down, that is how soon a request fails."""
+        reachable primary: when the server is down, that is how soon a request fails.
+
+        `schema`: what `open` does with pending migrations (`migrations.schema.admit`)."""
         self.uri = uri
+        self.schema = schema
         self.database_name = database
         self.pool_size = pool_size
         self.timeout_s = timeout_s
@@ -351,7 +392,7 @@ class MongoStore:
                 w: int | str = "majority" if self.replica_set else 1
                 self._wc = WriteConcern(w, wtimeout=ms, j=True)
                 self._db = client.get_database(name, write_concern=self._wc)
-                await self._create_indexes()
+                await schema.prepare(self._db, self.schema)
         except BaseException:
             await client.close()
             self._client = None
@@ -370,49 +411,13 @@ class MongoStore:
                 if time.monotonic() >= deadline:
                     raise
 
-    async def _create_indexes(self) -> None:
-        string = {"$type": "string"}
-        await self._c("players").create_indexes(
-            [
-                IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
-                IndexModel(
-                    [("email_key", ASCENDING)],
-                    unique=True,
-                    partialFilterExpression={"email_key": string},
-                    name="email_unique",
-                ),
-                IndexModel(
-                    [("device_id", ASCENDING)],
-                    unique=True,
-                    partialFilterExpression={"device_id": string},
-                    name="device_unique",
-                ),
-                IndexModel(
-                    [("flagged_at", ASCENDING)],
-                    partialFilterExpression={"flagged_at": {"$exists": True}},
-                    name="flagged",
-                ),
-            ]
-        )
-        await self._c("refresh_tokens").create_indexes(
-            [
-                IndexModel([("family_id", ASCENDING)], name="by_family"),
-                IndexModel([("player_id", ASCENDING)], name="by_player"),
-            ]
-        )
-        await self._c("snapshots").create_indexes(
-            [IndexModel([("player_id", ASCENDING), ("revision", ASCENDING)], unique=True, name="by_farm_revision")]
-        )
-        await self._c("idempotency").create_indexes(
-            [
-                IndexModel([("player_id", ASCENDING), ("key", ASCENDING)], unique=True, name="by_player_key"),
-                IndexModel([("created_at", ASCENDING)], name="by_age"),
-            ]
-        )
-        await self._c("audit_log").create_indexes([IndexModel([("at", ASCENDING), ("_id", ASCENDING)], name="by_time")])
-        await self._c("revocations").create_indexes(
-            [IndexModel([("at", ASCENDING)], name="by_time"), IndexModel([("until", ASCENDING)], name="by_expiry")]
-        )
+    async def schema_status(self) -> SchemaStatus:
+        with _errors():
+            return await schema.read_status(self.db)
+
+    async def upgrade_schema(self) -> list[str]:
+        with _errors():
+            return [step.name for step in await schema.upgrade(self.db)]
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None
@@ -492,10 +497,13 @@ class MongoStore:
                 found = _player(await players.find_one({"device_id": player.device_id}))
                 if found is not None:
                     return found
+            doc = _player_doc(player)
             try:
-                await players.insert_one(_player_doc(player))
+                await players.insert_one(doc)
             except DuplicateKeyError as exc:
                 dup = _duplicate(exc)
+                if dup.field == "id" and await players.find_one({"_id": player.id}) == doc:
+                    return player  # this very insert, run twice by the driver's retry (see _insert_token)
                 if dup.field == "device_id" and player.device_id is not None:
                     # Another request registered this device a moment ago: theirs wins.
                     found = _player(await players.find_one({"device_id": player.device_id}))
@@ -522,20 +530,49 @@ class MongoStore:
         with _errors():
             return _player(await self._c("players").find_one(query))
 
-    async def update_player(self, player: PlayerRecord) -> None:
-        doc = _player_doc(player)
-        doc.pop("_id")
-        doc.pop("device_id", None)  # a device stays with the player it was registered to
-        unset = {k: "" for k in ("email", "email_key", "flagged_at") if k not in doc}
-        update: Doc = {"$set": doc}
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        if not changes:
+            raise ValueError("no fields to change")
+        sets, unset = _player_fields(changes)
+        update: Doc = {}
+        if sets:
+            update["$set"] = sets
         if unset:
-            update["$unset"] = unset
+            update["$unset"] = dict.fromkeys(unset, "")
+        query: Doc = {"_id": player_id}
+        wanted, absent = _player_fields(expect or {})
+        query.update(wanted)
+        query.update(dict.fromkeys(absent, None))  # matches an absent field (and a null one)
         with _errors():
-            await self._c("players").update_one({"_id": player.id}, update)
+            result = await self._c("players").update_one(query, update)
+        return bool(result.matched_count == 1)
 
-    async def delete_player(self, player_id: str) -> None:
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        players = self._c("players")
+        with _errors():
+            counted = await players.update_one(
+                {"_id": player_id}, {"$inc": {"violations_total": 1}, "$set": {"last_violation_at": at}}
+            )
+            if counted.matched_count != 1:
+                return None
+            if flag_reason is None:
+                return False
+            flagged = await players.update_one(
+                {"_id": player_id, "flagged_at": {"$exists": False}},
+                {"$set": {"flagged_at": at, "flag_reason": flag_reason}},
+            )
+        return bool(flagged.matched_count == 1)
+
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        erased_at = time.time() if at is None else at
+
         async def run(s: AsyncClientSession | None) -> None:
+            # first: without transactions, an erase cut short still leaves its tombstone
+            await self._c("erasures").bulk_write([_erasure_op(Erasure(player_id, erased_at))], session=s)
             for name, key in (
+                ("refresh_families", "player_id"),
                 ("refresh_tokens", "player_id"),
                 ("snapshots", "player_id"),
                 ("idempotency", "player_id"),
@@ -546,6 +583,32 @@ class MongoStore:
 
         with _errors():
             await self._transaction(run)
+
+    async def list_erasures(self) -> list[Erasure]:
+        with _errors():
+            cursor = self._c("erasures").find().sort("_id", ASCENDING)
+            return [Erasure(d["_id"], d["erased_at"]) async for d in cursor]
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        with _errors():
+            cursor = (
+                self._c("refresh_tokens")
+                .find({"player_id": player_id})
+                .sort([("issued_at", ASCENDING), ("_id", ASCENDING)])
+            )
+            return [_token(d) async for d in cursor]
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        """The collection's records, and the one riding in the farm document while a
+        fallback commit has not copied it yet (what `get_idempotency` answers from)."""
+        with _errors():
+            found = {d["key"]: _idem(d) async for d in self._c("idempotency").find({"player_id": player_id})}
+            farm = await self._c("farms").find_one({"_id": player_id}, {"idem": 1, "revision": 1})
+        if farm is not None and isinstance(farm.get("idem"), dict):
+            riding = _idem(farm["idem"])
+            if answered_revision(riding) == farm["revision"]:
+                found.setdefault(riding.key, riding)
+        return [found[k] for k in sorted(found)]
 
     async def count_players(self) -> int:
         with _errors():
@@ -567,34 +630,97 @@ class MongoStore:
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
         with _errors():
-            await self._c("refresh_tokens").insert_one(_token_doc(record))
+            # The family record first (never un-revoking one), then its token.
+            await self._c("refresh_families").update_one(
+                {"_id": record.family_id},
+                {"$setOnInsert": {"player_id": record.player_id, "revoked": False}},
+                upsert=True,
+            )
+            await self._insert_token(_token_doc(record))
+
+    async def _insert_token(self, doc: Doc) -> None:
+        """Insert, idempotently: the driver retries a write whose reply it lost, and a
+        retry that reaches the server while the first attempt is still running (a reply
+        slower than the socket timeout, under load) runs the insert again, so the first
+        attempt's own document answers DuplicateKey. A token hash is 256 random bits:
+        the same document under its `_id` can only be this write, applied already."""
+        tokens = self._c("refresh_tokens")
+        try:
+            await tokens.insert_one(doc)
+        except DuplicateKeyError:
+            if await tokens.find_one({"_id": doc["_id"]}) != doc:
+                raise
 
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
-        tokens = self._c("refresh_tokens")
         with _errors():
-            # One atomic conditional update: of any number of concurrent spends, one wins.
-            fresh = await tokens.find_one_and_update(
-                {"_id": token_hash, "spent_at": None, "revoked": False}, {"$set": {"spent_at": now}}
-            )
-            if fresh is not None:
-                rec = _token(fresh)
-                rec.spent_at = now
-                return SpendResult(rec)
-            seen = await tokens.find_one({"_id": token_hash})
-            if seen is None:
-                return SpendResult(None)
-            await tokens.update_many({"family_id": seen["family_id"]}, {"$set": {"revoked": True}})
-            return SpendResult(_token(seen), reused=True)
+            return await self._spend(token_hash, now)
+
+    async def _spend(self, token_hash: str, now: float) -> SpendResult:
+        tokens = self._c("refresh_tokens")
+        # One atomic conditional update: of any number of concurrent spends, one wins.
+        fresh = await tokens.find_one_and_update(
+            {"_id": token_hash, "spent_at": None, "revoked": False}, {"$set": {"spent_at": now}}
+        )
+        if fresh is not None:
+            rec = _token(fresh)
+            rec.spent_at = now
+            return SpendResult(rec)
+        seen = await tokens.find_one({"_id": token_hash})
+        if seen is None:
+            return SpendResult(None)
+        await self._revoke_families([seen["family_id"]], seen["player_id"])
+        return SpendResult(_token(seen), reused=True)
+
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        """Spend, insert the successor, then read the family record. A revocation writes
+        the family record first and the family's tokens after; each single-document
+        write is atomic, so either this read sees the revocation (the successor is
+        revoked here) or the revocation's token update comes after the successor's
+        insert and revokes it there. No transaction needed, on a replica set or not."""
+        with _errors():
+            spent = await self._spend(token_hash, now)
+            rec = spent.record
+            if rec is None or spent.reused or rec.expires_at <= now:
+                return spent
+            successor = RefreshTokenRecord(successor_hash, rec.family_id, rec.player_id, now, expires_at)
+            await self._insert_token(_token_doc(successor))
+            family = await self._c("refresh_families").find_one({"_id": rec.family_id})
+            if family is None or not family.get("revoked"):
+                return spent  # no record: a family from before family records, not revoked
+            await self._c("refresh_tokens").update_one({"_id": successor_hash}, {"$set": {"revoked": True}})
+            return SpendResult(rec, ended=True)
+
+    async def _revoke_families(self, family_ids: list[str], player_id: str) -> None:
+        """Mark the families revoked (the record rotations read), then every token of
+        theirs: in this order (see `rotate_refresh_token`)."""
+        if not family_ids:
+            return
+        await self._c("refresh_families").bulk_write(
+            [
+                UpdateOne(
+                    {"_id": f}, {"$set": {"revoked": True}, "$setOnInsert": {"player_id": player_id}}, upsert=True
+                )
+                for f in family_ids
+            ],
+            ordered=False,
+        )
+        await self._c("refresh_tokens").update_many({"family_id": {"$in": family_ids}}, {"$set": {"revoked": True}})
 
     async def revoke_family(self, family_id: str) -> None:
         with _errors():
-            await self._c("refresh_tokens").update_many({"family_id": family_id}, {"$set": {"revoked": True}})
+            seen = await self._c("refresh_tokens").find_one({"family_id": family_id}, {"player_id": 1})
+            await self._revoke_families([family_id], seen["player_id"] if seen else "")
 
     async def revoke_player_tokens(self, player_id: str, issued_after: float) -> list[str]:
         with _errors():
             tokens = self._c("refresh_tokens")
             live = await tokens.distinct("family_id", {"player_id": player_id, "issued_at": {"$gt": issued_after}})
-            await tokens.update_many({"player_id": player_id}, {"$set": {"revoked": True}})
+            families = set(await tokens.distinct("family_id", {"player_id": player_id}))
+            # a family whose first token is still being inserted has its record already
+            families |= set(await self._c("refresh_families").distinct("_id", {"player_id": player_id}))
+            await self._revoke_families(sorted(families), player_id)
         return sorted(live)
 
     async def add_revocations(self, revocations: list[Revocation]) -> None:
@@ -858,6 +984,14 @@ class MongoStore:
             cursor = self._c("audit_log").find().sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
             return [_audit(d) async for d in cursor]
 
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        if limit <= 0:
+            return []
+        with _errors():
+            query = {"$or": [{"target": player_id}, {"admin_id": player_id}]}
+            cursor = self._c("audit_log").find(query).sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            return [_audit(d) async for d in cursor]
+
     # ---- whole-store export / import (backup, restore, migrate) ---------------------------------------
 
     async def export_all(self) -> AsyncIterator[Record]:
@@ -921,6 +1055,8 @@ class MongoStore:
             yield riding.pop()[1]
         async for d in self._c("audit_log").find(session=s).sort([("at", ASCENDING), ("_id", ASCENDING)]):
             yield _audit(d)
+        async for d in self._c("erasures").find(session=s).sort("_id", ASCENDING):
+            yield Erasure(d["_id"], d["erased_at"])
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Upsert every record by its natural key (safe to re-run); snapshots bypass
@@ -978,4 +1114,6 @@ class MongoStore:
                 have[k] -= 1
                 return "audit_log", None
             return "audit_log", _audit_doc(rec)
+        if isinstance(rec, Erasure):
+            return "erasures", _erasure_op(rec)
         raise TypeError(f"not a store record: {type(rec).__name__}")

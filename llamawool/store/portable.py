@@ -20,6 +20,14 @@ ignored and missing ones take their defaults, so later versions can add fields.
 Imports upsert by natural key, so an interrupted restore or migration is
 finished by running it again; the target should be empty or hold an earlier
 attempt of the same import (anything else makes the final check fail).
+
+Version 2 added `erasure` lines (tombstones of erased accounts, `base.Erasure`).
+A restore never brings an erased account back: it gathers the tombstones of the
+backup, of the store it restores into, and of every `erasures_from` source (a
+newer backup, or the live store), leaves out every record of those players,
+writes all the tombstones, and erases any such player the target already held.
+Its final check is against what it wrote (the file's records less those left
+out, plus the tombstones), so the check still proves nothing else differs.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import datetime
 import gzip
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,7 @@ import orjson
 
 from .base import (
     AuditRecord,
+    Erasure,
     IdempotencyRecord,
     PlayerRecord,
     Record,
@@ -46,10 +55,11 @@ from .base import (
     Snapshot,
     Store,
     StoredFarm,
+    record_owner,
 )
 
 FORMAT = "llamawool-backup"
-VERSION = 1
+VERSION = 2  # 2: erasure (tombstone) lines
 
 KINDS: dict[type[Any], str] = {
     PlayerRecord: "player",
@@ -58,6 +68,7 @@ KINDS: dict[type[Any], str] = {
     Snapshot: "snapshot",
     IdempotencyRecord: "idempotency",
     AuditRecord: "audit",
+    Erasure: "erasure",
 }
 TYPES = {kind: cls for cls, kind in KINDS.items()}
 # Fields stored as REAL by SQLite: written as floats whatever the source held, so
@@ -73,6 +84,7 @@ FLOATS = {
     "taken_at",
     "farm_value",
     "at",
+    "erased_at",
 }
 BYTES = {"body"}
 
@@ -128,6 +140,8 @@ class Digest:
 
     counts: dict[str, int] = field(default_factory=dict)
     sha256: str = ""
+    # a restore's records of erased players, by kind: in the file, not written
+    left_out: dict[str, int] = field(default_factory=dict, compare=False)
     _hash: Any = field(default_factory=hashlib.sha256, repr=False, compare=False)
 
     def add(self, kind: str, line: bytes) -> None:
@@ -141,7 +155,10 @@ class Digest:
 
     def describe(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "empty"
-        return f"{counts}; sha256 {self.sha256[:16]}"
+        out = f"{counts}; sha256 {self.sha256[:16]}"
+        if self.left_out:
+            out += "; left out as erased: " + ", ".join(f"{k} {v}" for k, v in sorted(self.left_out.items()))
+        return out
 
 
 async def canonical_lines(store: Store) -> AsyncIterator[tuple[str, bytes]]:
@@ -244,13 +261,62 @@ async def read_records(path: Path) -> AsyncIterator[Record]:
         yield _record(data)
 
 
-async def restore(store: Store, path: Path) -> Digest:
-    """Check the file whole, write every record into `store`, then check the store
-    now holds exactly the file's data."""
-    expected = verify_file(path)
-    await store.import_all(read_records(path))
-    await verify(store, expected, what=str(path))
-    return expected
+# Where tombstones come from besides the backup and the target: another backup file
+# (the newest one) or another store (the live database a restore replaces).
+ErasureSource = Path | Store
+
+
+async def erasures_of(source: ErasureSource) -> list[Erasure]:
+    if isinstance(source, Path):
+        verify_file(source)
+        return [rec async for rec in read_records(source) if isinstance(rec, Erasure)]
+    return await source.list_erasures()
+
+
+def _merge(*lists: list[Erasure]) -> dict[str, float]:
+    """player id -> the earliest erasure time any source records (what the stores keep)."""
+    out: dict[str, float] = {}
+    for erasures in lists:
+        for e in erasures:
+            out[e.player_id] = min(float(e.erased_at), out.get(e.player_id, float("inf")))
+    return out
+
+
+async def restore(store: Store, path: Path, *, erasures_from: Sequence[ErasureSource] = ()) -> Digest:
+    """Check the file whole, write its records into `store` except those of erased
+    players (tombstones of the file, of `store` and of `erasures_from`), write every
+    tombstone, erase any such player `store` already held, then check `store` holds
+    exactly what was written. Returns that (its `left_out`: what erasure dropped)."""
+    verify_file(path)
+    target_had = await store.list_erasures()
+    in_file = [rec async for rec in read_records(path) if isinstance(rec, Erasure)]
+    sources = [in_file, target_had] + [await erasures_of(s) for s in erasures_from]
+    erased = _merge(*sources)
+    target_held_players = await store.count_players() > 0
+    written = Digest()
+
+    async def records() -> AsyncIterator[Record]:
+        async for rec in read_records(path):
+            kind = KINDS[type(rec)]
+            if isinstance(rec, Erasure):
+                continue  # all of them, merged, come last (their canonical place)
+            if record_owner(rec) in erased:
+                written.left_out[kind] = written.left_out.get(kind, 0) + 1
+                continue
+            written.add(kind, encode(rec))
+            yield rec
+        for player_id in sorted(erased):
+            tombstone = Erasure(player_id, erased[player_id])
+            written.add("erasure", encode(tombstone))
+            yield tombstone
+
+    await store.import_all(records())
+    if target_held_players:  # restored into a store in use: a player it holds but erased elsewhere goes now
+        for player_id in sorted(erased):
+            if await store.get_player(player_id) is not None:
+                await store.delete_player(player_id, erased[player_id])
+    await verify(store, written.finish(), what=f"{path} less its erased players")
+    return written
 
 
 async def migrate(source: Store, target: Store) -> Digest:

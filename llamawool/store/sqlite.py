@@ -25,8 +25,10 @@ import orjson
 from .base import (
     AuditRecord,
     DuplicateKey,
+    Erasure,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     Record,
     RefreshTokenRecord,
@@ -38,6 +40,8 @@ from .base import (
     audit_key,
     plan_snapshot_writes,
 )
+from .migrations import SchemaPolicy, SchemaStatus
+from .migrations import sqlite as schema
 
 T = TypeVar("T")
 # a write waiting for the next transaction: the work, its caller's future, that caller's loop
@@ -47,78 +51,8 @@ MIN_FREE_BYTES = 64 * 1024  # after a failed write, less free space than this ke
 IMPORT_CHUNK = 500
 BUSY_TIMEOUT_S = 30  # how long a statement waits for a lock another connection holds
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS players (
-    id TEXT PRIMARY KEY,
-    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    email TEXT UNIQUE COLLATE NOCASE,
-    password_hash TEXT,
-    role TEXT NOT NULL DEFAULT 'player',
-    is_guest INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    settings TEXT NOT NULL DEFAULT '{}',
-    flagged_at REAL,
-    flag_reason TEXT,
-    last_violation_at REAL,
-    violations_total INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS players_flagged ON players(flagged_at) WHERE flagged_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    admin_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT,
-    details TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    player_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS devices_by_player ON devices(player_id);
-CREATE TABLE IF NOT EXISTS refresh_tokens (
-    token_hash TEXT PRIMARY KEY,
-    family_id TEXT NOT NULL,
-    player_id TEXT NOT NULL,
-    issued_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    spent_at REAL,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS refresh_by_family ON refresh_tokens(family_id);
-CREATE INDEX IF NOT EXISTS refresh_by_player ON refresh_tokens(player_id);
-CREATE TABLE IF NOT EXISTS farms (
-    player_id TEXT PRIMARY KEY,
-    revision INTEGER NOT NULL,
-    doc BLOB NOT NULL,
-    last_active REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshots (
-    player_id TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    taken_at REAL NOT NULL,
-    farm_value REAL NOT NULL,
-    doc BLOB NOT NULL,
-    PRIMARY KEY (player_id, revision)
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    player_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (player_id, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
-CREATE TABLE IF NOT EXISTS revocations (
-    session_id TEXT PRIMARY KEY,
-    until REAL NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS revocations_by_time ON revocations(at);
-"""
-
+# the fields `update_player_fields` may write (PlayerChanges), each a players column
+PLAYER_FIELDS = frozenset(PlayerChanges.__annotations__)
 PLAYER_COLUMNS = (
     "id, username, email, password_hash, role, is_guest, created_at, settings, "
     "flagged_at, flag_reason, last_violation_at, violations_total"
@@ -145,6 +79,53 @@ def _player(row: tuple[Any, ...] | None, device_id: str | None = None) -> Player
     )
 
 
+def _player_columns(changes: PlayerChanges) -> list[tuple[str, Any]]:
+    """(column, SQL value) of each field in `changes`, in the players table's terms."""
+    out: list[tuple[str, Any]] = []
+    for name, value in changes.items():
+        if name not in PLAYER_FIELDS:
+            raise ValueError(f"not a player field: {name}")
+        if name == "is_guest":
+            value = int(bool(value))
+        elif name == "settings":
+            value = orjson.dumps(value).decode()
+        out.append((name, value))
+    return out
+
+
+def _insert_token(c: sqlite3.Connection, record: RefreshTokenRecord) -> None:
+    c.execute(
+        "INSERT INTO refresh_tokens (token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.token_hash,
+            record.family_id,
+            record.player_id,
+            record.issued_at,
+            record.expires_at,
+            record.spent_at,
+            int(record.revoked),
+        ),
+    )
+
+
+def _spend(c: sqlite3.Connection, token_hash: str, now: float) -> SpendResult:
+    row = c.execute(
+        "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+        "FROM refresh_tokens WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    if row is None:
+        return SpendResult(None)
+    rec = RefreshTokenRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+    if rec.spent_at is not None or rec.revoked:
+        c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (rec.family_id,))
+        return SpendResult(rec, reused=True)
+    c.execute("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?", (now, token_hash))
+    rec.spent_at = now
+    return SpendResult(rec)
+
+
 def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for fut, ok, value in items:
         if fut.done():  # its caller was cancelled; the write itself stands
@@ -167,9 +148,17 @@ class SQLiteStore:
     name = "sqlite"
 
     def __init__(
-        self, path: Path, *, synchronous: str = "FULL", snapshot_history: int = 50, snapshot_daily_days: int = 30
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        snapshot_history: int = 50,
+        snapshot_daily_days: int = 30,
+        schema: SchemaPolicy = "apply",
     ) -> None:
+        """`schema`: what `open` does with pending migrations (`migrations.schema.admit`)."""
         self.path = path
+        self.schema = schema
         self.synchronous = synchronous
         self.retention = (snapshot_history, snapshot_daily_days)
         self.snapshot_history = snapshot_history
@@ -303,12 +292,23 @@ class SQLiteStore:
 
         def setup() -> None:
             self._write_conn = self._connect()
-            self._write_conn.executescript(SCHEMA)
+            schema.prepare(self._write_conn, self.schema)
 
         try:
             await asyncio.get_running_loop().run_in_executor(self._writer, setup)
         except sqlite3.DatabaseError as exc:
             raise StorageUnavailable(f"sqlite: cannot open {self.path}: {exc}") from exc
+
+    async def schema_status(self) -> SchemaStatus:
+        return await self._read(schema.read_status)
+
+    async def upgrade_schema(self) -> list[str]:
+        def run() -> list[str]:
+            if self._write_conn is None:
+                raise StorageUnavailable("sqlite: store is not open")
+            return [step.name for step in schema.upgrade(self._write_conn)]
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
     async def close(self) -> None:
         def close_writer() -> None:
@@ -405,31 +405,41 @@ class SQLiteStore:
 
         return await self._read(run)
 
-    async def update_player(self, player: PlayerRecord) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            c.execute(
-                "UPDATE players SET username = ?, email = ?, password_hash = ?, role = ?, is_guest = ?, "
-                "settings = ?, flagged_at = ?, flag_reason = ?, last_violation_at = ?, violations_total = ? "
-                "WHERE id = ?",
-                (
-                    player.username,
-                    player.email,
-                    player.password_hash,
-                    player.role,
-                    int(player.is_guest),
-                    orjson.dumps(player.settings).decode(),
-                    player.flagged_at,
-                    player.flag_reason,
-                    player.last_violation_at,
-                    player.violations_total,
-                    player.id,
-                ),
-            )
+    async def update_player_fields(
+        self, player_id: str, changes: PlayerChanges, expect: PlayerChanges | None = None
+    ) -> bool:
+        if not changes:
+            raise ValueError("no fields to change")
+        sets = [(f"{col} = ?", value) for col, value in _player_columns(changes)]
+        checks = [(f"{col} IS ?", value) for col, value in _player_columns(expect or {})]
+        sql = f"UPDATE players SET {', '.join(s for s, _ in sets)} WHERE id = ?"
+        sql += "".join(f" AND {c}" for c, _ in checks)
+        params = [v for _, v in sets] + [player_id] + [v for _, v in checks]
+        return await self._write(lambda c: c.execute(sql, params).rowcount == 1)
 
-        await self._write(run)
+    async def record_violation(self, player_id: str, at: float, flag_reason: str | None) -> bool | None:
+        def run(c: sqlite3.Connection) -> bool | None:
+            counted = c.execute(
+                "UPDATE players SET violations_total = violations_total + 1, last_violation_at = ? WHERE id = ?",
+                (at, player_id),
+            ).rowcount
+            if counted != 1:
+                return None
+            if flag_reason is None:
+                return False
+            flagged = c.execute(
+                "UPDATE players SET flagged_at = ?, flag_reason = ? WHERE id = ? AND flagged_at IS NULL",
+                (at, flag_reason, player_id),
+            ).rowcount
+            return flagged == 1
 
-    async def delete_player(self, player_id: str) -> None:
+        return await self._write(run)
+
+    async def delete_player(self, player_id: str, at: float | None = None) -> None:
+        erased_at = time.time() if at is None else at
+
         def run(c: sqlite3.Connection) -> None:
+            _record_erasure(c, Erasure(player_id, erased_at))
             for table, column in (
                 ("players", "id"),
                 ("devices", "player_id"),
@@ -441,6 +451,36 @@ class SQLiteStore:
                 c.execute(f"DELETE FROM {table} WHERE {column} = ?", (player_id,))
 
         await self._write(run)
+
+    async def list_erasures(self) -> list[Erasure]:
+        def run(c: sqlite3.Connection) -> list[Erasure]:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'erasures'").fetchone() is None:
+                return []  # a database older than the step that added them (opened to inspect): none recorded
+            rows = c.execute("SELECT player_id, erased_at FROM erasures ORDER BY player_id").fetchall()
+            return [Erasure(r[0], r[1]) for r in rows]
+
+        return await self._read(run)
+
+    async def list_player_tokens(self, player_id: str) -> list[RefreshTokenRecord]:
+        def run(c: sqlite3.Connection) -> list[RefreshTokenRecord]:
+            rows = c.execute(
+                "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
+                "FROM refresh_tokens WHERE player_id = ? ORDER BY issued_at, token_hash",
+                (player_id,),
+            ).fetchall()
+            return [RefreshTokenRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+        return await self._read(run)
+
+    async def list_player_idempotency(self, player_id: str) -> list[IdempotencyRecord]:
+        def run(c: sqlite3.Connection) -> list[IdempotencyRecord]:
+            rows = c.execute(
+                "SELECT key, request_hash, status, body, created_at FROM idempotency WHERE player_id = ? ORDER BY key",
+                (player_id,),
+            ).fetchall()
+            return [IdempotencyRecord(player_id, r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+        return await self._read(run)
 
     async def count_players(self) -> int:
         return await self._read(lambda c: int(c.execute("SELECT COUNT(*) FROM players").fetchone()[0]))
@@ -466,40 +506,23 @@ class SQLiteStore:
     # ---- refresh tokens ------------------------------------------------------------------
 
     async def add_refresh_token(self, record: RefreshTokenRecord) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            c.execute(
-                "INSERT INTO refresh_tokens "
-                "(token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.token_hash,
-                    record.family_id,
-                    record.player_id,
-                    record.issued_at,
-                    record.expires_at,
-                    record.spent_at,
-                    int(record.revoked),
-                ),
-            )
-
-        await self._write(run)
+        await self._write(lambda c: _insert_token(c, record))
 
     async def spend_refresh_token(self, token_hash: str, now: float) -> SpendResult:
+        return await self._write(lambda c: _spend(c, token_hash, now))
+
+    async def rotate_refresh_token(
+        self, token_hash: str, successor_hash: str, now: float, expires_at: float
+    ) -> SpendResult:
+        """One transaction: revocations are transactions too, so one either precedes this
+        (the token is revoked: `reused`) or follows it (and revokes the successor)."""
+
         def run(c: sqlite3.Connection) -> SpendResult:
-            row = c.execute(
-                "SELECT token_hash, family_id, player_id, issued_at, expires_at, spent_at, revoked "
-                "FROM refresh_tokens WHERE token_hash = ?",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                return SpendResult(None)
-            rec = RefreshTokenRecord(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
-            if rec.spent_at is not None or rec.revoked:
-                c.execute("UPDATE refresh_tokens SET revoked = 1 WHERE family_id = ?", (rec.family_id,))
-                return SpendResult(rec, reused=True)
-            c.execute("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?", (now, token_hash))
-            rec.spent_at = now
-            return SpendResult(rec)
+            spent = _spend(c, token_hash, now)
+            rec = spent.record
+            if rec is not None and not spent.reused and rec.expires_at > now:
+                _insert_token(c, RefreshTokenRecord(successor_hash, rec.family_id, rec.player_id, now, expires_at))
+            return spent
 
         return await self._write(run)
 
@@ -670,6 +693,18 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
+        def run(c: sqlite3.Connection) -> list[AuditRecord]:
+            rows = c.execute(
+                "SELECT at, admin_id, action, target, details FROM audit_log WHERE id IN "
+                "(SELECT id FROM audit_log WHERE target = ? UNION SELECT id FROM audit_log WHERE admin_id = ?) "
+                "ORDER BY at DESC, id DESC LIMIT ?",
+                (player_id, player_id, limit),
+            ).fetchall()
+            return [AuditRecord(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
+
+        return await self._read(run)
+
     # ---- whole-store export / import (backup, restore, migrate) -------------------------------
 
     async def export_all(self) -> AsyncIterator[Record]:
@@ -731,6 +766,9 @@ class SQLiteStore:
         )
         async for r in self._pages(snapshot, audit, lambda r: (r[0], r[1]), (float("-inf"), -1)):
             yield AuditRecord(r[0], r[2], r[3], r[4], orjson.loads(r[5]))
+        erasures = "SELECT player_id, erased_at FROM erasures WHERE player_id > ? ORDER BY player_id LIMIT ?"
+        async for r in self._pages(snapshot, erasures, lambda r: (r[0],), ("",)):
+            yield Erasure(r[0], r[1])
 
     @staticmethod
     async def _pages(
@@ -885,8 +923,20 @@ def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[An
                 "INSERT INTO audit_log (at, admin_id, action, target, details) VALUES (?, ?, ?, ?, ?)",
                 (rec.at, rec.admin_id, rec.action, rec.target, orjson.dumps(rec.details).decode()),
             )
+        elif isinstance(rec, Erasure):
+            _record_erasure(c, rec)
         else:
             raise TypeError(f"not a store record: {type(rec).__name__}")
+
+
+def _record_erasure(c: sqlite3.Connection, erasure: Erasure) -> None:
+    """Insert the tombstone; one already there keeps the earlier time (so applying
+    tombstones from several sources gives the same table whatever the order)."""
+    c.execute(
+        "INSERT INTO erasures (player_id, erased_at) VALUES (?, ?) "
+        "ON CONFLICT(player_id) DO UPDATE SET erased_at = MIN(erased_at, excluded.erased_at)",
+        (erasure.player_id, erasure.erased_at),
+    )
 
 
 def _insert_snapshots(c: sqlite3.Connection, snaps: list[Snapshot], keep: tuple[int, int]) -> None:

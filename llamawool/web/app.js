@@ -336,7 +336,13 @@ class App {
         try {
           return await this.conn.request("action", { ...action, idempotency_key: key });
         } catch (err) {
-          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT") throw err;
+          const unavailable = err.code === "UNAVAILABLE";
+          if (err.code !== "CONNECTION_LOST" && err.code !== "TIMEOUT" && !unavailable) throw err;
+          // Unknown unless it says not_applied (a draining server): either way the REST
+          // retry carries the same key, so it answers what was done or does it once.
+          if (unavailable && err.problem?.outcome !== "not_applied") {
+            await sleep(1000 * Math.min(5, err.retryAfter ?? 1));
+          }
         }
       }
       const data = await this.api.action(action, key);
@@ -431,7 +437,7 @@ class App {
         text = "Connection trouble: that may not have gone through. Reconnecting…";
         break;
       case "UNAVAILABLE":
-        text = "The farm office is busy. Try again in a moment.";
+        text = "The farm office is busy: that may not have gone through. Try again in a moment.";
         break;
       default:
         break;

@@ -60,7 +60,7 @@ export class Auth {
   constructor() {
     this.session = this._load();
     this._refreshing = null;
-    this._changing = null; // a password change in flight (see changePassword)
+    this._changing = null; // a request replacing the session in flight (see _replaceSession)
     this._listeners = new Set();
     window.addEventListener("storage", (e) => {
       if (e.key === STORE_KEY) {
@@ -149,19 +149,26 @@ export class Auth {
     return this._store(await this._post("/auth/login", { login, password }));
   }
 
-  /** Register; sent with the guest's token, the server upgrades the guest in place (the farm stays). */
+  /** Register; sent with the guest's token, the server upgrades the guest in place (the farm
+   * stays), ends every session of the guest (this one too) and answers with a new one. */
   async register(email, password, username) {
-    const token = this.player?.is_guest ? await this.freshAccessToken() : null;
-    return this._store(await this._post("/auth/register", { email, password, username }, token));
+    const body = { email, password, username };
+    if (!this.player?.is_guest) return this._store(await this._post("/auth/register", body));
+    return this._replaceSession("/auth/register", body, await this.freshAccessToken());
   }
 
   /** A new password: the server ends every session (this one too) and answers with a new one. */
   async changePassword(currentPassword, newPassword) {
     const token = await this.freshAccessToken();
     const body = { current_password: currentPassword, new_password: newPassword };
-    // The server ends this session too, and its socket may hear of it (4401) before this
-    // answer arrives: a refresh meanwhile waits for the new session instead of spending the old.
-    this._changing = this._post("/auth/password", body, token).then((answer) => this._store(answer));
+    return this._replaceSession("/auth/password", body, token);
+  }
+
+  /** A request that ends this session and answers with a new one. Its socket may hear of
+   * the end (4401) before the answer arrives: a refresh meanwhile waits for the new
+   * session instead of spending the old. */
+  async _replaceSession(path, body, token) {
+    this._changing = this._post(path, body, token).then((answer) => this._store(answer));
     try {
       return await this._changing;
     } finally {
@@ -453,8 +460,13 @@ export class Connection {
       }
     }
     if (code === CLOSE_RESTART) {
-      // The server is draining for a restart: come back soon, spread out.
-      this._scheduleReconnect(250 + Math.random() * 1000, { code, reason: "server restarting" });
+      // The server is draining for a restart, or moving sockets to a replica with room
+      // (reason "rebalancing: ..."): come back soon, spread out, never with a long backoff.
+      const moving = typeof reason === "string" && reason.startsWith("rebalancing");
+      this._scheduleReconnect(250 + Math.random() * 1000, {
+        code,
+        reason: moving ? "moving to a less busy server" : "server restarting",
+      });
       return;
     }
     if (code === CLOSE_VIOLATIONS) {

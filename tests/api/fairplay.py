@@ -27,8 +27,7 @@ async def make_admin(client: TestClient, username: str | None = None) -> dict[st
     store = context(client.server.app).store
     player = await store.find_player(username=name)
     assert player is not None
-    player.role = "admin"
-    await store.update_player(player)
+    await store.update_player_fields(player.id, {"role": "admin"})
     body = await ok_json(await client.post(f"{API}/auth/login", json={"login": name, "password": PASSWORD}))
     assert body["player"]["role"] == "admin"
     body["headers"] = bearer(body["access_token"])

@@ -15,6 +15,7 @@ from llamawool import cli
 from llamawool.api.app import context
 from llamawool.api.http import API_PREFIX, ROUTES
 from llamawool.settings import Settings
+from llamawool.store import StorageUnavailable
 from tests.conftest import API, MakeClient, new_guest
 from tests.helpers import FakeClock
 
@@ -44,7 +45,7 @@ async def test_create_admin_then_log_in_as_admin(
     monkeypatch.setenv("LLAMAWOOL_TEST_ADMIN_PASSWORD", ADMIN_PASSWORD)
     rc = await cli.create_admin(settings, "boss", "Boss@Example.com", "LLAMAWOOL_TEST_ADMIN_PASSWORD")
     assert rc == 0
-    assert re.match(r"admin boss created \(id [0-9a-f]{32}\)", capsys.readouterr().out)
+    assert re.search(r"^admin boss created \(id [0-9a-f]{32}\)", capsys.readouterr().out, re.M)
 
     client = await make_client()
     admin = await login(client, "boss", ADMIN_PASSWORD)
@@ -202,20 +203,28 @@ async def test_the_audit_log_lists_every_admin_action(frozen: TestClient) -> Non
 
     audit = await ok_json(await frozen.get(f"{API}/admin/audit", headers=h))
     entries = audit["entries"]
-    assert [(e["action"], e["target"]) for e in entries] == [
-        ("broadcast", None),
-        ("farm.restore", pid),
-        ("player.clear_flag", pid),
-        ("player.lookup", pid),
+    assert [(e["action"], e["target"], e["details"].get("status")) for e in entries] == [
+        ("audit.read", None, None),  # this very read
+        ("broadcast", None, None),
+        ("farm.restore", pid, "completed"),
+        ("farm.restore", pid, "pending"),
+        ("player.clear_flag", pid, "completed"),
+        ("player.clear_flag", pid, "pending"),
+        ("player.lookup", pid, None),
     ]
     assert all(e["admin_id"] == admin_id for e in entries)
-    assert entries[0]["details"] == {"message": "hello", "level": "info"}
-    assert entries[1]["details"] == {"from_revision": 1, "new_revision": 3}
-    assert entries[2]["details"] == {"cleared": False}
+    assert entries[0]["details"] == {"limit": 100}
+    assert entries[1]["details"] == {"message": "hello", "level": "info"}
+    restore_ref, clear_ref = entries[2]["details"]["ref"], entries[4]["details"]["ref"]
+    assert entries[2]["details"] == {"status": "completed", "ref": restore_ref, "from_revision": 1, "new_revision": 3}
+    assert entries[3]["details"] == {"status": "pending", "ref": restore_ref, "from_revision": 1}
+    assert entries[4]["details"] == {"status": "completed", "ref": clear_ref, "cleared": False}
+    assert entries[5]["details"] == {"status": "pending", "ref": clear_ref}
+    assert restore_ref != clear_ref
     assert [e["at"] for e in entries] == sorted((e["at"] for e in entries), reverse=True)
 
     two = await ok_json(await frozen.get(f"{API}/admin/audit", params={"limit": "2"}, headers=h))
-    assert two["entries"] == entries[:2]
+    assert [e["details"] for e in two["entries"]] == [{"limit": 2}, {"limit": 100}]  # each read is audited
     await expect_problem(await frozen.get(f"{API}/admin/audit?limit=0", headers=h), 422, "VALIDATION_ERROR")
     await expect_problem(await frozen.get(f"{API}/admin/audit?limit=lots", headers=h), 422, "VALIDATION_ERROR")
 
@@ -276,12 +285,78 @@ async def test_non_admins_get_403_on_every_admin_route(frozen: TestClient) -> No
         # the admin gets past the role check on the same request
         assert (await call(frozen, r.method, path, admin["headers"])).status != 403
 
-    # nothing the players tried happened; only the admin's own successful calls were audited
-    # (its restore and broadcast above carried empty bodies: refused with 422, not audited)
+    # nothing the players tried happened; only the admin's own calls were audited
+    # (its restore and broadcast above carried empty bodies: refused with 422 before acting, not audited)
     assert (await get_farm(frozen, guest["headers"]))["balances"] == farm_before["balances"]
     audit_after = await ok_json(await frozen.get(f"{API}/admin/audit", headers=admin["headers"]))
     new = audit_after["entries"][: len(audit_after["entries"]) - len(audit_before["entries"])]
     assert [(e["action"], e["admin_id"]) for e in new] == [
-        ("player.clear_flag", admin["player"]["id"]),
+        ("audit.read", admin["player"]["id"]),  # audit_after
+        ("audit.read", admin["player"]["id"]),
+        ("player.clear_flag", admin["player"]["id"]),  # completed
+        ("player.clear_flag", admin["player"]["id"]),  # pending
         ("player.lookup", admin["player"]["id"]),
     ]
+
+
+# ---- the record comes first ---------------------------------------------------------------------
+
+
+async def audit_actions(client: TestClient) -> list[tuple[str, str | None]]:
+    """The audit log as the store holds it now (read directly: an API read would add its own record)."""
+    records = await context(client.server.app).store.list_audit(100)
+    return [(r.action, r.details.get("status")) for r in records]
+
+
+@pytest.mark.parametrize("change", ["restore", "clear-flag"])
+async def test_a_change_is_recorded_pending_before_it_is_made(
+    frozen: TestClient, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A process that dies mid-change leaves a pending record, never an unrecorded change."""
+    admin = await make_admin(frozen)
+    guest = await new_guest(frozen)
+    pid = guest["player"]["id"]
+    await shear(frozen, guest["headers"], 3)
+    c = context(frozen.server.app)
+    seen_during: list[list[tuple[str, str | None]]] = []
+    action = "farm.restore" if change == "restore" else "player.clear_flag"
+    target, name = (c.engine, "restore") if change == "restore" else (c.anticheat, "clear_flag")
+    real = getattr(target, name)
+
+    async def watched(*args: Any) -> Any:
+        seen_during.append(await audit_actions(frozen))
+        return await real(*args)
+
+    monkeypatch.setattr(target, name, watched)
+    body = {"revision": 1} if change == "restore" else {}
+    resp = await frozen.post(f"{API}/admin/players/{pid}/{change}", json=body, headers=admin["headers"])
+    assert resp.status == 200, await resp.text()
+    assert seen_during == [[(action, "pending")]]
+    assert await audit_actions(frozen) == [(action, "completed"), (action, "pending")]
+
+
+async def test_a_change_that_fails_is_recorded_failed(frozen: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = await make_admin(frozen)
+    guest = await new_guest(frozen)
+    pid = guest["player"]["id"]
+    c = context(frozen.server.app)
+
+    async def broken(*args: Any) -> Any:
+        raise StorageUnavailable("disk full")
+
+    monkeypatch.setattr(c.engine, "restore", broken)
+    resp = await frozen.post(f"{API}/admin/players/{pid}/restore", json={"revision": 1}, headers=admin["headers"])
+    await expect_problem(resp, 503, "UNAVAILABLE")
+    records = await c.store.list_audit(10)
+    assert [(r.action, r.details["status"]) for r in records] == [
+        ("farm.restore", "failed"),
+        ("farm.restore", "pending"),
+    ]
+    assert records[0].details["error"] == "StorageUnavailable"
+    assert records[0].details["ref"] == records[1].details["ref"]
+    # a restore of a revision that does not exist is attempted, refused, and recorded so
+    monkeypatch.undo()
+    resp = await frozen.post(f"{API}/admin/players/{pid}/restore", json={"revision": 9}, headers=admin["headers"])
+    await expect_problem(resp, 404, "NOT_FOUND")
+    newest = (await c.store.list_audit(1))[0]
+    assert (newest.details["status"], newest.details["error"]) == ("failed", "NOT_FOUND")

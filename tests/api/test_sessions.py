@@ -223,10 +223,10 @@ async def test_a_password_change_cut_short_leaves_the_old_password_and_no_sessio
     me = await register(client)
     store = context(client.server.app).store
 
-    async def unavailable(player: Any) -> None:
+    async def unavailable(*args: Any, **kwargs: Any) -> bool:
         raise StorageUnavailable("disk unplugged")
 
-    monkeypatch.setattr(store, "update_player", unavailable)
+    monkeypatch.setattr(store, "update_player_fields", unavailable)
     resp = await client.post(
         f"{API}/auth/password",
         json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
@@ -293,7 +293,7 @@ async def test_registration_refuses_common_passwords_and_the_accounts_own_name(m
 async def test_the_blocklist_is_on_in_production_and_off_in_development(make_client: MakeClient) -> None:
     from llamawool.settings import Settings
 
-    assert Settings(env="staging").blocks_weak_passwords()
+    assert Settings(env="staging", jwt_secret="x" * 32, clients_connect_directly=True).blocks_weak_passwords()
     assert not Settings(env="development").blocks_weak_passwords()
     assert Settings(env="development", password_blocklist=True).blocks_weak_passwords()
     dev = await make_client(password_blocklist=None)

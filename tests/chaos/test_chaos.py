@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import subprocess
 import time
@@ -43,7 +44,7 @@ import pytest
 from tests.e2e.cluster import CLUSTER_SECRET, unavailable
 from tests.e2e.test_durability import Api, assert_balance_follows_the_closed_form
 from tests.helpers import REPO, ServerProcess
-from tests.mongo_server import SecantusServer, start_or_skip
+from tests.mongo_server import cluster_mongo, start_or_skip
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -282,7 +283,7 @@ async def backend(name: str, work: Path) -> AsyncIterator[Backend]:
     if name == "sqlite":
         yield Backend(name, env)
         return
-    mongo = SecantusServer(log_dir=work)
+    mongo = cluster_mongo(work)  # the test URI's MongoDB where one is given, else SecantusDB
     redis = RedisServer(work_dir=work / "redis")
     await asyncio.to_thread(start_or_skip, mongo)
     try:
@@ -363,12 +364,24 @@ async def test_process_death_under_load_loses_nothing_acknowledged(
 # ---- the disk full (SQLite) -----------------------------------------------------------------
 
 
+def as_root(*command: str) -> list[str]:
+    """The command as root: as it is when the tests run as root, else through `sudo -n`
+    (a hosted CI runner's user may, without a password)."""
+    return list(command) if os.geteuid() == 0 else ["sudo", "-n", *command]
+
+
+def tmpfs_mount(path: Path, mib: int) -> list[str]:
+    """Mount a tmpfs that the user running the tests owns (root mounts it, the server writes it)."""
+    options = f"size={mib}m,mode=0700,uid={os.getuid()},gid={os.getgid()}"
+    return as_root("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path))
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, mib: int) -> Any:
     path.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+            tmpfs_mount(path, mib),
             capture_output=True,
             text=True,
             timeout=10,
@@ -377,11 +390,11 @@ def small_disk(path: Path, mib: int) -> Any:
     except (OSError, subprocess.TimeoutExpired) as exc:
         error = str(exc)
     if error:
-        unavailable(f"cannot mount a {mib} MiB tmpfs (needs root or CAP_SYS_ADMIN): {error}")
+        unavailable(f"cannot mount a {mib} MiB tmpfs (needs root, CAP_SYS_ADMIN or sudo without a password): {error}")
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10, check=False)
+        subprocess.run(as_root("umount", "-l", str(path)), capture_output=True, timeout=10, check=False)
 
 
 def fill(path: Path) -> int:

@@ -1,4 +1,5 @@
-"""The contract suite's "mongo" backend: `MongoStore` on the session's SecantusDB server.
+"""The contract suite's "mongo" backend: `MongoStore` on the session's MongoDB server
+(SecantusDB, or the real one `LLAMAWOOL_TEST_MONGODB_URI` names).
 
 Each test gets its own database (dropped afterwards), so tests stay independent
 while sharing one server process.
@@ -14,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from llamawool.store import MongoStore, Store
-from tests.mongo_server import SecantusServer, shared_server, stop_shared_server
+from tests.mongo_server import ExternalMongo, SecantusServer, shared_server, stop_shared_server
 
 
 @pytest.fixture(scope="session")
-def mongo_server() -> Iterator[SecantusServer]:
-    """secantusd-py on a free port, in memory, answering pings; stopped at the end of the session."""
+def mongo_server() -> Iterator[SecantusServer | ExternalMongo]:
+    """The session's server (`shared_server()`), answering pings; stopped at the end of the session."""
     yield shared_server()
     stop_shared_server()
 

@@ -41,7 +41,7 @@ from llamawool.store.portable import (
     restore,
 )
 from tests.conftest import API, MakeClient, new_guest
-from tests.mongo_server import shared_server
+from tests.mongo_server import scratch_database, shared_server
 
 T0 = 1_800_000_000.0
 BACKENDS = ["sqlite", "mongo"]
@@ -208,7 +208,7 @@ def _rewrite(file: Path, change: Any) -> None:
     [
         (lambda ls: [ls[0], *(line.replace(b"guest_1", b"guest_2") for line in ls[1:])], "checksum"),
         (lambda ls: ls[:-5], "truncated"),
-        (lambda ls: [ls[0].replace(b'"version":1', b'"version":99'), *ls[1:]], "newer"),
+        (lambda ls: [ls[0].replace(b'"version":%d' % VERSION, b'"version":99'), *ls[1:]], "newer"),
         (lambda ls: [b'{"hello":1}\n', *ls[1:]], "not a llamawool backup"),
     ],
     ids=["edited", "truncated", "future-version", "foreign"],
@@ -295,35 +295,35 @@ async def test_a_game_played_on_sqlite_moves_to_mongodb_intact(tmp_path: Path, m
 
 
 def test_the_command_line_backup_restore_and_migrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sqlite_uri = f"sqlite:///{tmp_path}/source.sqlite3"
-    mongo_uri = f"{shared_server().uri}cli_{uuid.uuid4().hex[:10]}"
-    back_uri = f"sqlite:///{tmp_path}/back.sqlite3"
-    file = tmp_path / "llamawool.backup.gz"
+    with scratch_database("cli") as mongo_uri:
+        sqlite_uri = f"sqlite:///{tmp_path}/source.sqlite3"
+        back_uri = f"sqlite:///{tmp_path}/back.sqlite3"
+        file = tmp_path / "llamawool.backup.gz"
 
-    async def fill() -> None:
-        store = SQLiteStore(tmp_path / "source.sqlite3")
-        await store.open()
-        await populate(store)
-        await store.close()
-
-    async def dump(path: Path) -> bytes:
-        store = SQLiteStore(path)
-        await store.open()
-        try:
-            return await canonical_dump(store)
-        finally:
+        async def fill() -> None:
+            store = SQLiteStore(tmp_path / "source.sqlite3")
+            await store.open()
+            await populate(store)
             await store.close()
 
-    asyncio.run(fill())
-    assert main(["backup", "--out", str(file), "--uri", sqlite_uri]) == 0
-    assert "player 3" in capsys.readouterr().out
-    assert main(["restore", "--in", str(file), "--uri", mongo_uri]) == 0
-    assert "verified" in capsys.readouterr().out
-    assert main(["migrate", "--from", mongo_uri, "--to", back_uri]) == 0
-    assert main(["migrate", "--from", mongo_uri, "--to", back_uri]) == 0  # re-run: still fine
-    assert asyncio.run(dump(tmp_path / "back.sqlite3")) == asyncio.run(dump(tmp_path / "source.sqlite3"))
+        async def dump(path: Path) -> bytes:
+            store = SQLiteStore(path)
+            await store.open()
+            try:
+                return await canonical_dump(store)
+            finally:
+                await store.close()
 
-    file.write_bytes(file.read_bytes()[:100])
-    assert main(["restore", "--in", str(file), "--uri", back_uri]) == 1
-    assert "llamawool restore:" in capsys.readouterr().err
-    assert main(["migrate", "--from", "ftp://x", "--to", back_uri]) == 2
+        asyncio.run(fill())
+        assert main(["backup", "--out", str(file), "--uri", sqlite_uri]) == 0
+        assert "player 3" in capsys.readouterr().out
+        assert main(["restore", "--in", str(file), "--uri", mongo_uri]) == 0
+        assert "verified" in capsys.readouterr().out
+        assert main(["migrate", "--from", mongo_uri, "--to", back_uri]) == 0
+        assert main(["migrate", "--from", mongo_uri, "--to", back_uri]) == 0  # re-run: still fine
+        assert asyncio.run(dump(tmp_path / "back.sqlite3")) == asyncio.run(dump(tmp_path / "source.sqlite3"))
+
+        file.write_bytes(file.read_bytes()[:100])
+        assert main(["restore", "--in", str(file), "--uri", back_uri]) == 1
+        assert "llamawool restore:" in capsys.readouterr().err
+        assert main(["migrate", "--from", "ftp://x", "--to", back_uri]) == 2

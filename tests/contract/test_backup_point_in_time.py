@@ -180,7 +180,7 @@ async def test_a_backup_taken_while_players_act_restores_every_acknowledged_acti
     tmp_path: Path, make_client: MakeClient, kind: str
 ) -> None:
     database = f"live_{uuid.uuid4().hex[:10]}"
-    overrides: dict[str, Any] = {} if kind == "sqlite" else {"mongodb_uri": f"{shared_server().uri}{database}"}
+    overrides: dict[str, Any] = {} if kind == "sqlite" else {"mongodb_uri": shared_server().uri_for(database)}
     client: TestClient = await make_client(tick=False, **overrides)
     file = tmp_path / "live.jsonl.gz"
     began = asyncio.Event()

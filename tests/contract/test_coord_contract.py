@@ -38,11 +38,12 @@ from llamawool.coord import (
     Cursor,
     LimitHit,
     LocalCoordinator,
+    ReplicaLoad,
     ScoreUpdate,
     open_coordinator,
 )
 from llamawool.coord.batching import BatchedHits
-from llamawool.coord.redis import RedisCoordinator, decode_key, encode_key
+from llamawool.coord.redis import _PURPOSE, RedisCoordinator, decode_key, encode_key
 from llamawool.observability import Metrics
 from llamawool.settings import Settings
 from tests.helpers import free_port
@@ -504,7 +505,54 @@ async def test_online_count_sums_current_reports(coord: Coordinator) -> None:
     assert await coord.online_count(T0 + 100) == 0
 
 
+async def test_replica_loads_are_the_current_reports(coord: Coordinator) -> None:
+    assert await coord.replica_loads(T0) == {}
+    await coord.report_load("r1", ReplicaLoad(30, 12), T0, 15.0)
+    await coord.report_load("r2", ReplicaLoad(0, 0), T0 + 10, 15.0)
+    assert await coord.replica_loads(T0 + 5) == {"r1": ReplicaLoad(30, 12), "r2": ReplicaLoad(0, 0)}
+    await coord.report_load("r1", ReplicaLoad(25, 10), T0 + 12, 15.0)  # a report replaces the last
+    assert await coord.replica_loads(T0 + 20) == {"r1": ReplicaLoad(25, 10), "r2": ReplicaLoad(0, 0)}
+    assert await coord.replica_loads(T0 + 25) == {"r1": ReplicaLoad(25, 10)}  # r2's report lapsed
+    full = ReplicaLoad(3, 1, draining=True, pool="green", at=T0 + 26)
+    await coord.report_load("r1", full, T0 + 26, 15.0)
+    assert await coord.replica_loads(T0 + 27) == {"r1": full}
+    assert await coord.replica_loads(T0 + 100) == {}
+    assert await coord.online_count(T0 + 27) == 0  # presence of players is a separate report
+
+
+# ---- leases and heartbeats ---------------------------------------------------------------------
+
+
+async def test_leases_claim_hand_over_take_over_and_heartbeats(coord: Coordinator) -> None:
+    me, gone = coord.replica_id, "replica-that-left"
+    assert await coord.claim_lease("farm-1", 60.0) == me
+    assert await coord.acquire_lease("farm-1", 60.0) is True
+    assert await coord.hand_over_lease("farm-1", gone, 60.0) is True
+    assert await coord.claim_lease("farm-1", 60.0) == gone
+    assert await coord.hand_over_lease("farm-1", me, 60.0) is False  # not ours any more
+    renewal = await coord.renew_leases(["farm-1", "farm-2"], 60.0)
+    assert (renewal.lost, renewal.retaken) == (["farm-1"], ["farm-2"])
+    assert await coord.alive(gone) is False
+    assert await coord.take_over_lease("farm-1", gone, 60.0) == me  # its holder has no heartbeat
+    await coord.beat(60.0)
+    assert await coord.alive(me) is True
+    await coord.end_beat()
+    assert await coord.alive(me) is False
+    await coord.release_lease("farm-1")
+    assert await coord.lease_owner("farm-1") is None
+    assert await coord.take_over_lease("farm-1", gone, 60.0) == me  # a free lease is taken too
+
+
 # ---- Redis only: many replicas on one server --------------------------------------------------------
+
+
+async def test_redis_replicas_read_each_others_loads(redis_factory: CoordBackend) -> None:
+    a = await redis_factory.make()
+    b = await redis_factory.make()
+    await a.report_load(a.replica_id, ReplicaLoad(40, 20), T0, 15.0)
+    await b.report_load(b.replica_id, ReplicaLoad(0, 0), T0 + 1, 15.0)
+    expected = {a.replica_id: ReplicaLoad(40, 20), b.replica_id: ReplicaLoad(0, 0)}
+    assert await a.replica_loads(T0 + 2) == expected == await b.replica_loads(T0 + 2)
 
 
 async def test_redis_replicas_share_boards_cursors_and_fan_out(redis_factory: CoordBackend) -> None:
@@ -543,7 +591,8 @@ async def test_redis_leases_have_one_owner(redis_factory: CoordBackend) -> None:
     assert await a.acquire_lease("farm-1", 5.0) is True  # renewing our own
     assert await b.acquire_lease("farm-1", 5.0) is False
     assert await b.lease_owner("farm-1") == a.replica_id
-    assert await b.renew_leases(["farm-1", "farm-2"], 5.0) == ["farm-1"]  # farm-2 was free: b takes it
+    renewal = await b.renew_leases(["farm-1", "farm-2"], 5.0)  # farm-2 was free: b takes it
+    assert (renewal.lost, renewal.retaken) == (["farm-1"], ["farm-2"])
     assert await a.lease_owner("farm-2") == b.replica_id
     await b.release_lease("farm-1")  # not b's to release
     assert await a.lease_owner("farm-1") == a.replica_id
@@ -552,6 +601,41 @@ async def test_redis_leases_have_one_owner(redis_factory: CoordBackend) -> None:
     assert await b.acquire_lease("farm-1", 0.05) is True
     await asyncio.sleep(0.2)  # lapsed
     assert await a.acquire_lease("farm-1", 5.0) is True
+
+
+async def test_redis_a_slow_owner_keeps_its_farm_and_a_gone_one_loses_it_at_once(redis_factory: CoordBackend) -> None:
+    """One script tells slow from gone: the silent holder keeps its lease while its heartbeat
+    is current, and loses it the moment the heartbeat is gone, long before the lease's TTL."""
+    owner = await redis_factory.make()
+    asker = await redis_factory.make()
+    other = await redis_factory.make()
+    assert await owner.claim_lease("farm-1", 60.0) == owner.replica_id
+    assert await asker.claim_lease("farm-1", 60.0) == owner.replica_id  # one round trip names the owner
+    await owner.beat(60.0)
+    assert await asker.alive(owner.replica_id) is True
+    assert await asker.take_over_lease("farm-1", owner.replica_id, 60.0) == owner.replica_id  # slow: kept
+    await owner.end_beat()
+    assert await asker.alive(owner.replica_id) is False
+    # another replica's name does not let us take a farm whose holder is someone else
+    assert await asker.take_over_lease("farm-1", other.replica_id, 60.0) == owner.replica_id
+    assert await asker.take_over_lease("farm-1", owner.replica_id, 60.0) == asker.replica_id  # gone: ours now
+    assert await other.take_over_lease("farm-1", owner.replica_id, 60.0) == asker.replica_id  # only one wins
+    renewal = await owner.renew_leases(["farm-1"], 60.0)
+    assert (renewal.lost, renewal.retaken) == (["farm-1"], [])
+    await owner.beat(0.05)
+    await asyncio.sleep(0.2)  # a heartbeat lapses by itself
+    assert await asker.alive(owner.replica_id) is False
+
+
+async def test_redis_a_lease_is_handed_over_only_by_its_holder(redis_factory: CoordBackend) -> None:
+    a = await redis_factory.make()
+    b = await redis_factory.make()
+    assert await a.claim_lease("farm-1", 60.0) == a.replica_id
+    assert await b.hand_over_lease("farm-1", b.replica_id, 60.0) is False  # not b's to give
+    assert await a.hand_over_lease("farm-1", b.replica_id, 60.0) is True
+    assert await a.claim_lease("farm-1", 60.0) == b.replica_id
+    renewal = await b.renew_leases(["farm-1"], 60.0)
+    assert (renewal.lost, renewal.retaken) == ([], [])  # b renews it as its own, never lapsed
 
 
 async def test_redis_pages_deeper_than_the_frozen_rows(redis_factory: CoordBackend) -> None:
@@ -732,3 +816,10 @@ async def test_every_hit_of_a_failed_batch_hears_why() -> None:
         assert all(isinstance(r, CoordinationUnavailable) for r in results), results
     finally:
         await coord.close()
+
+
+async def test_every_redis_script_is_counted_under_a_purpose(redis_factory: CoordBackend) -> None:
+    coord = await redis_factory.make()
+    assert isinstance(coord, RedisCoordinator)
+    assert set(coord._scripts) <= set(_PURPOSE)
+    assert set(_PURPOSE.values()) <= {"limits", "boards", "bus", "leases", "presence", "revocations", "health"}

@@ -17,6 +17,7 @@ from llamawool.store import (
     DuplicateKey,
     FarmCommit,
     IdempotencyRecord,
+    PlayerChanges,
     PlayerRecord,
     RefreshTokenRecord,
     Revocation,
@@ -173,9 +174,16 @@ async def test_every_lookup_returns_the_same_record(store: Store) -> None:
     assert records == [p, p, p, p]
 
 
-async def test_update_player_replaces_the_record(store: Store) -> None:
-    p = await store.create_player(player("guest_42", device_id="device-upgrade-1"))
-    upgraded = PlayerRecord(
+async def test_update_player_fields_writes_those_fields_and_no_other(store: Store) -> None:
+    p = await store.create_player(player("guest_42", device_id="device-upgrade-1", settings={"sound": False}))
+    await store.record_violation(p.id, T0 + 5, None)
+
+    assert await store.update_player_fields(
+        p.id, {"username": "henry", "email": "henry@example.com", "password_hash": "$argon2id$new", "is_guest": False}
+    )
+
+    got = await store.get_player(p.id)
+    assert got == PlayerRecord(
         id=p.id,
         username="henry",
         created_at=p.created_at,
@@ -183,36 +191,87 @@ async def test_update_player_replaces_the_record(store: Store) -> None:
         email="henry@example.com",
         password_hash="$argon2id$new",
         device_id="device-upgrade-1",
-        settings={"notifications": True},
+        settings={"sound": False},
+        last_violation_at=T0 + 5,
+        violations_total=1,
     )
-
-    await store.update_player(upgraded)
-
-    assert await store.get_player(p.id) == upgraded
     assert (await store.find_player(email="HENRY@example.com")).id == p.id  # type: ignore[union-attr]
     assert await store.find_player(username="guest_42") is None
     assert (await store.find_player(device_id="device-upgrade-1")).id == p.id  # type: ignore[union-attr]
+    assert await store.update_player_fields(p.id, {"email": None, "settings": {"sound": True}})
+    got = await store.get_player(p.id)
+    assert got is not None and (got.email, got.settings, got.username) == (None, {"sound": True}, "henry")
+    assert await store.find_player(email="henry@example.com") is None
+    assert not await store.update_player_fields("nobody", {"role": "admin"})
+
+
+async def test_update_player_fields_compares_and_sets(store: Store) -> None:
+    p = await store.create_player(player("kate", password_hash="$argon2id$one"))
+
+    upgrade: PlayerChanges = {"is_guest": False, "password_hash": "$argon2id$two"}
+    assert await store.update_player_fields(p.id, upgrade, expect={"is_guest": True, "flagged_at": None})
+    assert not await store.update_player_fields(p.id, {"is_guest": True}, expect={"is_guest": True})
+    assert not await store.update_player_fields(
+        p.id, {"password_hash": "$argon2id$three"}, expect={"password_hash": "$argon2id$one"}
+    )
+    got = await store.get_player(p.id)
+    assert got is not None and (got.is_guest, got.password_hash) == (False, "$argon2id$two")
 
 
 @pytest.mark.parametrize("field", ["email", "username"])
-async def test_update_player_refuses_a_taken_email_or_username(store: Store, field: str) -> None:
+async def test_update_player_fields_refuses_a_taken_email_or_username(store: Store, field: str) -> None:
     await store.create_player(player("ivy", email="ivy@example.com"))
     p = await store.create_player(player("jack", email="jack@example.com"))
     before = await store.get_player(p.id)
-    taken = {"email": "IVY@example.com"} if field == "email" else {"username": "Ivy"}
-    changed = PlayerRecord(
-        id=p.id,
-        username=taken.get("username", "jack"),
-        created_at=p.created_at,
-        email=taken.get("email", "jack@example.com"),
-        is_guest=False,
-    )
+    taken: PlayerChanges = {"email": "IVY@example.com"} if field == "email" else {"username": "Ivy"}
 
     with pytest.raises(DuplicateKey) as err:
-        await store.update_player(changed)
+        await store.update_player_fields(p.id, {**taken, "is_guest": False})
 
     assert err.value.field == field
     assert await store.get_player(p.id) == before
+
+
+async def test_violations_are_counted_in_the_store_and_flag_once(store: Store) -> None:
+    p = await store.create_player(player("vic"))
+
+    assert await store.record_violation(p.id, T0, None) is False
+    assert await store.record_violation(p.id, T0 + 1, "too many") is True
+    assert await store.record_violation(p.id, T0 + 2, "still too many") is False
+    assert await store.record_violation("nobody", T0, "x") is None
+
+    got = await store.get_player(p.id)
+    assert got is not None
+    assert (got.violations_total, got.last_violation_at, got.flagged_at, got.flag_reason) == (
+        3,
+        T0 + 2,
+        T0 + 1,
+        "too many",
+    )
+    assert [f.id for f in await store.list_flagged()] == [p.id]
+
+
+async def test_concurrent_field_writes_lose_nothing(store: Store) -> None:
+    """Violations, a password change, a settings change and an upgrade all at once:
+    every counted violation and every written field is there afterwards."""
+    p = await store.create_player(player("wren", password_hash="$argon2id$old"))
+
+    await asyncio.gather(
+        *(store.record_violation(p.id, T0 + i, None) for i in range(20)),
+        store.update_player_fields(p.id, {"password_hash": "$argon2id$new"}),
+        store.update_player_fields(p.id, {"settings": {"music": False}}),
+        store.update_player_fields(p.id, {"is_guest": False, "email": "wren@example.com"}),
+    )
+
+    got = await store.get_player(p.id)
+    assert got is not None
+    assert got.violations_total == 20
+    assert (got.password_hash, got.settings, got.is_guest, got.email) == (
+        "$argon2id$new",
+        {"music": False},
+        False,
+        "wren@example.com",
+    )
 
 
 async def test_count_players(store: Store) -> None:
@@ -363,6 +422,56 @@ async def test_concurrent_spends_of_one_token_succeed_once(store: Store) -> None
     results = await asyncio.gather(*(store.spend_refresh_token(t.token_hash, T0 + i) for i in range(8)))
 
     assert sum(not r.reused for r in results) == 1
+
+
+async def test_a_rotation_spends_the_token_and_stores_its_successor(store: Store) -> None:
+    p = await store.create_player(player("rose"))
+    t = token(p.id, "fam-rot", "a")
+    await store.add_refresh_token(t)
+
+    first = await store.rotate_refresh_token(t.token_hash, "succ-1", T0 + 10, T0 + 500)
+
+    assert first.record is not None and not first.reused and not first.ended
+    assert (first.record.family_id, first.record.player_id, first.record.spent_at) == ("fam-rot", p.id, T0 + 10)
+    nxt = await store.rotate_refresh_token("succ-1", "succ-2", T0 + 20, T0 + 600)
+    assert nxt.record is not None and not nxt.reused
+    assert (nxt.record.family_id, nxt.record.issued_at, nxt.record.expires_at) == ("fam-rot", T0 + 10, T0 + 500)
+    replay = await store.rotate_refresh_token(t.token_hash, "succ-x", T0 + 30, T0 + 700)
+    assert replay.reused
+    assert (await store.spend_refresh_token("succ-2", T0 + 31)).reused, "a replay revokes the whole family"
+    assert (await store.spend_refresh_token("succ-x", T0 + 32)).record is None, "no successor for a replay"
+
+
+async def test_an_expired_or_unknown_token_rotates_to_nothing(store: Store) -> None:
+    p = await store.create_player(player("sid"))
+    old = RefreshTokenRecord("h-expired", "fam-exp", p.id, issued_at=T0 - 100, expires_at=T0)
+    await store.add_refresh_token(old)
+
+    spent = await store.rotate_refresh_token("h-expired", "succ-exp", T0 + 1, T0 + 100)
+
+    assert spent.record is not None and spent.record.expires_at == T0
+    assert (await store.spend_refresh_token("succ-exp", T0 + 2)).record is None
+    assert (await store.rotate_refresh_token("no-such", "succ-none", T0, T0 + 100)).record is None
+    assert (await store.spend_refresh_token("succ-none", T0 + 2)).record is None
+
+
+@pytest.mark.parametrize("revocation", ["family", "player"])
+async def test_no_successor_outlives_a_revocation_that_raced_its_rotation(store: Store, revocation: str) -> None:
+    """Rotations and a revocation of their family started together, many times over:
+    however they interleave, once the revocation has returned no successor is live."""
+    p = await store.create_player(player("tara"))
+    for round_ in range(10):
+        family = f"fam-{revocation}-{round_}"
+        t = token(p.id, family, "a")
+        await store.add_refresh_token(t)
+        revoke = store.revoke_family(family) if revocation == "family" else store.revoke_player_tokens(p.id, 0.0)
+        rotated, _ = await asyncio.gather(
+            store.rotate_refresh_token(t.token_hash, f"succ-{family}", T0, T0 + 99), revoke
+        )
+
+        assert rotated.record is not None
+        after = await store.spend_refresh_token(f"succ-{family}", T0 + 1)
+        assert after.record is None or after.reused, (round_, rotated)
 
 
 # ---- farms: compare-and-set commits ----------------------------------------------------------------------

@@ -8,7 +8,9 @@ Everything here is offline. The validators come from requirements/deploy.txt
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -80,3 +82,16 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = by_kind(docs, kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def restore_drill(backup: Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """deploy/dr/restore-drill.sh on a backup file (its offline half: no kubectl)."""
+    return subprocess.run(
+        ["bash", str(DEPLOY / "dr" / "restore-drill.sh"), str(backup)],
+        cwd=cwd,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
@@ -28,6 +29,7 @@ EXTERNAL_METRICS = {
     "kube_deployment_spec_replicas",
     "kube_deployment_status_replicas_available",
     "kube_cronjob_status_last_successful_time",
+    "kube_cronjob_created",
 }
 SETTINGS_ALIASES = {"JWT_SECRET", "MONGODB_URI", "REDIS_URI", "PORT"}
 
@@ -135,7 +137,16 @@ def test_every_place_uses_the_servers_port() -> None:
     apps = sorted(s for s in compose["services"] if s.startswith("app-"))
     assert len(apps) == 2
     nginx = (DEPLOY / "nginx" / "llamawool.conf").read_text()
-    assert sorted(re.findall(r"^\s*server (\S+):(\d+)", nginx, re.M)) == [(a, str(port)) for a in apps]
+    for group in ("llamawool", "llamawool_ws"):  # requests, and WebSockets (rebalancing)
+        block = nginx[nginx.index(f"upstream {group} {{") :].split("}", 1)[0]
+        assert sorted(re.findall(r"^\s*server (\S+):(\d+)", block, re.M)) == [(a, str(port)) for a in apps]
+    # Rebalancing: new sockets go to the replica with the fewest, a full one's 503 to the next,
+    # and that 503 does not mark the replica failed for other requests.
+    ws_group = nginx[nginx.index("upstream llamawool_ws {") :].split("}", 1)[0]
+    assert "least_conn;" in ws_group and ws_group.count("max_fails=0") == len(apps)
+    ws_location = nginx[nginx.index("location = /api/v1/ws") :].split("}", 1)[0]
+    assert "proxy_pass http://llamawool_ws;" in ws_location
+    assert "http_503" in re.search(r"proxy_next_upstream ([^;]+);", ws_location)[1].split()  # type: ignore[index]
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "llamawool")
     assert job["metrics_path"] == "/metrics"
@@ -184,6 +195,45 @@ def test_every_setting_the_deployment_sets_exists(rendered: Rendered) -> None:
     assert not unknown, unknown
     assert {n for n in names if not n.startswith("LLAMAWOOL_")} <= SETTINGS_ALIASES
     assert {"MONGODB_URI", "REDIS_URI", "JWT_SECRET"} <= set(compose["x-app"]["environment"])
+
+
+def _pod_envs(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each Deployment's and CronJob's container env (plain values; a Secret's value stands in as '<secret>')."""
+    out = {}
+    for doc in docs:
+        spec = doc.get("spec", {})
+        pod = spec.get("template", spec.get("jobTemplate", {}).get("spec", {}).get("template", {})).get("spec", {})
+        for c in pod.get("containers", []):
+            out[f"{doc['kind']}/{doc['metadata']['name']}"] = {e["name"]: e.get("value", "<secret>") for e in c["env"]}
+    return out
+
+
+def test_every_pod_of_every_target_starts_with_the_settings_it_is_given(rendered: Rendered) -> None:
+    """Staging and production refuse to start without knowing where client addresses come
+    from (and with a weak secret): the manifests must give every pod, the backup job's
+    too, what it needs, and production must believe the ingress controller's X-Forwarded-For."""
+    from llamawool.settings import load_settings
+
+    for name, docs in rendered.items():
+        for pod, env in _pod_envs(docs).items():
+            # the mounted secret file stands for a real one; the URIs are Secrets the test cannot read
+            environ = {k: v for k, v in env.items() if v != "<secret>" and k != "LLAMAWOOL_JWT_SECRET_FILE"}
+            environ["JWT_SECRET"] = "s" * 48
+            settings = load_settings(environ=environ)
+            if settings.env in ("staging", "production"):
+                assert settings.trusted_proxies, f"{name} {pod}: every client would have the ingress's address"
+
+
+def test_a_public_environment_without_trusted_proxies_does_not_render(render: Any) -> None:
+    import helm_python as helm
+
+    for target in ("production", "staging"):
+        with pytest.raises(helm.HelmError, match="trustedProxies"):
+            render.render(render.TARGETS[target], {"trustedProxies": []})
+    direct = render.render(render.TARGETS["production"], {"trustedProxies": [], "clientsConnectDirectly": True})
+    env = _pod_envs(direct)
+    assert all(e.get("LLAMAWOOL_CLIENTS_CONNECT_DIRECTLY") == "true" for e in env.values()), env
+    assert render.render(render.TARGETS["development"], {"trustedProxies": []})  # development may leave it out
 
 
 async def test_ingress_routes_public_paths_only(client: TestClient, rendered: Rendered) -> None:

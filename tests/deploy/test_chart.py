@@ -263,6 +263,9 @@ def test_ingress_has_tls_websocket_timeouts_and_only_public_paths(rendered: Rend
     notes = ingress["metadata"]["annotations"]
     assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(notes["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    # Rebalancing (docs/replicas.md): round robin, and a full replica's 503 sends the socket on.
+    assert notes["nginx.ingress.kubernetes.io/load-balance"] == "round_robin"
+    assert "http_503" in notes["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
     assert ingress["spec"]["tls"] == [{"secretName": "llamawool-tls", "hosts": ["api.llamawool.com"]}]
     paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert "/api" in paths
@@ -311,7 +314,8 @@ def test_backup_cronjob_meets_the_rpo_and_retention(rendered: Rendered, render: 
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     c = pod["containers"][0]
     script = c["args"][0]
-    assert 'python -m llamawool backup --out "$out.partial"' in script
+    # The script itself runs in tests/deploy/test_backup_cronjob.py; in the pod it writes to /backups.
+    assert 'dir="${BACKUP_DIR:-/backups}"' in script and '-m llamawool backup --out "$out.partial"' in script
     assert f"-mmin +{30 * 24 * 60} " in script  # retention: 30 days
     volumes = {v["name"]: v for v in pod["volumes"]}
     backups = next(m for m in c["volumeMounts"] if m["mountPath"] == "/backups")
@@ -322,6 +326,7 @@ def test_backup_cronjob_meets_the_rpo_and_retention(rendered: Rendered, render: 
     backup_env = env_of(c)
     for name in ("MONGODB_URI", "LLAMAWOOL_ENV", "LLAMAWOOL_JWT_SECRET_FILE", "LLAMAWOOL_CONFIG_DIR"):
         assert backup_env[name] == server_env[name]
+    assert not {"BACKUP_DIR", "PYTHON"} & backup_env.keys()  # the test's overrides only
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     # No backups where there is no shared database to back up.
     assert not by_kind(rendered["development"], "CronJob")
@@ -346,6 +351,8 @@ def test_blue_green_runs_two_colours_behind_one_service(render: ModuleType) -> N
     for name, deployment in deployments.items():
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert services[name].items() <= pod_labels.items()
+        # the idle colour's empty pods must not make the live one shed its sockets
+        assert env_of(container(deployment))["LLAMAWOOL_REBALANCE_POOL"] == pod_labels["llamawool.io/color"]
     assert {h["spec"]["scaleTargetRef"]["name"] for h in by_kind(docs, "HorizontalPodAutoscaler")} == set(deployments)
     assert {p["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")} == set(deployments)
     monitor = one(docs, "ServiceMonitor")["spec"]["selector"]

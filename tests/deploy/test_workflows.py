@@ -8,15 +8,19 @@ production).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
 from tests.helpers import REPO
+from tests.image_base import BASE_VARIABLE
+from tests.mongo_server import TEST_URI_VARIABLE
 
 from .conftest import CHART, DEPLOY
 
@@ -124,3 +128,47 @@ def test_workflow_documents_its_settings_in_the_operations_guide() -> None:
     for name in ("KUBE_CONFIG_STAGING", "STAGING_URL", "DEPLOY_STRATEGY"):
         assert name in operations, name
     assert Path(WORKFLOW).name in operations
+
+
+def test_the_test_job_runs_the_mongo_suites_on_its_mongodb() -> None:
+    """CI's real MongoDB 7 replaces SecantusDB in the contract and cluster suites: the URI the
+    suites get names the port the container publishes and the replica set the step initiates,
+    whose member is announced at an address the runner reaches."""
+    job = workflow()["jobs"]["test"]
+    started = next(s["run"] for s in job["steps"] if "mongo:7" in s.get("run", ""))
+    make_test = next(s for s in job["steps"] if re.fullmatch(r"make test\s*", s.get("run", "")))
+    uri = make_test["env"][TEST_URI_VARIABLE]
+    host_port = re.search(r"-p (\d+):27017", started)
+    replica_set = re.search(r"--replSet (\w+)", started)
+    assert host_port and replica_set
+    assert uri == f"mongodb://127.0.0.1:{host_port.group(1)}/?replicaSet={replica_set.group(1)}"
+    member = re.search(r'rs\.initiate\(\{_id: "(\w+)", members: \[\{_id: 0, host: "([\w.:]+)"\}\]\}\)', started)
+    assert member and member.groups() == (replica_set.group(1), f"127.0.0.1:{host_port.group(1)}"), started
+    assert make_test["env"]["CI"] == "true"
+    # The image test pulls the Dockerfile's own default base there.
+    default_base = re.search(r"^ARG BASE_IMAGE=(\S+)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert default_base and make_test["env"][BASE_VARIABLE].endswith(f"/library/{default_base.group(1)}")
+
+
+def test_the_test_uri_is_documented() -> None:
+    assert TEST_URI_VARIABLE == "LLAMAWOOL_TEST_MONGODB_URI"
+    assert TEST_URI_VARIABLE in (REPO / "docs" / "operations.md").read_text()
+
+
+def test_nothing_needs_root_on_a_hosted_runner() -> None:
+    """The runner's user is not root: every apt-get, in the steps and in the Makefile targets
+    they reach, goes through sudo (the Makefile's APT_GET adds it when not root), and the
+    chaos suite's tmpfs is mounted through sudo and owned by the user running the tests."""
+    for job, _entry, script in run_steps():
+        for line in script.splitlines():
+            for call in re.findall(r"(?:^|&&|\|\||;)\s*(\S+\s+)?apt-get\b", line):
+                assert call.strip() == "sudo", f"{job}: apt-get without sudo: {line.strip()}"
+    makefile = (REPO / "Makefile").read_text()
+    recipes = [line for line in makefile.splitlines() if line.startswith("\t")]
+    assert not [line for line in recipes if re.search(r"(?<![\w$(])apt-get\b", line)], "use $(APT_GET) in recipes"
+    assert re.search(r"^APT_GET := \$\(if \$\(filter 0,\$\(shell id -u\)\),,sudo \)", makefile, re.M)
+    from tests.chaos import test_chaos
+
+    with mock.patch.object(test_chaos.os, "geteuid", return_value=1001):
+        command = test_chaos.tmpfs_mount(Path("/x"), 16)
+    assert command[:3] == ["sudo", "-n", "mount"] and f"uid={os.getuid()}" in command[command.index("-o") + 1]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.e2e import nginx_conf
 from tests.helpers import ServerProcess, free_port, in_ci
-from tests.mongo_server import SecantusServer, start_or_skip
+from tests.mongo_server import cluster_mongo, start_or_skip
 from tests.redis_server import RedisServer
 
 CLUSTER_SECRET = "cluster-test-secret-0123456789abcdef-0123456789"
@@ -33,12 +34,19 @@ def unavailable(message: str) -> None:
 
 
 class Nginx:
-    """nginx in the foreground with its own prefix, proxying HTTP and WebSockets round robin."""
+    """nginx in the foreground with its own prefix, running the config we ship
+    (deploy/nginx/llamawool.conf, see tests/e2e/nginx_conf.py) on these replicas: requests
+    and WebSockets each through their own upstream group, as in production."""
 
-    def __init__(self, work: Path, upstream_ports: list[int]) -> None:
+    def __init__(
+        self, work: Path, upstream_ports: list[int], worker_connections: int = 4096, name_upstream: bool = False
+    ) -> None:
         self.work = work
         self.port = free_port()
         self.upstream_ports = upstream_ports
+        self.worker_connections = worker_connections
+        # the benchmark's load generator reads which replica answered (an internal address: tests only)
+        self.name_upstream = name_upstream
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,42 +54,14 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> str:
-        servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;" for p in self.upstream_ports)
-        user = "user root;" if os.geteuid() == 0 else ""
-        w = self.work
-        return f"""{user}
-worker_processes 1;
-pid {w}/nginx.pid;
-error_log {w}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {w}/body;
-  proxy_temp_path {w}/proxy;
-  fastcgi_temp_path {w}/fastcgi;
-  uwsgi_temp_path {w}/uwsgi;
-  scgi_temp_path {w}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  upstream llamawool {{
-{servers}
-  }}
-  server {{
-    listen 127.0.0.1:{self.port};
-    location / {{
-      proxy_pass http://llamawool;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_connect_timeout 2s;
-      proxy_read_timeout 3600s;
-      # GET retries on a dead replica; POSTs are never replayed by nginx
-      # (clients retry them with the same Idempotency-Key).
-      proxy_next_upstream error timeout http_502 http_503;
-    }}
-  }}
-}}
-"""
+        """The whole nginx.conf: the shipped site config with its upstreams on our replicas
+        (and, for the cluster benchmark, each answer naming the replica that served it)."""
+        return nginx_conf.main_config(
+            self.work,
+            nginx_conf.site(self.upstream_ports, self.port),
+            worker_connections=self.worker_connections,
+            http_extra="add_header X-Upstream $upstream_addr always;" if self.name_upstream else "",
+        )
 
     def start(self) -> Nginx:
         exe = nginx_command()
@@ -108,6 +88,23 @@ http {{
                 time.sleep(0.05)
         raise RuntimeError("nginx did not come up")
 
+    def set_upstreams(self, ports: list[int]) -> None:
+        """Route to these replicas from now on: rewrite the config and reload (SIGHUP), as an
+        operator or the ingress controller does when a replica is added or removed. Open
+        connections stay on the old worker until they close."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.upstream_ports = list(ports)
+        (self.work / "nginx.conf").write_text(self.config())
+        self.proc.send_signal(signal.SIGHUP)
+
+    def pids(self) -> list[int]:
+        """The master and its workers (after a reload, the new workers)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children())]
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -115,9 +112,16 @@ http {{
 
 
 class Cluster:
-    def __init__(self, work: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        replicas: int = 3,
+        env: dict[str, str] | None = None,
+        nginx_options: dict[str, Any] | None = None,
+    ) -> None:
         self.work = work
-        self.mongo = SecantusServer(log_dir=work)
+        self.nginx_options = nginx_options or {}
+        self.mongo = cluster_mongo(work)
         self.redis = RedisServer(work_dir=work / "redis")
         self.env = env or {}
         self.replicas: list[ServerProcess] = []
@@ -133,25 +137,39 @@ class Cluster:
             **self.env,
         }
 
+    def start_backends(self) -> None:
+        """MongoDB-wire and Redis only (skipped, or failed in CI, when they cannot start); the
+        caller starts replicas and nginx itself, and `stop` stops whatever it has started."""
+        start_or_skip(self.mongo)
+        try:
+            self.redis.start()
+        except (RuntimeError, OSError) as exc:
+            unavailable(f"cannot start redis-server: {exc}")
+
     def start(self) -> Cluster:
         """Start everything; if any part fails (or skips), stop what did start."""
         try:
-            start_or_skip(self.mongo)
-            try:
-                self.redis.start()
-            except (RuntimeError, OSError) as exc:
-                unavailable(f"cannot start redis-server: {exc}")
+            self.start_backends()
             for i in range(self.n):
                 self.replicas.append(ServerProcess(self.work / f"replica-{i}", env=self.replica_env()))
             for r in self.replicas:  # start all, then wait: they boot in parallel
                 r.start_async()
             for r in self.replicas:
                 r.wait_ready()
-            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas]).start()
+            self.nginx = Nginx(self.work / "nginx", [r.port for r in self.replicas], **self.nginx_options).start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def add_replica(self) -> ServerProcess:
+        """Start one more replica and route to it (a scale-out)."""
+        replica = ServerProcess(self.work / f"replica-{len(self.replicas)}", env=self.replica_env())
+        self.replicas.append(replica)
+        replica.start()
+        assert self.nginx is not None
+        self.nginx.set_upstreams([r.port for r in self.replicas])
+        return replica
 
     @property
     def url(self) -> str:

@@ -407,9 +407,18 @@ def test_register_keeps_the_farm_and_login_brings_it_back(tab: Tab) -> None:
     tab.wait_for("llamawool.model.farm.stats.shears >= 3 && !llamawool.shearer.busy")
 
     name = f"llama_{uuid.uuid4().hex[:8]}"
+    guest_session = tab.js("JSON.parse(localStorage.getItem('llamawool.session'))")
+    welcomes = tab.js("llamawool.welcomes")
     tab.register(name)
+    # the upgrade ended the guest's session (its socket closed 4401): the tab carries on in the new one
+    tab.wait_for(f"llamawool.welcomes > {welcomes}")
     tab.wait_online()
     assert tab.js("llamawool.player.id") == guest, "registering upgrades the guest in place"
+    assert (
+        tab.js("JSON.parse(localStorage.getItem('llamawool.session'))")["refresh_token"]
+        != (guest_session["refresh_token"])
+    )
+    assert tab.page.locator(".toast-error").count() == 0, "our own upgrade is not an ended session"
     assert tab.shears_confirmed() >= 3
 
     tab.page.click("#account-btn")
@@ -519,6 +528,57 @@ def test_server_restart_mid_session_is_survived(browser: Any, own_server: Server
         assert tab.text("#conn-text") == "Online"
     finally:
         tab.close()
+
+
+def test_a_rebalancing_close_reconnects_at_once_and_says_why(browser: Any, tmp_path: Path) -> None:
+    """1012 with reason "rebalancing": the page says it is moving and is back within ~1 s
+    (no exponential backoff: nothing went wrong), with no error shown."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llamawool.coord import ReplicaLoad
+    from llamawool.coord.redis import RedisCoordinator
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer(work_dir=tmp_path / "redis").start()
+
+    async def empty_peer() -> None:  # a replica just added: it reports no sockets, for an hour
+        peer = RedisCoordinator(redis.url)
+        await peer.open()
+        await peer.report_load("peer", ReplicaLoad(0), time.time(), HOUR)
+        await peer.close()
+
+    env = {
+        "REDIS_URI": redis.url,
+        "LLAMAWOOL_REBALANCE_INTERVAL_S": "0.5",
+        "LLAMAWOOL_REBALANCE_WARMUP_S": "0",
+        "LLAMAWOOL_REBALANCE_TOLERANCE": "0",
+        "LLAMAWOOL_REBALANCE_MIN_EXCESS": "1",
+    }
+    server = ServerProcess(tmp_path / "data", env=env).start()
+    tab, other = Tab(browser, server.url + "/"), Tab(browser, server.url + "/")
+    try:
+        tab.open()
+        tab.js(
+            "window.states = []; const seen = llamawool.onConnState.bind(llamawool);"
+            "llamawool.onConnState = (s, d = {}) => { states.push([s, d.reason ?? null, (d.at ?? 0) - Date.now()]);"
+            " seen(s, d); }"
+        )
+        other.open()  # two sockets here: the older (this tab's) is the one to move
+        with ThreadPoolExecutor(1) as thread:  # Playwright's own event loop runs in this one
+            thread.submit(asyncio.run, empty_peer()).result()  # 2 sockets here against a fair share of 1
+        tab.wait_for("llamawool.welcomes >= 2", timeout=10)
+        moving = [st for st in tab.js("states") if st[0] == "reconnecting" and st[1]]
+        assert moving and moving[0][1] == "moving to a less busy server", tab.js("states")
+        assert moving[0][2] <= 1300, "a rebalancing close is not met with a backoff"
+        tab.wait_online()
+        assert tab.page.locator(".toast-error").count() == 0
+        assert tab.errors == [] and other.errors == []
+    finally:
+        tab.close()
+        other.close()
+        server.kill()
+        redis.stop()
 
 
 def test_offline_report_after_an_absence(browser: Any, own_server: ServerProcess) -> None:

@@ -136,8 +136,10 @@ class Sim:
         if m["type"] == "result":
             p.sheared += m["data"]["result"]["sheared"]
             p.saw(m["data"]["farm"])
-        elif m["data"]["code"] in ("UNAVAILABLE",):
-            return  # nothing applied
+        elif m["data"]["code"] == "UNAVAILABLE":
+            # unless the server says `not_applied`, the shear may have landed (protocol.md)
+            if m["data"].get("outcome") != "not_applied":
+                p.uncertain_shears += count
         else:
             self.errors.append(f"ws error {m['data']}")
 

@@ -9,6 +9,11 @@ the same grace period.
 
 One extra socket (the "silent" one) never reads after its welcome: its 1012
 must arrive all the same, and it must not hold back anyone else's.
+
+The clients keep sending actions (each with an idempotency key) through the
+drain: every action that committed must have been answered on its socket
+before the 1012; the ones not answered are retried over REST with their key
+after the restart, and none of them may turn out to have been applied.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ WINDOW = 4  # actions a client keeps in flight, so some are mid-commit at SIGTER
 ACKED_BEFORE_SIGTERM = 30
 MAX_ACTIONS = 50  # per player: under the ConfigMap's maxActionsPerMinute (60), so none is rate limited
 CLOSE_RESTART = 1012
+FLUSH_S = 3.0  # how long a socket's in-flight action may take to be answered
 
 
 @dataclass
@@ -47,7 +53,8 @@ class Player:
     ws: aiohttp.ClientWebSocketResponse | None = None
     sent: set[int] = field(default_factory=set)
     acked: dict[int, dict[str, Any]] = field(default_factory=dict)
-    refused: int = 0
+    refused: set[int] = field(default_factory=set)
+    sent_away: bool = False  # the server said it is restarting: send nothing more on this socket
     close_code: int | None = None
     closed_at: float | None = None
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WINDOW))
@@ -77,17 +84,18 @@ async def _connect(http: aiohttp.ClientSession, url: str, player: Player) -> aio
 async def _read(player: Player) -> None:
     """Collect acknowledgements until the server closes the socket."""
     assert player.ws is not None
-    async for msg in player.ws:
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            continue
+    while (msg := await player.ws.receive()).type == aiohttp.WSMsgType.TEXT:
         obj = orjson.loads(msg.data)
         if obj["type"] == "result":
             player.acked[obj["id"]] = obj["data"]["farm"]
             player.slots.release()
         elif obj["type"] == "error" and obj.get("id") is not None:
-            player.refused += 1
+            player.refused.add(obj["id"])
+            player.sent_away |= obj["data"].get("outcome") == "not_applied"
             player.slots.release()
-    player.close_code = player.ws.close_code
+    # The code in the server's close frame: aiohttp overwrites ws.close_code with 1006
+    # when the server drops TCP while the client is still echoing that frame.
+    player.close_code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else player.ws.close_code
     player.closed_at = time.monotonic()
 
 
@@ -95,15 +103,21 @@ async def _act(player: Player, ids: itertools.count[int]) -> None:
     """A steady stream of shears with up to WINDOW unacknowledged at any moment."""
     assert player.ws is not None
     with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
-        while not player.ws.closed and len(player.sent) < MAX_ACTIONS:
+        # As a client should (protocol.md): once told the server is restarting, it sends
+        # nothing more there. (One that keeps sending leaves unread input at the close:
+        # the kernel may then reset the connection before the 1012 is read.)
+        while not player.ws.closed and not player.sent_away and len(player.sent) < MAX_ACTIONS:
             await player.slots.acquire()
-            if player.ws.closed:
+            if player.ws.closed or player.sent_away:
                 return
             msg_id = next(ids)
             player.sent.add(msg_id)
-            await player.ws.send_str(
-                orjson.dumps({"type": "action", "id": msg_id, "data": {"action": "shear"}}).decode()
-            )
+            data = {"action": "shear", "idempotency_key": _key(player, msg_id)}
+            await player.ws.send_str(orjson.dumps({"type": "action", "id": msg_id, "data": data}).decode())
+
+
+def _key(player: Player, msg_id: int) -> str:
+    return f"drain-{player.player_id}-{msg_id}"
 
 
 async def _ready_status(http: aiohttp.ClientSession, url: str) -> int | None:
@@ -123,7 +137,12 @@ async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 async def test_sigterm_drains_sockets_commits_every_ack_and_exits_within_grace(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = {"LLAMAWOOL_DRAIN_GRACE_S": str(GRACE_S), "LLAMAWOOL_TICK_INTERVAL_S": "0.2", "LLAMAWOOL_REGION": "e2e-west"}
+    env = {
+        "LLAMAWOOL_DRAIN_GRACE_S": str(GRACE_S),
+        "LLAMAWOOL_DRAIN_FLUSH_S": str(FLUSH_S),
+        "LLAMAWOOL_TICK_INTERVAL_S": "0.2",
+        "LLAMAWOOL_REGION": "e2e-west",
+    }
     server = ServerProcess(data, env=env).start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -186,9 +205,19 @@ async def test_sigterm_drains_sockets_commits_every_ack_and_exits_within_grace(t
                     assert resp.status == 200, await resp.text()
                     farm = await resp.json()
                 acked = p.last_ack()
-                unacked = len(p.sent) - len(p.acked) - p.refused
                 assert farm["revision"] >= acked["revision"], (farm["revision"], acked["revision"])
                 assert farm["stats"]["shears"] >= acked["stats"]["shears"], "an acknowledged shear was lost"
-                assert farm["stats"]["shears"] <= acked["stats"]["shears"] + unacked, "a shear nobody sent appeared"
+                # Every action that committed was answered before the 1012: the unanswered
+                # ones, retried with their key, are applied now, never replayed.
+                unanswered = sorted(p.sent - set(p.acked) - p.refused)
+                replayed = []
+                for msg_id in unanswered:
+                    headers = {**p.headers, "Idempotency-Key": _key(p, msg_id)}
+                    async with http.post(f"{server.url}{API}/farm/shear", json={"count": 1}, headers=headers) as resp:
+                        assert resp.status in (200, 409, 429), await resp.text()
+                        if resp.headers.get("Idempotent-Replayed") == "true":
+                            replayed.append(msg_id)
+                assert replayed == [], f"committed during the drain but never answered on the socket: {replayed}"
+                assert farm["stats"]["shears"] == acked["stats"]["shears"], "a shear nobody was told about"
     finally:
         server.kill()

@@ -95,7 +95,7 @@ class LiveServer:
             player = await c.store.get_player(body["player"]["id"])
             assert player is not None
             player.role = "admin"
-            await c.store.update_player(player)
+            await c.store.update_player_fields(player.id, {"role": "admin"})
             return c.auth.access_token(player)
 
         body["access_token"] = self.run(promote())

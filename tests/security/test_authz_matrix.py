@@ -89,7 +89,7 @@ async def admin(client: TestClient) -> Who:
     player = await c.store.get_player(who.id)
     assert player is not None
     player.role = "admin"
-    await c.store.update_player(player)
+    await c.store.update_player_fields(player.id, {"role": "admin"})
     who.access = c.auth.access_token(player)
     return who
 

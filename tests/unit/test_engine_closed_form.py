@@ -13,14 +13,12 @@ import asyncio
 import contextlib
 import math
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,7 +38,7 @@ from llamawool.game import (
 from llamawool.observability import Metrics
 from llamawool.settings import Settings, load_rules
 from llamawool.store import FarmCommit, PlayerRecord, SQLiteStore, StorageUnavailable, Store
-from tests.helpers import FakeClock
+from tests.helpers import CollectingSink, FakeClock, logs_go_nowhere  # noqa: F401 (an autouse fixture)
 
 RULES = load_rules()
 T0 = 1_800_000_000.0
@@ -48,30 +46,6 @@ WINDOW = RULES.online_window_s
 REL = 1e-9
 BUILDINGS = list(RULES.buildings)
 UPGRADES = list(RULES.upgrades)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def logs_go_nowhere() -> Iterator[None]:
-    """The engine logs; render its lines but write them nowhere, whatever an earlier
-    test left structlog bound to (a CLI test can leave it on a closed stream)."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    yield
-    structlog.configure(**saved)
-
-
-class CollectingSink:
-    """A connection that keeps what the engine sends it."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def send(self, message: str) -> None:
-        self.messages.append(orjson.loads(message))
-
-    def ticks(self) -> list[dict[str, Any]]:
-        return [m["data"] for m in self.messages if m["type"] == "tick"]
 
 
 class CountingStore:

@@ -13,14 +13,16 @@ import orjson
 import pytest
 
 from llamawool.engine import IdempotentRequest, Reply
-from llamawool.engine.errors import RemoteError, SaveRejected, SaveStale
+from llamawool.engine.errors import OwnerBusy, RemoteError, SaveRejected, SaveStale
 from llamawool.engine.wire import (
+    ATTACH,
     RESTORE,
     SEEN,
     SNAPSHOT,
     SUBMIT,
     TOUCH,
     UPLOAD,
+    AttachArgs,
     Op,
     SubmitArgs,
     UploadArgs,
@@ -64,6 +66,21 @@ def test_touch_returns_the_farm_and_its_time() -> None:
     state.revision = 4
     _, (back, now) = round_trip(TOUCH, None, (state, 1234.5))
     assert (back.to_doc(), back.revision, now) == (state.to_doc(), 4, 1234.5)
+
+
+def test_attach_asks_for_the_farm_and_hears_whether_it_was_handed_over() -> None:
+    state = RULES.new_farm("farm-1", 1000.0)
+    state.revision = 6
+    sent, (back, now) = round_trip(ATTACH, AttachArgs(take=True), (state, 99.5))
+    assert sent == AttachArgs(take=True)
+    assert (back.to_doc(), back.revision, now) == (state.to_doc(), 6, 99.5)
+    assert round_trip(ATTACH, AttachArgs(), None) == (AttachArgs(take=False), None)  # handed over
+
+
+def test_a_busy_owner_comes_back_busy_with_its_retry_after() -> None:
+    back = error_from_wire(over_json(error_to_wire(OwnerBusy("replica-a", 2.0))))
+    assert isinstance(back, OwnerBusy)
+    assert (back.owner, back.retry_after_s) == ("replica-a", 2.0)
 
 
 def test_snapshot_upload_restore_and_seen() -> None:

@@ -104,6 +104,15 @@ seccompProfile:
   value: /app/config
 - name: LLAMAWOOL_DATA_DIR
   value: /data
+{{- if .Values.trustedProxies }}
+- name: LLAMAWOOL_TRUSTED_PROXIES
+  value: {{ join "," .Values.trustedProxies | quote }}
+{{- else if .Values.clientsConnectDirectly }}
+- name: LLAMAWOOL_CLIENTS_CONNECT_DIRECTLY
+  value: "true"
+{{- else if has .Values.environment (list "staging" "production") }}
+{{- fail "trustedProxies: staging and production need the ingress controller's CIDRs (or clientsConnectDirectly: true), else every client has the ingress's address" }}
+{{- end }}
 {{- if .Values.secrets.jwt.name }}
 - name: LLAMAWOOL_JWT_SECRET_FILE
   value: /var/run/secrets/llamawool/jwt/{{ .Values.secrets.jwt.key }}
