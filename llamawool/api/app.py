@@ -23,7 +23,7 @@ from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerU
 from ..game import GameError, Rules
 from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules
-from ..store import StorageUnavailable, Store, open_store
+from ..store import MeteredStore, StorageUnavailable, Store, open_store
 from . import (  # noqa: F401 - importing registers the routes
     routes_admin,
     routes_auth,
@@ -225,9 +225,10 @@ def create_app(
     coord: Coordinator | None = None,
 ) -> web.Application:
     rules = rules or load_rules(settings)
-    store = store or open_store(settings)
-    coord = coord or open_coordinator(settings, rules.config.cache.leaderboardTTL)
     metrics = Metrics(settings.region)
+    store = MeteredStore(store or open_store(settings), metrics.store_ops)
+    coord = coord or open_coordinator(settings, rules.config.cache.leaderboardTTL)
+    coord.bind_metrics(metrics)
     engine = Engine(rules, store, settings, metrics, clock, coord=coord)
     auth = Auth(store, settings)
     anticheat = AntiCheat(coord, store, settings, rules, metrics, clock)

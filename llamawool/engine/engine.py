@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -184,7 +183,7 @@ class Engine:
         # the owner's answer is lost (it died, Redis went away) and this replica then
         # runs the action itself, the key finds the owner's commit instead of applying
         # the action a second time.
-        sent = idempotency or IdempotentRequest.of(f"routed:{uuid.uuid4().hex}", action)
+        sent = idempotency or IdempotentRequest.routed(action)
         asked: list[str] = []
 
         def local() -> Awaitable[Reply]:

@@ -156,7 +156,9 @@ class FarmCommit:
     """One farm's change in a group commit.
 
     `expected_revision` None means "create": it fails if the farm exists.
-    The idempotency record and snapshot, when given, commit atomically with it.
+    The idempotency record and snapshot, when given, commit atomically with it;
+    a record whose (player, key) is recorded already fails the commit: the check
+    for a replayed Idempotency-Key rides in the commit, no read before it.
     """
 
     player_id: str
@@ -326,7 +328,8 @@ class Store(Protocol):
     async def commit(self, batch: list[FarmCommit]) -> list[bool]:
         """Apply every commit whose expected revision matches, in one transaction.
 
-        Returns, per item, whether it was applied (False: revision conflict).
+        Returns, per item, whether it was applied (False: a revision conflict, or its
+        idempotency key is recorded already: `get_idempotency` tells which).
         Raises StorageUnavailable when nothing could be written.
         """
 

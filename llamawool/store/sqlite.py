@@ -583,6 +583,15 @@ class SQLiteStore:
         def run(c: sqlite3.Connection) -> list[bool]:
             applied = []
             for item in batch:
+                idem = item.idempotency
+                if (
+                    idem is not None
+                    and c.execute(
+                        "SELECT 1 FROM idempotency WHERE player_id = ? AND key = ?", (idem.player_id, idem.key)
+                    ).fetchone()
+                ):
+                    applied.append(False)  # a replay: the key's first commit stands
+                    continue
                 doc = orjson.dumps(item.doc)
                 if item.expected_revision is None:
                     cur = c.execute(
@@ -598,10 +607,9 @@ class SQLiteStore:
                 applied.append(ok)
                 if not ok:
                     continue
-                if item.idempotency is not None:
-                    idem = item.idempotency
+                if idem is not None:
                     c.execute(
-                        "INSERT OR REPLACE INTO idempotency (player_id, key, request_hash, status, body, created_at) "
+                        "INSERT INTO idempotency (player_id, key, request_hash, status, body, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (idem.player_id, idem.key, idem.request_hash, idem.status, idem.body, idem.created_at),
                     )
