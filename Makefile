@@ -106,6 +106,7 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.actions --quick
 	$(PY) -m benchmarks.startup --quick
 	$(PY) -m benchmarks.autosave --quick
+	$(PY) -m benchmarks.costs --quick
 	$(PY) -m benchmarks.cluster --quick
 
 ## The soak (RELIABILITY.md): 2,000 players (REST + WebSocket) for 30 minutes on one process; fails on a

@@ -1,8 +1,10 @@
 """Anti-cheat: rate limits, violations, flags (GAME.md "Anti-cheat").
 
 Limits are sliding windows kept by the coordinator, so every replica sees the
-same counts; when coordination is unreachable the process falls back to its
-own in-memory windows (per-replica limits beat no limits). Violations are
+same counts; hits made at once share one round trip (`coord/batching.py` says
+why batching and not per-replica buckets). When coordination is unreachable
+the process falls back to its own in-memory windows (per-replica limits beat
+no limits). Violations are
 counted per player over a rolling window; reaching the threshold flags the
 player: hidden from public boards, logged, counted, visible to admins. A flag
 decays after `flag_decay_s` without a new violation, or an admin clears it.
@@ -18,6 +20,7 @@ import structlog
 from prometheus_client import Counter
 
 from .coord import Boards, CoordinationUnavailable, LimitResult, Limits, LocalCoordinator
+from .coord.batching import BatchedHits
 from .game import Rules
 from .observability import Metrics
 from .settings import Settings
@@ -76,6 +79,7 @@ class AntiCheat:
         self.actions_per_minute = block.maxActionsPerMinute
         self.threshold = block.suspiciousActivityThreshold
         self._fallback: Limits = LocalCoordinator(None)
+        self._hits = BatchedHits(coord, clock)
         self.violations = Counter(
             "llamawool_anticheat_violations_total", "Anti-cheat violations", ["kind"], registry=metrics.registry
         )
@@ -88,13 +92,15 @@ class AntiCheat:
         )
 
     async def _hit(self, key: str, limit: int, window_s: float, *, record: bool = True) -> LimitResult:
-        now = self.clock()
+        """Count (or, with record=False, only look at) one attempt on the shared window.
+        Hits made at once share one round trip (`coord.batching`)."""
         try:
             if record:
-                return await self.coord.hit(key, limit, window_s, now)
-            return await self.coord.peek(key, limit, window_s, now)
+                return await self._hits.hit(key, limit, window_s)
+            return await self.coord.peek(key, limit, window_s, self.clock())
         except CoordinationUnavailable:
             self.coord_errors.inc()
+            now = self.clock()
             if record:
                 return await self._fallback.hit(key, limit, window_s, now)
             return await self._fallback.peek(key, limit, window_s, now)

@@ -1,4 +1,4 @@
-"""Command line: `python -m llamawool serve | openapi | check-config | admin | backup | restore | migrate`.
+"""Command line: `python -m llamawool serve | openapi | asyncapi | check-config | admin | backup | restore | migrate`.
 
 `migrate status` / `migrate up` read and upgrade the configured store's schema;
 `migrate --from URI --to URI` copies every record between stores."""
@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--config", type=Path)
     p_check.add_argument("--settings", type=Path)
     sub.add_parser("openapi", help="print the OpenAPI document")
+    sub.add_parser("asyncapi", help="print the AsyncAPI document of the WebSocket")
     p_admin = sub.add_parser("admin", help="operator tasks")
     admin_sub = p_admin.add_subparsers(dest="admin_command", required=True)
     p_create = admin_sub.add_parser("create-admin", help="create an admin account (or promote an existing one)")
@@ -332,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             from .api.openapi import openapi_document
 
             sys.stdout.write(orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2).decode() + "\n")
+            return 0
+        if args.command == "asyncapi":
+            from .api.asyncapi import asyncapi_document
+
+            sys.stdout.write(orjson.dumps(asyncapi_document(), option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
         overrides = {
             "host": getattr(args, "host", None),

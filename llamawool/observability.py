@@ -72,9 +72,18 @@ class _CurrentStdout:
 
 def configure_logging(level: str = "info", fmt: str = "json", region: str = "local") -> None:
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+
+    def add_region(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # A processor, not only a context variable: lines logged from worker threads
+        # (the SQLite store's executor, schema migrations) do not see the main
+        # thread's context, and every line must name its region (multi-region logs).
+        event.setdefault("region", region)
+        return event
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_region,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _TRACEBACKS,
@@ -150,13 +159,33 @@ class Metrics:
             registry=r,
         )
         self.store_errors = Counter("llamawool_store_errors_total", "Storage operations that failed", registry=r)
-        # The dashboard's Redis latency panel reads this; `operation` is one of
-        # a fixed set of names (limit, board, publish, lease, ...), never a key.
+        # The dashboard's Redis latency panel reads this; `operation` is a coordinator
+        # method name (hit, push_scores, ranks, acquire_lease, ...), never a key.
         self.coordination_duration = Histogram(
             "llamawool_coordination_duration_seconds",
-            "Duration of one round trip to the coordination backend (Redis)",
+            "Duration of one coordinator call to the coordination backend (Redis)",
             ["operation"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+        # The cost budget (docs/scaling.md "Cost budget"): what each request, socket and
+        # tick costs the shared backends, counted by the server itself.
+        self.store_ops = Counter(
+            "llamawool_store_ops_total",
+            "Store round trips by operation (a Store method; a group commit of many farms is one)",
+            ["op"],
+            registry=r,
+        )
+        self.redis_commands = Counter(
+            "llamawool_redis_commands_total",
+            "Redis commands sent, by purpose (a pipeline counts its commands; a script one per item it handles)",
+            ["purpose"],
+            registry=r,
+        )
+        self.redis_round_trips = Counter(
+            "llamawool_redis_round_trips_total",
+            "Round trips to Redis, by purpose (a pipeline or a script is one)",
+            ["purpose"],
             registry=r,
         )
         # Ownership across replicas (docs/replicas.md); every label is a fixed set.

@@ -56,6 +56,10 @@ class Settings(BaseModel):
     revocation_poll_s: float = Field(
         2.0, gt=0, description="how often a replica reads the sessions ended on other replicas"
     )
+    events_max_multiplier: float = Field(10.0, gt=1, description="the largest multiplier a live event may have")
+    events_poll_s: float = Field(
+        5.0, gt=0, description="how often a replica re-reads the live-event schedule (changes are also announced)"
+    )
 
     tick_interval_s: float = Field(1.0, gt=0, le=60)
     commit_max_batch: int = Field(512, gt=0)

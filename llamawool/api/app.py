@@ -23,11 +23,12 @@ from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerU
 from ..game import GameError, Rules
 from ..observability import Metrics, watch_gc, watch_loop_lag
 from ..settings import Settings, load_rules
-from ..store import StorageUnavailable, Store, open_store
+from ..store import MeteredStore, StorageUnavailable, Store, open_store
 from . import (  # noqa: F401 - importing registers the routes
     routes_admin,
     routes_admin_sessions,
     routes_auth,
+    routes_events,
     routes_farm,
     routes_leaderboards,
     routes_meta,
@@ -39,7 +40,7 @@ from .context import CTX, REBALANCER, AppContext
 from .errors import ApiError, field_error, problem_response, unavailable
 from .http import API_PREFIX, PRINCIPAL, ROUTE, ROUTES, Handler, Route, authenticate
 from .rebalance import Rebalancer
-from .routes_meta import OPS_ROUTES, openapi
+from .routes_meta import OPS_ROUTES, asyncapi, openapi
 
 log = structlog.get_logger("llamawool.api")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -225,9 +226,10 @@ def create_app(
     coord: Coordinator | None = None,
 ) -> web.Application:
     rules = rules or load_rules(settings)
-    store = store or open_store(settings)
-    coord = coord or open_coordinator(settings, rules.config.cache.leaderboardTTL)
     metrics = Metrics(settings.region)
+    store = MeteredStore(store or open_store(settings), metrics.store_ops)
+    coord = coord or open_coordinator(settings, rules.config.cache.leaderboardTTL)
+    coord.bind_metrics(metrics)
     engine = Engine(rules, store, settings, metrics, clock, coord=coord)
     auth = Auth(store, settings)
     anticheat = AntiCheat(coord, store, settings, rules, metrics, clock)
@@ -246,6 +248,7 @@ def create_app(
     for r in ROUTES:
         app.router.add_route(r.method, API_PREFIX + r.path, _wrap(r))
     app.router.add_get(API_PREFIX + "/openapi.json", openapi)
+    app.router.add_get(API_PREFIX + "/asyncapi.json", asyncapi)
     for path, handler in OPS_ROUTES:
         app.router.add_get(path, handler)
     if WEB_DIR.is_dir() and (WEB_DIR / "index.html").exists():
@@ -310,6 +313,8 @@ def _on_fanout(app: web.Application, channel: str, message: dict[str, Any]) -> N
     c = app[CTX]
     if channel == "broadcast":
         c.engine.broadcast(orjson.dumps({"type": "event", "data": {"type": "broadcast", **message}}).decode())
+    elif channel == "live_events":
+        c.engine.spawn(c.engine.live_events.reload())
     elif channel == "revoked":
         sessions, until = message.get("sessions"), message.get("until")
         if isinstance(sessions, list) and isinstance(until, int | float):

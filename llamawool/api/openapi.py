@@ -129,13 +129,24 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         }
+    paths[API_PREFIX + "/asyncapi.json"] = {
+        "get": {
+            "operationId": "asyncapi",
+            "summary": "The WebSocket protocol as an AsyncAPI 3.0 document, from the schemas the socket validates with",
+            "tags": ["realtime"],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "llamawool",
             "version": __version__,
             "description": "Llama Wool Farm game server. Errors are RFC 9457 problem details with a stable `code`. "
-            "The WebSocket protocol at /api/v1/ws is described in docs/protocol.md.",
+            "The WebSocket protocol at /api/v1/ws is described in docs/protocol.md and, typed, by the AsyncAPI 3.0 "
+            "document at /api/v1/asyncapi.json.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..engine import farm_view
 from ..store import AuditRecord, PlayerRecord
 from .context import AppContext, ctx
 from .errors import ApiError
-from .http import json_response, principal, read_body, route, validation_problem
+from .http import json_response, principal, read_body, read_query, route
 from .routes_auth import player_view
 from .session_views import session_views
 
@@ -195,11 +195,8 @@ async def admin_broadcast(request: web.Request) -> web.Response:
 @route("GET", "/admin/audit", summary="The newest admin actions", access="admin", tag="admin", query=AuditQuery)
 async def admin_audit(request: web.Request) -> web.Response:
     c = ctx(request)
-    try:
-        # (str.isdigit() then int() answered 500 to "²" and to 5,000-digit numbers)
-        q = AuditQuery.model_validate(dict(request.query))
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+    # (str.isdigit() then int() answered 500 to "²" and to 5,000-digit numbers)
+    q = read_query(request, AuditQuery)
     # Who read the log is itself in it (before the read: a read that fails was attempted).
     await _audit(c, request, "audit.read", None, limit=q.limit)
     records = await c.store.list_audit(q.limit)

@@ -10,11 +10,19 @@ from pydantic import BaseModel
 
 from ..anticheat import ActionKind, limit_headers
 from ..engine import IdempotentRequest, farm_view
-from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
+from ..game import Action, BuyBuilding, BuyUpgrade, ClaimDailyReward, FarmState, GameError, Prestige, Rules, Shear
 from .context import ctx
 from .errors import ApiError
 from .http import idempotency_key, json_response, principal, raw_json_response, read_body, route
-from .schemas import ActionResponse, BuyBuildingRequest, BuyUpgradeRequest, FarmView, PrestigeRequest, ShearRequest
+from .schemas import (
+    ActionResponse,
+    BuyBuildingRequest,
+    BuyUpgradeRequest,
+    DailyRewardRequest,
+    FarmView,
+    PrestigeRequest,
+    ShearRequest,
+)
 
 M = TypeVar("M", bound=BaseModel)
 # Refusals that a well-behaved client never causes count as anti-cheat violations;
@@ -55,6 +63,15 @@ async def _act(
     if reply.replayed:
         headers["Idempotent-Replayed"] = "true"
     return raw_json_response(reply.body, reply.status, headers)
+
+
+async def _preview(request: web.Request, compute: Callable[[Rules, FarmState, float], dict[str, Any]]) -> web.Response:
+    """What an action would do now (a read: it changes nothing), with the revision it was read at."""
+    c = ctx(request)
+    state, now = await c.engine.touch(principal(request).player_id)
+    body = compute(c.rules, state, now)
+    body.update(revision=state.revision, server_time=now)
+    return json_response(body, headers=_etag(state.revision))
 
 
 @route("GET", "/farm", summary="The whole farm at server time", tag="farm", response=FarmView)
@@ -191,13 +208,32 @@ async def shear(request: web.Request) -> web.Response:
     return await _act(request, "shear", ShearRequest, lambda b: Shear(b.count))
 
 
+@route(
+    "GET",
+    "/farm/daily-reward",
+    summary="The daily return reward: today's streak and reward, or when the next claim opens",
+    tag="farm",
+)
+async def daily_reward_status(request: web.Request) -> web.Response:
+    return await _preview(request, lambda rules, state, now: rules.daily_status(state, now))
+
+
+@route(
+    "POST",
+    "/farm/daily-reward/claim",
+    summary="Claim the daily return reward (once per server day, UTC); 409 CONFLICT if already claimed",
+    tag="farm",
+    body=DailyRewardRequest,
+    response=ActionResponse,
+    idempotency=True,
+)
+async def claim_daily_reward(request: web.Request) -> web.Response:
+    return await _act(request, "action", DailyRewardRequest, lambda _: ClaimDailyReward())
+
+
 @route("GET", "/farm/prestige", summary="Prestige preview: gain and whether it is allowed", tag="farm")
 async def prestige_preview(request: web.Request) -> web.Response:
-    c = ctx(request)
-    state, now = await c.engine.touch(principal(request).player_id)
-    body: dict[str, Any] = c.rules.prestige_preview(state, now)
-    body.update(revision=state.revision, server_time=now)
-    return json_response(body, headers=_etag(state.revision))
+    return await _preview(request, lambda rules, state, now: rules.prestige_preview(state, now))
 
 
 @route(

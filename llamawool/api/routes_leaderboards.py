@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..coord import BOARDS, Cursor
 from ..engine.boards import ALL_TIME, period_of
 from .context import AppContext, ctx
 from .errors import ApiError, field_error
-from .http import json_response, principal, route, validation_problem
+from .http import json_response, principal, read_query, route
 
 Q = TypeVar("Q", bound=BaseModel)
 Week = Annotated[str, StringConstraints(pattern=r"^\d{4}-W\d{2}$")]
@@ -40,13 +40,6 @@ def _board(request: web.Request) -> str:
     return board
 
 
-def _query(request: web.Request, model: type[Q]) -> Q:
-    try:
-        return model.model_validate(dict(request.query))
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
-
-
 def _period(c: AppContext, board: str, requested: str | None) -> str:
     if requested is not None and board != "weekly":
         raise field_error(
@@ -67,7 +60,7 @@ def _period(c: AppContext, board: str, requested: str | None) -> str:
 async def get_board(request: web.Request) -> web.Response:
     c = ctx(request)
     board = _board(request)
-    q = _query(request, PageQuery)
+    q = read_query(request, PageQuery)
     period = _period(c, board, q.period)
     cursor = Cursor.decode(q.cursor) if q.cursor else None
     page = await c.boards.page(board, period, q.limit, cursor, c.engine.clock())
@@ -95,7 +88,7 @@ async def get_board(request: web.Request) -> web.Response:
 async def get_my_rank(request: web.Request) -> web.Response:
     c = ctx(request)
     board = _board(request)
-    q = _query(request, MeQuery)
+    q = read_query(request, MeQuery)
     period = _period(c, board, q.period)
     who = principal(request)
     if q.period is None:

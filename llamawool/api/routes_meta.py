@@ -1,4 +1,4 @@
-"""Configuration for clients, health, readiness, metrics and the OpenAPI document."""
+"""Configuration for clients, health, readiness, metrics and the OpenAPI and AsyncAPI documents."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..coord import CoordinationUnavailable
 from ..store import StorageUnavailable
+from .asyncapi import asyncapi_document
 from .context import ctx
 from .http import json_response, route
 from .openapi import openapi_document
+from .routes_events import config_events
 from .schemas import Health
 
 
@@ -36,14 +38,17 @@ async def get_config(request: web.Request) -> web.Response:
             "cap_limit_hours": b.offline.cap_limit_hours,
         },
         "prestige": b.prestige.model_dump(),
+        "daily_reward": b.daily_reward.model_dump(),
         "achievement_bonus": b.achievement_bonus.per_achievement,
         "base_production_rate": prod.baseProductionRate,
         "tick_interval_s": c.settings.tick_interval_s,
         "auto_save_interval_s": prod.autoSaveInterval / 1000,
         "cloud_sync_interval_s": prod.cloudSyncInterval / 1000,
         "max_actions_per_minute": rules.config.antiCheat.maxActionsPerMinute,
+        "events": config_events(c),  # running and upcoming live events (docs/events.md)
     }
-    return json_response(body, headers={"Cache-Control": "public, max-age=60"})
+    # short: a newly scheduled event shows within seconds (sockets hear of it at once)
+    return json_response(body, headers={"Cache-Control": "public, max-age=5"})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -87,5 +92,9 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document(), headers={"Cache-Control": "public, max-age=300"})
 
 
+async def asyncapi(request: web.Request) -> web.Response:
+    return json_response(asyncapi_document(), headers={"Cache-Control": "public, max-age=300"})
+
+
 OPS_ROUTES = [("/health", health), ("/ready", ready), ("/metrics", metrics)]
-__all__ = ["OPS_ROUTES", "Health", "openapi"]
+__all__ = ["OPS_ROUTES", "Health", "asyncapi", "openapi"]

@@ -66,6 +66,10 @@ class ShearRequest(Request):
     count: Annotated[int, Field(ge=1, le=20)] = 1
 
 
+class DailyRewardRequest(Request):
+    pass
+
+
 class PrestigeRequest(Request):
     confirm: Literal[True] = Field(description="must be true: prestige resets the run")
     expected_gain: Annotated[int, Field(ge=0)] | None = None
@@ -147,29 +151,44 @@ class Health(Response):
 # ---- WebSocket ------------------------------------------------------------------
 
 
-class WsShear(Request):
+IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,200}$")]
+
+
+class WsActionData(Request):
+    idempotency_key: IdempotencyKey | None = Field(
+        None, description="as REST's Idempotency-Key: a retry with the same key applies nothing twice"
+    )
+
+
+class WsShear(WsActionData):
     action: Literal["shear"]
     count: Annotated[int, Field(ge=1, le=20)] = 1
 
 
-class WsBuyBuilding(Request):
+class WsBuyBuilding(WsActionData):
     action: Literal["buy_building"]
     key: Annotated[str, StringConstraints(max_length=64)]
     quantity: Annotated[int, Field(ge=1, le=100)] | Literal["max"] = 1
 
 
-class WsBuyUpgrade(Request):
+class WsBuyUpgrade(WsActionData):
     action: Literal["buy_upgrade"]
     key: Annotated[str, StringConstraints(max_length=64)]
 
 
-class WsPrestige(Request):
+class WsPrestige(WsActionData):
     action: Literal["prestige"]
     confirm: bool
     expected_gain: Annotated[int, Field(ge=0)] | None = None
 
 
-WsAction = Annotated[WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige, Field(discriminator="action")]
+class WsClaimDailyReward(WsActionData):
+    action: Literal["claim_daily_reward"]
+
+
+WsAction = Annotated[
+    WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige | WsClaimDailyReward, Field(discriminator="action")
+]
 
 
 class WsEnvelope(BaseModel):

@@ -30,21 +30,44 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
 from ..coord import BOARDS
 from ..engine import IdempotentRequest
 from ..engine.errors import FarmConflict, IdempotencyMismatch, OwnerBusy, OwnerUnreachable, PlayerGone, RemoteError
-from ..game import Action, BuyBuilding, BuyUpgrade, GameError, Prestige, Shear
+from ..game import Action, BuyBuilding, BuyUpgrade, ClaimDailyReward, GameError, Prestige, Shear
 from ..store import StorageUnavailable
 from .context import REBALANCER, AppContext, ctx
 from .errors import CODES, unavailable
-from .http import IDEMPOTENCY_KEY, route
+from .http import route
+from .messages import (
+    BoardData,
+    Error,
+    ErrorData,
+    Pong,
+    PongData,
+    Result,
+    Subscribed,
+    Unsubscribed,
+    Welcome,
+    WelcomeData,
+    encode,
+)
 from .routes_auth import player_view
 from .routes_farm import VIOLATION_CODES
-from .schemas import WsAction, WsBuyBuilding, WsBuyUpgrade, WsEnvelope, WsPrestige, WsShear
+from .schemas import (
+    FarmView,
+    PlayerView,
+    WsAction,
+    WsBuyBuilding,
+    WsBuyUpgrade,
+    WsClaimDailyReward,
+    WsEnvelope,
+    WsPrestige,
+    WsShear,
+)
 
 log = structlog.get_logger("llamawool.ws")
 
@@ -55,7 +78,7 @@ CLOSE_RESTART = 1012
 _ACTION = TypeAdapter(WsAction)
 
 
-def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige) -> Action:
+def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige | WsClaimDailyReward) -> Action:
     match a:
         case WsShear():
             return Shear(a.count)
@@ -65,6 +88,8 @@ def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige) -> Action
             return BuyUpgrade(a.key)
         case WsPrestige():
             return Prestige(a.confirm, a.expected_gain)
+        case WsClaimDailyReward():
+            return ClaimDailyReward()
     raise AssertionError(a)
 
 
@@ -168,15 +193,16 @@ class WsSession:
         if self._started and self._slow is None:
             self._outbox.mark(self)
 
-    def send_obj(self, obj: dict[str, Any]) -> None:
-        self.send(orjson.dumps(obj).decode())
+    def send_message(self, message: BaseModel) -> None:
+        self.send(encode(message))
 
     def error(self, code: str, message: str, msg_id: Any = None, **extra: Any) -> None:
-        data: dict[str, Any] = {"code": code, "message": message}
+        fields: dict[str, Any] = {"code": code, "message": message}
         if msg_id is not None:
-            data["id"] = msg_id
-        data.update(extra)
-        self.send_obj({"type": "error", "id": msg_id, "data": data})
+            fields["id"] = msg_id
+        # Not validated again: the id is echoed as the client sent it, the extra fields come from our errors.
+        data = ErrorData.model_construct(**fields, **extra)
+        self.send_message(Error(type="error", id=msg_id, data=data))
 
     def _backlogged(self) -> bool:
         t = self._transport
@@ -379,14 +405,15 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
         return
     from ..engine import farm_view
 
-    welcome: dict[str, Any] = {
-        "player": player_view(player),
-        "farm": farm_view(c.rules, state, now),
-        "server_time": now,
-        "tick_interval_s": c.settings.tick_interval_s,
-        "offline_report": state.offline_report.to_dict() if state.report_unseen and state.offline_report else None,
-    }
-    session.send_obj({"type": "welcome", "data": welcome})
+    report = state.offline_report if state.report_unseen else None
+    welcome = WelcomeData(
+        player=PlayerView.model_validate(player_view(player)),
+        farm=FarmView.model_validate(farm_view(c.rules, state, now)),
+        server_time=now,
+        tick_interval_s=c.settings.tick_interval_s,
+        offline_report=report,
+    )
+    session.send_message(Welcome(type="welcome", data=welcome))
     if state.report_unseen:
         with contextlib.suppress(StorageUnavailable):
             await c.engine.mark_report_seen(who.player_id)
@@ -421,7 +448,7 @@ async def _handle_text(c: AppContext, session: WsSession, who: Principal, text: 
         session.error("VALIDATION_ERROR", fields, msg_id)
         return
     if env.type == "ping":
-        session.send_obj({"type": "pong", "id": env.id, "data": {"server_time": c.engine.clock()}})
+        session.send_message(Pong(type="pong", id=env.id, data=PongData(server_time=c.engine.clock())))
     elif env.type == "action":
         await _handle_action(c, session, who, env)
     elif env.type == "auth":
@@ -433,16 +460,17 @@ async def _handle_text(c: AppContext, session: WsSession, who: Principal, text: 
 
 
 async def _handle_subscription(c: AppContext, session: WsSession, env: WsEnvelope) -> None:
-    board = (env.data or {}).get("board")
-    if board not in BOARDS:
+    try:
+        board = BoardData.model_validate(env.data or {}).board
+    except ValidationError:
         session.error("VALIDATION_ERROR", f"data.board must be one of {', '.join(BOARDS)}", env.id)
         return
     if env.type == "subscribe":
-        session.send_obj({"type": "result", "id": env.id, "data": {"subscribed": board}})
+        session.send_message(Result(type="result", id=env.id, data=Subscribed(subscribed=board)))
         await c.engine.boards.subscribe(board, session)
     else:
         c.engine.boards.unsubscribe(session, board)
-        session.send_obj({"type": "result", "id": env.id, "data": {"unsubscribed": board}})
+        session.send_message(Result(type="result", id=env.id, data=Unsubscribed(unsubscribed=board)))
 
 
 async def _handle_action(c: AppContext, session: WsSession, who: Principal, env: WsEnvelope) -> None:
@@ -462,21 +490,16 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
         session.error("RATE_LIMITED", f"too many {exc.scope} requests; slow down", env.id, retry_after=exc.retry_after)
         await _count_socket_violation(c, session)
         return
-    data = dict(env.data or {})
-    # Optional, as REST's Idempotency-Key: a retry after a lost reply applies nothing twice.
-    key = data.pop("idempotency_key", None)
-    if key is not None and not (isinstance(key, str) and IDEMPOTENCY_KEY.match(key)):
-        session.error("VALIDATION_ERROR", "data.idempotency_key must be 1..200 printable ASCII characters", env.id)
-        await c.anticheat.violation(who.player_id, "malformed_action", "bad idempotency_key")
-        return
     try:
-        parsed = _ACTION.validate_python(data)
+        parsed = _ACTION.validate_python(env.data or {})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
         session.error("VALIDATION_ERROR", fields, env.id)
         await c.anticheat.violation(who.player_id, "malformed_action", fields[:200])
         return
     action = _to_action(parsed)
+    # Optional, as REST's Idempotency-Key: a retry after a lost reply applies nothing twice.
+    key = parsed.idempotency_key
     try:
         reply = await c.engine.submit(who.player_id, action, IdempotentRequest.of(key, action) if key else None)
     except GameError as exc:

@@ -12,9 +12,12 @@ import base64
 import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+
+if TYPE_CHECKING:
+    from ..observability import Metrics
 
 BOARDS = ("lifetime", "prestige", "rate", "weekly")
 
@@ -34,6 +37,15 @@ class LimitResult:
     remaining: int
     reset_s: float  # until the window has room again for one more
     retry_after_s: float  # 0 when allowed
+
+
+@dataclass(frozen=True, slots=True)
+class LimitHit:
+    """One attempt counted against the sliding window `key` (`limit` hits per `window_s`)."""
+
+    key: str
+    limit: int
+    window_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +135,9 @@ class Limits(Protocol):
 
     # a sliding window of `limit` hits per `window_s`
     async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult: ...
+    async def hit_many(self, hits: list[LimitHit], now: float) -> list[LimitResult]:
+        """`hit` for each, in order, in one round trip (each window is still exact)."""
+
     async def peek(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
         """Like `hit`, without recording one."""
 
@@ -137,6 +152,9 @@ class Boards(Protocol):
     async def page(self, board: str, period: str, limit: int, cursor: Cursor | None, now: float) -> BoardPage: ...
     async def rank(self, board: str, period: str, player_id: str) -> BoardEntry | None:
         """The player's rank among visible players (plus themselves when hidden)."""
+
+    async def ranks(self, board: str, period: str, player_ids: list[str]) -> dict[str, BoardEntry]:
+        """`rank` of many players in one round trip; players not on the board are left out."""
 
     async def around(self, board: str, period: str, player_id: str, radius: int) -> list[BoardEntry]: ...
     async def set_hidden(self, player_id: str, hidden: bool) -> None: ...
@@ -236,3 +254,5 @@ class Coordinator(Limits, Boards, Bus, Presence, Leases, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count this adapter's round trips and time its calls into `metrics` (the cost budget)."""

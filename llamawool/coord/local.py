@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
@@ -30,12 +30,16 @@ from .base import (
     BoardPage,
     CoordinationUnavailable,
     Cursor,
+    LimitHit,
     LimitResult,
     Listener,
     Renewal,
     ReplicaLoad,
     ScoreUpdate,
 )
+
+if TYPE_CHECKING:
+    from ..observability import Metrics
 
 log = structlog.get_logger("llamawool.coord")
 
@@ -137,6 +141,9 @@ class LocalCoordinator:
     async def ping(self) -> None:
         return None
 
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Nothing to count: every call stays in this process (no round trip to a backend)."""
+
     async def _persist(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if self._db is None or not rows:
             return
@@ -187,6 +194,9 @@ class LocalCoordinator:
         hits.append(now)
         reset = hits[0] + window_s - now
         return LimitResult(True, limit, limit - len(hits), reset, 0.0)
+
+    async def hit_many(self, hits: list[LimitHit], now: float) -> list[LimitResult]:
+        return [await self.hit(h.key, h.limit, h.window_s, now) for h in hits]
 
     async def peek(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
         hits = self._window(key, window_s, now)
@@ -284,6 +294,14 @@ class LocalCoordinator:
         if key is None:
             return None
         return BoardEntry(self._visible_rank(b, key), player_id, -key[0], key[2])
+
+    async def ranks(self, board: str, period: str, player_ids: list[str]) -> dict[str, BoardEntry]:
+        out: dict[str, BoardEntry] = {}
+        for pid in player_ids:
+            entry = await self.rank(board, period, pid)
+            if entry is not None:
+                out[pid] = entry
+        return out
 
     async def around(self, board: str, period: str, player_id: str, radius: int) -> list[BoardEntry]:
         b = self._board(board, period)

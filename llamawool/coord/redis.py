@@ -44,9 +44,10 @@ import dataclasses
 import functools
 import math
 import struct
+import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -61,12 +62,16 @@ from .base import (
     BoardPage,
     CoordinationUnavailable,
     Cursor,
+    LimitHit,
     LimitResult,
     Listener,
     Renewal,
     ReplicaLoad,
     ScoreUpdate,
 )
+
+if TYPE_CHECKING:
+    from ..observability import Metrics
 
 log = structlog.get_logger("llamawool.coord")
 
@@ -85,15 +90,24 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Redis that cannot be reached (or answers too late) becomes `CoordinationUnavailable`."""
+def _guard(
+    fn: Callable[Concatenate[RedisCoordinator, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[RedisCoordinator, P], Coroutine[Any, Any, R]]:
+    """Redis that cannot be reached (or answers too late) becomes `CoordinationUnavailable`;
+    every call's duration goes to `llamawool_coordination_duration_seconds{operation}`
+    (the method's name: a fixed set)."""
+    operation = fn.__name__.lstrip("_")
 
     @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: RedisCoordinator, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        started = time.perf_counter()
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
             raise CoordinationUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+        finally:
+            if self._metrics is not None:
+                self._metrics.coordination_duration.labels(operation=operation).observe(time.perf_counter() - started)
 
     return wrapper
 
@@ -224,6 +238,23 @@ local out = {r - hidden_before + 1, #above}
 for i = #above, 1, -1 do out[#out + 1] = above[i] end
 out[#out + 1] = m
 for i = 1, #below do out[#out + 1] = below[i] end
+return out
+"""
+
+# KEYS: board, members, hidden members of this board; ARGV: players
+# -> per player two values: visible rank (0: not on the board) and member ('' when not)
+_RANKS = """
+local out = {}
+for i = 1, #ARGV do
+  local m = redis.call('HGET', KEYS[2], ARGV[i])
+  if m then
+    out[#out + 1] = redis.call('ZRANK', KEYS[1], m) - redis.call('ZLEXCOUNT', KEYS[3], '-', '(' .. m) + 1
+    out[#out + 1] = m
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = ''
+  end
+end
 return out
 """
 
@@ -461,6 +492,27 @@ return 0
 """
 
 _PUSH_CHUNK = 1000
+# What each script is for: the `purpose` of llamawool_redis_{commands,round_trips}_total.
+_PURPOSE = {
+    "limit": "limits",
+    "violation": "limits",
+    "push": "boards",
+    "rank": "boards",
+    "ranks": "boards",
+    "page": "boards",
+    "remove": "boards",
+    "hide": "boards",
+    "online": "presence",
+    "loads": "presence",
+    "claim": "leases",
+    "take_over": "leases",
+    "hand_over": "leases",
+    "acquire": "leases",
+    "renew": "leases",
+    "release": "leases",
+}
+# A script call in a pipeline: the script, its keys, its args, and how many items it handles.
+_Call = tuple[str, list[str], list[Any], int]
 
 
 def _ms(seconds: float) -> int:
@@ -505,6 +557,16 @@ class RedisCoordinator:
         self._listeners: list[Listener] = []
         self._listener_task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._metrics: Metrics | None = None
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count commands and round trips by purpose, and time every call, into `metrics`."""
+        self._metrics = metrics
+
+    def _count(self, purpose: str, commands: int, round_trips: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_commands.labels(purpose=purpose).inc(commands)
+            self._metrics.redis_round_trips.labels(purpose=purpose).inc(round_trips)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -529,6 +591,7 @@ class RedisCoordinator:
             "violation": register(_VIOLATION),
             "push": register(_PUSH),
             "rank": register(_RANK),
+            "ranks": register(_RANKS),
             "page": register(_PAGE),
             "remove": register(_REMOVE),
             "hide": register(_HIDE),
@@ -546,6 +609,14 @@ class RedisCoordinator:
             await asyncio.wait_for(self._subscribed.wait(), timeout=max(self.timeout_s, 1.0))
         except TimeoutError:
             log.warning("coord.redis_unreachable", uri=_redact(self.uri), detail="serving degraded; retrying")
+            return
+        # Every script known to Redis up front (one round trip), so pipelines of them do
+        # not meet NOSCRIPT (and pay a load and a resend) the first time each is used.
+        with contextlib.suppress(rex.RedisError, OSError):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.script)
+                await pipe.execute()
 
     async def close(self) -> None:
         task, self._listener_task = self._listener_task, None
@@ -567,31 +638,57 @@ class RedisCoordinator:
             raise CoordinationUnavailable("the redis coordinator is not open")
         return self._client
 
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def _run(self, script: str, keys: list[str], args: list[Any], items: int = 1) -> Any:
+        """One script, one round trip; counted as `items` commands (the farms or players it handles)."""
         if self._client is None:
             raise CoordinationUnavailable("the redis coordinator is not open")
+        self._count(_PURPOSE[script], items)
         return await self._scripts[script](keys=keys, args=args)
+
+    async def _pipelined(self, script: str, calls: list[tuple[list[str], list[Any], int]]) -> list[Any]:
+        """Many calls of one script in one pipeline: one round trip for all of them.
+
+        EVALSHA straight into the pipeline (redis-py's own script registration would
+        add a SCRIPT EXISTS round trip to every pipeline); when Redis lost its script
+        cache (a restart), the script is loaded and the pipeline sent once more (every
+        script sent this way may run twice: score pushes and reads only)."""
+        if len(calls) == 1:
+            keys, args, items = calls[0]
+            return [await self._run(script, keys, args, items)]
+        runner = self._scripts[script]
+        for attempt in (1, 2):
+            self._count(_PURPOSE[script], sum(items for _, _, items in calls))
+            async with self._r.pipeline(transaction=False) as pipe:
+                for keys, args, _ in calls:
+                    pipe.evalsha(runner.sha, len(keys), *keys, *args)
+                try:
+                    return list(await pipe.execute())
+                except rex.NoScriptError:
+                    if attempt == 2:
+                        raise
+            self._count(_PURPOSE[script], 1)
+            runner.sha = await self._r.script_load(runner.script)
+        raise AssertionError("unreachable")
 
     @_guard
     async def ping(self) -> None:
+        self._count("health", 1)
         await self._r.ping()
 
     # ---- limits ----------------------------------------------------------------------
 
     @_guard
     async def _limit(self, key: str, limit: int, window_s: float, now: float, record: bool) -> LimitResult:
-        allowed, n, oldest = await self._run(
-            "limit",
-            [self.prefix + "rl:" + key],
-            [
-                repr(now - window_s),
-                repr(now),
-                limit,
-                _pexpire_ms(window_s),
-                uuid.uuid4().hex,
-                "1" if record else "0",
-            ],
-        )
+        answer = await self._run("limit", [self.prefix + "rl:" + key], self._limit_args(limit, window_s, now, record))
+        return self._limit_result(limit, window_s, now, answer)
+
+    @staticmethod
+    def _limit_args(limit: int, window_s: float, now: float, record: bool) -> list[Any]:
+        return [repr(now - window_s), repr(now), limit, _pexpire_ms(window_s), uuid.uuid4().hex, "1" if record else "0"]
+
+    @staticmethod
+    def _limit_result(limit: int, window_s: float, now: float, answer: list[Any]) -> LimitResult:
+        allowed, n, oldest = answer
         if not allowed:
             retry = max(0.0, float(oldest) + window_s - now)
             return LimitResult(False, limit, 0, retry, retry)
@@ -600,6 +697,14 @@ class RedisCoordinator:
 
     async def hit(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
         return await self._limit(key, limit, window_s, now, True)
+
+    @_guard
+    async def hit_many(self, hits: list[LimitHit], now: float) -> list[LimitResult]:
+        if not hits:
+            return []
+        calls = [([self.prefix + "rl:" + h.key], self._limit_args(h.limit, h.window_s, now, True), 1) for h in hits]
+        answers = await self._pipelined("limit", calls)
+        return [self._limit_result(h.limit, h.window_s, now, a) for h, a in zip(hits, answers, strict=True)]
 
     async def peek(self, key: str, limit: int, window_s: float, now: float) -> LimitResult:
         return await self._limit(key, limit, window_s, now, False)
@@ -628,12 +733,15 @@ class RedisCoordinator:
         bkey, mkey, hkey, bp = self._bkeys(board, period)
         p = self.prefix
         keys = [bkey, mkey, hkey, p + "hidden", p + "p:" + board, p + "boards"]
+        calls: list[tuple[list[str], list[Any], int]] = []
         for start in range(0, len(updates), _PUSH_CHUNK):
+            chunk = updates[start : start + _PUSH_CHUNK]
             args: list[Any] = [period, bp]
-            for u in updates[start : start + _PUSH_CHUNK]:
+            for u in chunk:
                 args.append(u.player_id)
                 args.append(encode_key((-u.score, -u.tiebreak, u.at, u.player_id)))
-            await self._run("push", keys, args)
+            calls.append((keys, args, len(chunk)))
+        await self._pipelined("push", calls)
 
     @_guard
     async def page(self, board: str, period: str, limit: int, cursor: Cursor | None, now: float) -> BoardPage:
@@ -683,6 +791,21 @@ class RedisCoordinator:
         return entries[0] if entries else None
 
     @_guard
+    async def ranks(self, board: str, period: str, player_ids: list[str]) -> dict[str, BoardEntry]:
+        if not player_ids:
+            return {}
+        bkey, mkey, hkey, _ = self._bkeys(board, period)
+        chunks = [player_ids[i : i + _PUSH_CHUNK] for i in range(0, len(player_ids), _PUSH_CHUNK)]
+        answers = await self._pipelined("ranks", [([bkey, mkey, hkey], list(c), len(c)) for c in chunks])
+        out: dict[str, BoardEntry] = {}
+        for chunk, answer in zip(chunks, answers, strict=True):
+            for i, pid in enumerate(chunk):
+                rank, member = int(answer[2 * i]), str(answer[2 * i + 1])
+                if member:
+                    out[pid] = _entry(rank, decode_key(member))
+        return out
+
+    @_guard
     async def around(self, board: str, period: str, player_id: str, radius: int) -> list[BoardEntry]:
         return await self._rank(board, period, player_id, radius)
 
@@ -698,9 +821,11 @@ class RedisCoordinator:
 
     @_guard
     async def periods(self, board: str) -> list[str]:
+        self._count("boards", 1)
         names = sorted((str(n) for n in await self._r.smembers(self.prefix + "p:" + board)), reverse=True)
         if not names:
             return []
+        self._count("boards", len(names))
         async with self._r.pipeline(transaction=False) as pipe:
             for period in names:
                 pipe.zcard(self._bkeys(board, period)[0])
@@ -709,12 +834,14 @@ class RedisCoordinator:
 
     @_guard
     async def claim_rollover(self, period: str) -> bool:
+        self._count("boards", 1)
         return bool(await self._r.set(self.prefix + "roll:" + period, "1", nx=True))
 
     # ---- fan-out ---------------------------------------------------------------------
 
     @_guard
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        self._count("revocations" if channel == "revoked" else "bus", 1)
         await self._r.publish(self._channel, orjson.dumps({"c": channel, "m": message}))
 
     def subscribe(self, listener: Listener) -> None:
@@ -780,6 +907,7 @@ class RedisCoordinator:
     async def send(self, replica_id: str, message: dict[str, Any]) -> None:
         """Only replica `replica_id` hears it, on channel ``replica:<id>``."""
         channel = f"replica:{replica_id}"
+        self._count("bus", 1)
         await self._r.publish(self.prefix + channel, orjson.dumps({"c": channel, "m": message}))
 
     # ---- farm ownership ----------------------------------------------------------------
@@ -815,7 +943,7 @@ class RedisCoordinator:
         out = Renewal([], [])
         for start in range(0, len(farm_ids), _PUSH_CHUNK):
             keys = [self._lease(f) for f in farm_ids[start : start + _PUSH_CHUNK]]
-            lost, retaken = await self._run("renew", keys, [self.replica_id, _ms(ttl_s)])
+            lost, retaken = await self._run("renew", keys, [self.replica_id, _ms(ttl_s)], len(keys))
             out.lost.extend(str(k)[cut:] for k in lost)
             out.retaken.extend(str(k)[cut:] for k in retaken)
         return out
@@ -826,25 +954,30 @@ class RedisCoordinator:
 
     @_guard
     async def lease_owner(self, farm_id: str) -> str | None:
+        self._count("leases", 1)
         owner = await self._r.get(self._lease(farm_id))
         return None if owner is None else str(owner)
 
     @_guard
     async def beat(self, ttl_s: float) -> None:
+        self._count("leases", 1)  # the replica's heartbeat: its leases are alive
         await self._r.set(self._beat_key(self.replica_id), "1", px=_ms(ttl_s))
 
     @_guard
     async def end_beat(self) -> None:
+        self._count("leases", 1)
         await self._r.delete(self._beat_key(self.replica_id))
 
     @_guard
     async def alive(self, replica: str) -> bool:
+        self._count("leases", 1)
         return bool(await self._r.exists(self._beat_key(replica)))
 
     # ---- presence --------------------------------------------------------------------
 
     @_guard
     async def report_online(self, replica: str, count: int, now: float, ttl_s: float) -> None:
+        self._count("presence", 4)  # MULTI, HSET, ZADD, EXEC
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(self.prefix + "online", replica, count)
             pipe.zadd(self.prefix + "online:exp", {replica: now + ttl_s})
@@ -858,6 +991,7 @@ class RedisCoordinator:
     @_guard
     async def report_load(self, replica: str, load: ReplicaLoad, now: float, ttl_s: float) -> None:
         raw = orjson.dumps(dataclasses.asdict(load)).decode()
+        self._count("presence", 4)  # MULTI, HSET, ZADD, EXEC
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(self.prefix + "load", replica, raw)
             pipe.zadd(self.prefix + "load:exp", {replica: now + ttl_s})

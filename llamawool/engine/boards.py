@@ -30,6 +30,9 @@ log = structlog.get_logger("llamawool.boards")
 ALL_TIME = "all"
 CHUNK = 500  # farms per slice of a push; the event loop runs ticks between slices
 TOP_LIVE = 10
+# Every this many pushes every score goes out again, changed or not: a board that lost
+# entries (Redis restarted empty) is whole again within a minute.
+FULL_PUSH_EVERY = 12
 
 
 def period_of(board: str, now: float) -> str:
@@ -75,16 +78,27 @@ class BoardFeed:
         # Profiles (usernames on boards) are cached for the ConfigMap's userProfileTTL.
         self.profile_ttl_s = float(rules.config.cache.userProfileTTL)
         self._names: dict[str, tuple[str, float]] = {}
+        # (board, player) -> (period, score, tiebreak) last pushed: an unchanged score is
+        # not sent again (a farm's rate and prestige scores rarely move between pushes).
+        self._pushed: dict[tuple[str, str], tuple[str, float, float]] = {}
+        self._pushes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="board-feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the feed's loop. Cancelled until it has really ended: a cancellation that
+        lands inside a Redis call can be swallowed by the client library (redis-py on
+        Python 3.11 does, now and then), and the loop would push on, holding shutdown."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
     async def _loop(self) -> None:
         while True:
@@ -116,6 +130,9 @@ class BoardFeed:
         await self.check_rollover(now)
         table = self.residents.table
         rows, lifetime, shears, rate, weekly = table.scores(now, week_start(now))
+        self._pushes += 1
+        if self._pushes % FULL_PUSH_EVERY == 0:
+            self._pushed.clear()
         if rows.size:
             owners = self.residents.row_owners
             ids = [owners[r].player_id if owners[r] is not None else "" for r in rows.tolist()]
@@ -131,9 +148,17 @@ class BoardFeed:
                 batches["weekly"].append(ScoreUpdate(pid, wv, 0.0, now))
             for board, updates in batches.items():
                 period = period_of(board, now)
-                for start in range(0, len(updates), CHUNK):
-                    await self.coord.push_scores(board, period, updates[start : start + CHUNK])
-                    await asyncio.sleep(0)  # let ticks and requests run between chunks
+                pushed = self._pushed
+                changed = [u for u in updates if pushed.get((board, u.player_id)) != (period, u.score, u.tiebreak)]
+                # one call per board: the coordinator sends its chunks in one round trip
+                await self.coord.push_scores(board, period, changed)
+                for u in changed:
+                    self._pushed[(board, u.player_id)] = (period, u.score, u.tiebreak)
+                await asyncio.sleep(0)  # let ticks and requests run between boards
+        # Farms that left memory are pushed whole when they come back (another replica may
+        # have pushed their scores meanwhile).
+        resident = {res.player_id for res in self.residents.all()}
+        self._pushed = {k: v for k, v in self._pushed.items() if k[1] in resident}
         self.stale = False
         await self.coord.report_online(self.coord.replica_id, self.residents.online_count(), now, 3 * self.push_s)
         self.cluster_online.set(await self.coord.online_count(now))
@@ -154,15 +179,19 @@ class BoardFeed:
             log.warning("boards.push_failed", error=str(exc), player_id=pid)
 
     async def _notify_ranks(self, now: float) -> None:
+        """Tell each connected player when a rank of theirs moved: one batched rank
+        lookup per board for every connected farm (not one round trip per farm)."""
         connected = [res for res in self.residents.all() if res.sinks]
-        for i, res in enumerate(connected):
-            if i % CHUNK == CHUNK - 1:
-                await asyncio.sleep(0)  # thousands of rank lookups must not delay a tick
-            if not res.sinks:
-                continue
-            for board in BOARDS:
-                entry = await self.coord.rank(board, period_of(board, now), res.player_id)
-                if entry is None:
+        if not connected:
+            return
+        ids = [res.player_id for res in connected]
+        for board in BOARDS:
+            entries = await self.coord.ranks(board, period_of(board, now), ids)
+            for i, res in enumerate(connected):
+                if i % CHUNK == CHUNK - 1:
+                    await asyncio.sleep(0)  # thousands of messages must not delay a tick
+                entry = entries.get(res.player_id)
+                if entry is None or not res.sinks:
                     continue
                 before = res.ranks.get(board)
                 res.ranks[board] = entry.rank

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from .commit import GroupCommitter
 from .connections import Connections
 from .farms import Farms, IdempotentRequest, Reply
 from .handover import Handover
+from .live_events import LiveEvents
 from .residents import Resident, ResidentSet, Sink
 from .routing import Router
 from .table import FarmTable
@@ -113,6 +113,11 @@ class Engine:
             self.connections.rewatch,
         )
         self.tick_listeners = self.ticker.listeners
+        self.live_events = LiveEvents(
+            rules, store, self.resident_set, self.connections.broadcast, clock, settings.events_poll_s
+        )
+        self.tick_listeners.append(self.live_events.on_tick)
+        self._watch_events: asyncio.Task[None] | None = None
         self._serve()
 
     @property
@@ -125,6 +130,11 @@ class Engine:
         self.committer.start()
         await self.cluster.beat()  # alive before the first request: peers wait for us, not take over
         self.ticker.last_autosave = self.clock()
+        try:
+            await self.live_events.reload()  # before the first tick: boundaries apply from the start
+        except StorageUnavailable as exc:  # the periodic read applies it once storage answers
+            log.warning("live_events.unavailable_at_start", error=str(exc))
+        self._watch_events = asyncio.create_task(self.live_events.watch(), name="live-events")
         if tick:
             self.ticker.start()
             self.boards.start()
@@ -133,6 +143,9 @@ class Engine:
         """Stop ticking, write every resident farm's snapshot, flush commits."""
         await self.ticker.stop()
         await self.boards.stop()
+        if self._watch_events is not None:
+            self._watch_events.cancel()
+            await asyncio.gather(self._watch_events, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         try:
@@ -170,7 +183,7 @@ class Engine:
         # the owner's answer is lost (it died, Redis went away) and this replica then
         # runs the action itself, the key finds the owner's commit instead of applying
         # the action a second time.
-        sent = idempotency or IdempotentRequest.of(f"routed:{uuid.uuid4().hex}", action)
+        sent = idempotency or IdempotentRequest.routed(action)
         asked: list[str] = []
 
         def local() -> Awaitable[Reply]:

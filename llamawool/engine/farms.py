@@ -11,6 +11,7 @@ that asked (`routing.py`).
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ from .saves import verify as verify_save
 from .views import farm_view
 
 log = structlog.get_logger("llamawool.engine")
+
+# How many of a farm's latest Idempotency-Keys are answered from memory: a client retries
+# its latest requests. Older keys (and farms loaded since) are found by the commit itself.
+REMEMBERED_KEYS = 4
+ROUTED = "routed:"  # the prefix of the keys a replica gives the actions it forwards
 
 
 @dataclass(slots=True)
@@ -49,6 +55,20 @@ class IdempotentRequest:
     def of(cls, key: str, action: Action) -> IdempotentRequest:
         digest = hashlib.sha256(repr(action).encode()).hexdigest()
         return cls(key, digest)
+
+    @classmethod
+    def routed(cls, action: Action) -> IdempotentRequest:
+        """A key of its own for an action forwarded to the farm's owner (never retried by a client)."""
+        return cls.of(f"{ROUTED}{uuid.uuid4().hex}", action)
+
+
+class KeyRecorded(Exception):
+    """The commit was refused because its Idempotency-Key is recorded already: a replay."""
+
+    def __init__(self, record: IdempotencyRecord, fingerprint: str) -> None:
+        super().__init__(record.key)
+        self.record = record  # the key's first commit
+        self.fingerprint = fingerprint  # of the request that was refused
 
 
 class Farms:
@@ -84,7 +104,12 @@ class Farms:
         idempotency: IdempotencyRecord | None = None,
         snapshot: bool = False,
     ) -> FarmState:
-        """Make `outcome.state` durable as the next revision, then adopt it."""
+        """Make `outcome.state` durable as the next revision, then adopt it.
+
+        Raises FarmConflict (a newer revision was committed elsewhere: our copy is
+        dropped) or, with `idempotency`, KeyRecorded when the key's first commit
+        stands already (the only case that reads the store: the check rides in
+        the commit)."""
         new = outcome.state
         new.revision = res.state.revision + 1
         commit = FarmCommit(
@@ -98,6 +123,10 @@ class Farms:
         )
         ok = await self.committer.commit(commit)
         if not ok:
+            if idempotency is not None:
+                prior = await self.store.get_idempotency(res.player_id, idempotency.key)
+                if prior is not None:
+                    raise KeyRecorded(prior, idempotency.request_hash)
             # Someone else committed a newer revision: our copy is stale.
             self.drop_copy(res)
             raise FarmConflict(res.player_id)
@@ -159,22 +188,24 @@ class Farms:
         action: Action,
         idempotency: IdempotentRequest | None = None,
     ) -> Reply:
+        """Apply an action. With an Idempotency-Key, a key this replica committed for the
+        farm lately is answered from memory; any other is checked by the commit itself
+        (no read first). Only a keyed action the rules refuse reads the key first: a
+        retry of an action already applied may be refused now (its price was paid)."""
         name = type(action).__name__.lower()
         res = await self.residents.locked(player_id)
         try:
-            if idempotency is not None:
-                prior = await self.store.get_idempotency(player_id, idempotency.key)
-                if prior is not None:
-                    if prior.request_hash != idempotency.fingerprint:
-                        raise IdempotencyMismatch(idempotency.key)
-                    # The ETag must describe the replayed body's farm, not today's.
-                    first = orjson.loads(prior.body).get("farm", {}).get("revision", res.state.revision)
-                    return Reply(prior.status, prior.body, first, replayed=True)
+            if idempotency is not None and (known := res.replies.get(idempotency.key)) is not None:
+                return self._replay(known, idempotency.fingerprint, res)
             now = self.clock()
             await self.come_online(res, now)
             try:
                 outcome = apply_action(self.rules, res.state, action, now)
             except Exception:
+                if idempotency is not None:
+                    prior = await self.store.get_idempotency(player_id, idempotency.key)
+                    if prior is not None:
+                        return self._replay(prior, idempotency.fingerprint, res)
                 self.metrics.actions.labels(action=name, outcome="refused").inc()
                 raise
             outcome.state.last_active = now
@@ -187,11 +218,31 @@ class Farms:
             record = None
             if idempotency is not None:
                 record = IdempotencyRecord(player_id, idempotency.key, idempotency.fingerprint, 200, body, now)
-            await self.commit(res, outcome, idempotency=record)
+            try:
+                await self.commit(res, outcome, idempotency=record)
+            except KeyRecorded as replay:
+                return self._replay(replay.record, replay.fingerprint, res)
+            if record is not None and not record.key.startswith(ROUTED):
+                self._remember(res, record)
             self.metrics.actions.labels(action=name, outcome="applied").inc()
             return Reply(200, body, revision)
         finally:
             res.lock.release()
+
+    @staticmethod
+    def _replay(prior: IdempotencyRecord, fingerprint: str, res: Resident) -> Reply:
+        """The first answer of a key, again; IdempotencyMismatch when the key came with another request."""
+        if prior.request_hash != fingerprint:
+            raise IdempotencyMismatch(prior.key)
+        # The ETag must describe the replayed body's farm, not today's.
+        first = orjson.loads(prior.body).get("farm", {}).get("revision", res.state.revision)
+        return Reply(prior.status, prior.body, first, replayed=True)
+
+    @staticmethod
+    def _remember(res: Resident, record: IdempotencyRecord) -> None:
+        res.replies[record.key] = record
+        while len(res.replies) > REMEMBERED_KEYS:
+            del res.replies[next(iter(res.replies))]
 
     async def current_snapshot(self, player_id: str) -> Snapshot:
         res = await self.residents.locked(player_id)

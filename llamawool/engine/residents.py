@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..game import FarmState, Rules
 from ..observability import Metrics
-from ..store import FarmCommit, Snapshot, Store
+from ..store import FarmCommit, IdempotencyRecord, Snapshot, Store
 from .commit import GroupCommitter
 from .errors import FarmConflict, PlayerGone
 from .table import FarmTable
@@ -39,6 +39,9 @@ class Resident:
     evicted: bool = False
     busy: bool = False  # a settle/offline task is queued for this farm
     ranks: dict[str, int] = field(default_factory=dict)  # last rank told to its connections
+    # the answers of the latest Idempotency-Keys this replica committed for it, oldest first:
+    # a client's retry is answered from memory (see farms.REMEMBERED_KEYS)
+    replies: dict[str, IdempotencyRecord] = field(default_factory=dict)
 
 
 class ResidentIndex(Protocol):

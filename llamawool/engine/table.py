@@ -5,6 +5,12 @@ One row per resident farm. The columns mirror each farm's anchor and rates
 only, with preallocated buffers, and returns the few rows that need Python
 attention (a threshold crossed, a tier about to be discovered, a farm gone
 offline) plus the current balances of the connected rows.
+
+Live events: a row's `rates` are the farm's own rates (`base_rates`) times the
+event multipliers in force since its anchor. When the tick passes an event
+boundary, every resident row re-anchors at the boundary's own instant (one
+vectorised pass) and takes the new multipliers, so `anchor + rates × dt` stays
+exact; the farms' states need no write (the rules integrate the same schedule).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ..game import FarmState, Rules, week_start_of
+from ..game import FarmState, Rules, week_start, week_start_of
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -38,6 +44,8 @@ class FarmTable:
         self.rules = rules
         self.n_tiers = rules.n_tiers
         self.size = 0  # rows in use are < size (holes are marked unused)
+        self.applied_to = -math.inf  # event boundaries up to here are applied to the rows
+        self._values = np.array(rules.tier_values)
         self._free: list[int] = []
         self._alloc(capacity)
 
@@ -48,6 +56,8 @@ class FarmTable:
             "anchor_time": np.zeros(capacity),
             "balances": np.zeros((capacity, t)),
             "rates": np.zeros((capacity, t)),
+            "base_rates": np.zeros((capacity, t)),
+            "own_value_rate": np.zeros(capacity),
             "lifetime": np.zeros(capacity),
             "value_rate": np.zeros(capacity),
             "play": np.zeros(capacity),
@@ -82,6 +92,8 @@ class FarmTable:
     anchor_time: F64
     balances: F64
     rates: F64
+    base_rates: F64
+    own_value_rate: F64
     lifetime: F64
     value_rate: F64
     play: F64
@@ -122,14 +134,24 @@ class FarmTable:
         self._free.append(row)
 
     def sync(self, row: int, state: FarmState) -> None:
-        """Mirror a farm's anchor and rates after an event."""
+        """Mirror a farm's anchor and rates after an event.
+
+        A state anchored before the last event boundary the rows passed is mirrored
+        as of that boundary (where the other rows are anchored too), so the row's
+        constant rates hold from its anchor on."""
         rules = self.rules
         rates = rules.rates(state)
+        boundary = rules.schedule.last_boundary(self.applied_to)
+        if state.online and boundary is not None and state.anchor_time < boundary:
+            state = rules.advance(state, boundary)[0]
+        live = rules.live_rates(state, state.anchor_time)
         self.anchor_time[row] = state.anchor_time
         self.balances[row] = state.balances
-        self.rates[row] = rates
+        self.base_rates[row] = rates
+        self.rates[row] = live
+        self.own_value_rate[row] = rules.value_of(rates)
         self.lifetime[row] = state.lifetime_value
-        self.value_rate[row] = rules.value_of(rates)
+        self.value_rate[row] = rules.value_of(live)
         self.play[row] = state.play_time_s
         self.online[row] = state.online
         self.last_active[row] = max(self.last_active[row], state.last_active)
@@ -166,13 +188,43 @@ class FarmTable:
         same_week = self.week_start[rows] == week_start
         fresh = value_rate * np.maximum(now - np.maximum(anchor, week_start), 0.0) * online
         weekly = np.where(same_week, self.weekly[rows] + value_rate * dt, fresh)
-        return rows, lifetime, self.soul_shears[rows].copy(), value_rate.copy(), weekly
+        return rows, lifetime, self.soul_shears[rows].copy(), self.own_value_rate[rows].copy(), weekly
+
+    def cross_boundaries(self, now: float) -> list[float]:
+        """Re-anchor every row at each event boundary passed since the last call, at
+        the boundary's own instant (not at `now`); returns the boundaries applied."""
+        passed = self.rules.schedule.boundaries_in(self.applied_to, now)
+        for at in passed:
+            self.reanchor(at)
+        self.applied_to = max(self.applied_to, now)
+        return passed
+
+    def reanchor(self, at: float) -> None:
+        """One event boundary: the closed form's values at `at` become every online
+        row's anchor, and every row takes the multipliers in force from `at` on."""
+        n = self.size
+        rows = np.flatnonzero(self.used[:n] & self.online[:n] & (self.anchor_time[:n] < at))
+        dt = at - self.anchor_time[rows]
+        value_rate = self.value_rate[rows]
+        self.balances[rows] += self.rates[rows] * dt[:, None]
+        self.lifetime[rows] += value_rate * dt
+        self.play[rows] += dt
+        start = week_start(at)
+        fresh = value_rate * (at - np.maximum(self.anchor_time[rows], start))
+        self.weekly[rows] = np.where(self.week_start[rows] == start, self.weekly[rows] + value_rate * dt, fresh)
+        self.week_start[rows] = start
+        self.anchor_time[rows] = at
+        self.score_dirty[rows] = True
+        mults = np.array(self.rules.schedule.multipliers_at(at))
+        np.multiply(self.base_rates[:n], mults, out=self.rates[:n])
+        np.matmul(self.rates[:n], self._values, out=self.value_rate[:n])
 
     def tick(self, now: float, online_window_s: float) -> TickResult:
         """Closed-form balances and threshold checks for every resident farm.
 
         No per-farm Python: each step is one numpy operation over the columns.
         """
+        self.cross_boundaries(now)
         n = self.size
         dt = np.subtract(now, self.anchor_time[:n], out=self._dt[:n])
         np.maximum(dt, 0.0, out=dt)

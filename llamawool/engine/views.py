@@ -20,24 +20,22 @@ def farm_view(rules: Rules, state: FarmState, now: float) -> dict[str, Any]:
     rates = rules.rates(state)
     balances = rules.balances_at(state, now, rates)
     keys = rules.tier_keys
-    value_rate = rules.value_of(rates)
+    live = rules.live_rates(state, now)  # with the live events in force now
     d = now - state.anchor_time if state.online and now > state.anchor_time else 0.0
-    if d > 0.0:
-        run_value = rules.value_of([p + r * d for p, r in zip(state.run_produced, rates, strict=True)])
-    else:
-        run_value = rules.value_of(state.run_produced)
+    made = rules.produced(rates, state.anchor_time, now) if d > 0.0 else [0.0] * len(keys)
+    run_value = rules.value_of([p + q for p, q in zip(state.run_produced, made, strict=True)])
     return {
         "player_id": state.player_id,
         "revision": state.revision,
         "server_time": now,
         "online": state.online,
         "balances": dict(zip(keys, balances, strict=True)),
-        "rates": dict(zip(keys, rates, strict=True)),
+        "rates": dict(zip(keys, live, strict=True)),
         "farm_value": rules.value_of(balances),
-        "value_per_second": value_rate,
+        "value_per_second": rules.value_of(live),
         "run_value": run_value,
-        "lifetime_value": state.lifetime_value + value_rate * d,
-        "weekly_value": rules.weekly_score(state, now, value_rate),
+        "lifetime_value": state.lifetime_value + rules.value_of(made),
+        "weekly_value": rules.weekly_score(state, now, rates),
         "buildings": {k: state.buildings.get(k, 0) for k in rules.buildings},
         "upgrades": list(state.upgrades),
         "soul_shears": state.soul_shears,
@@ -72,5 +70,5 @@ def tick_message(
         "balances": dict(zip(keys, balances, strict=False)),
     }
     if with_rates:
-        data["rates"] = dict(zip(keys, rules.rates(state), strict=True))
+        data["rates"] = dict(zip(keys, rules.live_rates(state, now), strict=True))
     return orjson.dumps({"type": "tick", "data": data}).decode()

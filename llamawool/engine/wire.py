@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
-from ..game import Action, BuyBuilding, BuyUpgrade, FarmState, GameError, Prestige, Shear
+from ..game import Action, BuyBuilding, BuyUpgrade, ClaimDailyReward, FarmState, GameError, Prestige, Shear
 from ..game import errors as game_errors
 from ..game.saves import ClaimedFarm
 from ..store import Snapshot, StorageUnavailable
@@ -23,7 +23,7 @@ from .farms import IdempotentRequest, Reply
 A = TypeVar("A")
 R = TypeVar("R")
 
-_ACTIONS: dict[str, type[Any]] = {c.__name__: c for c in (Shear, BuyBuilding, BuyUpgrade, Prestige)}
+_ACTIONS: dict[str, type[Any]] = {c.__name__: c for c in (Shear, BuyBuilding, BuyUpgrade, Prestige, ClaimDailyReward)}
 _GAME_ERRORS: dict[str, type[GameError]] = {
     cls.code: cls
     for cls in (

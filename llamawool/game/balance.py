@@ -118,6 +118,14 @@ class AchievementBonus(_Strict):
     per_achievement: float = Field(ge=0)
 
 
+class DailyRewardRules(_Strict):
+    """The daily return reward: each streak day is worth this many seconds of the farm's production."""
+
+    enabled: bool = True
+    seconds_per_streak_day: float = Field(600.0, gt=0, le=86_400)
+    max_streak_days: int = Field(7, ge=1, le=365)
+
+
 class BalanceTables(_Strict):
     """`config/game.toml`."""
 
@@ -129,6 +137,7 @@ class BalanceTables(_Strict):
     buildings: BuildingTable
     upgrades: tuple[Upgrade, ...]
     achievements: tuple[Achievement, ...]
+    daily_reward: DailyRewardRules = DailyRewardRules()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> BalanceTables:

@@ -13,8 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import daily
 from .balance import Achievement, BalanceTables, Building, GameConfig, Upgrade
 from .errors import ActionConflict, InsufficientResources, InvalidAction, RequirementNotMet, UnknownItem
+from .events import Schedule
 from .state import FarmState, OfflineReport
 
 Event = dict[str, Any]
@@ -64,6 +66,9 @@ class Rules:
         self.base_rate = config.production.baseProductionRate
         self.online_window_s = balance.offline.online_window_s
         self._rates_cache: dict[tuple[object, ...], tuple[float, ...]] = {}
+        # The live events in force (none until the engine loads them): every duration
+        # that multiplies a rate goes through `produced`, which integrates them.
+        self.schedule = Schedule(self.tier_keys)
 
     @property
     def n_tiers(self) -> int:
@@ -133,14 +138,29 @@ class Rules:
     def value_of(self, amounts: list[float]) -> float:
         return sum(a * v for a, v in zip(amounts, self.tier_values, strict=True))
 
+    def produced(self, rates: list[float], t0: float, t1: float) -> list[float]:
+        """What `rates` make over [t0, t1]: rate × the integral of the events'
+        multiplier (piecewise constant), per tier; plainly rate × (t1 - t0) when
+        no event touches the interval."""
+        secs = self.schedule.effective_seconds(t0, t1)
+        if secs is None:
+            d = max(0.0, t1 - t0)
+            return [r * d for r in rates]
+        return [r * x for r, x in zip(rates, secs, strict=True)]
+
+    def live_rates(self, state: FarmState, at: float) -> list[float]:
+        """The farm's rates with the events in force at `at` (what it makes per second then)."""
+        mults = self.schedule.multipliers_at(at)
+        return [r * m for r, m in zip(self.rates(state), mults, strict=True)]
+
     # ---- closed form -------------------------------------------------------
 
     def balances_at(self, state: FarmState, now: float, rates: list[float] | None = None) -> list[float]:
         if not state.online or now <= state.anchor_time:
             return list(state.balances)
         rates = self.rates(state) if rates is None else rates
-        dt_s = now - state.anchor_time
-        return [b + r * dt_s for b, r in zip(state.balances, rates, strict=True)]
+        made = self.produced(rates, state.anchor_time, now)
+        return [b + p for b, p in zip(state.balances, made, strict=True)]
 
     def advance(self, state: FarmState, now: float) -> tuple[FarmState, list[Event]]:
         """Re-anchor at `now`: the closed form's values become the new anchor.
@@ -156,27 +176,36 @@ class Rules:
             return s, []
         rates = self.rates(s)
         dt_s = now - s.anchor_time
-        produced = [r * dt_s for r in rates]
-        s.balances = [b + r * dt_s for b, r in zip(s.balances, rates, strict=True)]
-        s.run_produced = [p + r * dt_s for p, r in zip(s.run_produced, rates, strict=True)]
-        value_rate = self.value_of(rates)
-        s.lifetime_value = s.lifetime_value + value_rate * dt_s
-        s.weekly_value = self.weekly_score(s, now, value_rate)
+        produced = self.produced(rates, s.anchor_time, now)
+        s.balances = [b + p for b, p in zip(s.balances, produced, strict=True)]
+        s.run_produced = [q + p for q, p in zip(s.run_produced, produced, strict=True)]
+        s.lifetime_value = s.lifetime_value + self.value_of(produced)
+        s.weekly_value = self.weekly_score(s, now, rates)
         s.week = iso_week(now)
         s.play_time_s = s.play_time_s + dt_s
         s.anchor_time = now
         return s, self._discover(s, produced, now)
 
-    def weekly_score(self, state: FarmState, now: float, value_rate: float | None = None) -> float:
+    def weekly_score(self, state: FarmState, now: float, rates: list[float] | None = None) -> float:
         """Value produced in the ISO week (UTC) that contains `now`."""
-        if value_rate is None:
-            value_rate = self.value_of(self.rates(state)) if state.online else 0.0
         if not state.online:
             return state.weekly_value if state.week == iso_week(now) else 0.0
-        start = week_start(now)
+        rates = self.rates(state) if rates is None else rates
         if state.week == iso_week(now):
-            return state.weekly_value + value_rate * max(0.0, now - state.anchor_time)
-        return value_rate * max(0.0, now - max(start, state.anchor_time))
+            return state.weekly_value + self.value_of(self.produced(rates, state.anchor_time, now))
+        start = max(week_start(now), state.anchor_time)
+        return self.value_of(self.produced(rates, start, now))
+
+    def _credit(self, s: FarmState, gains: list[float], now: float) -> float:
+        """Wool the farm did not produce second by second (offline credit, the daily
+        reward) added to its balances and to every total produced; returns its value."""
+        s.balances = [b + g for b, g in zip(s.balances, gains, strict=True)]
+        s.run_produced = [p + g for p, g in zip(s.run_produced, gains, strict=True)]
+        value = self.value_of(gains)
+        s.lifetime_value += value
+        s.weekly_value = (s.weekly_value if s.week == iso_week(now) else 0.0) + value
+        s.week = iso_week(now)
+        return value
 
     def _discover(self, s: FarmState, produced: list[float], now: float) -> list[Event]:
         events: list[Event] = []
@@ -398,14 +427,11 @@ class Rules:
         cap = self.offline_cap_s(s)
         credited = min(elapsed, cap)
         eff = self.offline_efficiency(s)
-        rates = self.rates(s)
-        gains = [r * eff * credited for r in rates]
-        s.balances = [b + g for b, g in zip(s.balances, gains, strict=True)]
-        s.run_produced = [p + g for p, g in zip(s.run_produced, gains, strict=True)]
-        value = self.value_of(gains)
-        s.lifetime_value += value
-        s.weekly_value = (s.weekly_value if s.week == iso_week(now) else 0.0) + value
-        s.week = iso_week(now)
+        # The credited seconds are the first ones of the absence (the cap cuts its
+        # tail), with the events that ran in them: piecewise, in one closed form.
+        made = self.produced(self.rates(s), s.anchor_time, s.anchor_time + credited)
+        gains = [p * eff for p in made]
+        value = self._credit(s, gains, now)
         report = OfflineReport(
             went_offline_at=s.anchor_time,
             returned_at=now,
@@ -430,11 +456,10 @@ class Rules:
     # ---- prestige -------------------------------------------------------------------------
 
     def run_value(self, state: FarmState, now: float) -> float:
-        rates = self.rates(state)
         if not state.online or now <= state.anchor_time:
             return self.value_of(state.run_produced)
-        d = now - state.anchor_time
-        return self.value_of([p + r * d for p, r in zip(state.run_produced, rates, strict=True)])
+        made = self.produced(self.rates(state), state.anchor_time, now)
+        return self.value_of([p + q for p, q in zip(state.run_produced, made, strict=True)])
 
     def prestige_gain(self, run_value: float) -> int:
         ratio = run_value / self.balance.prestige.divisor
@@ -477,18 +502,68 @@ class Rules:
         events += self.unlock_achievements(s, now)
         return Outcome(s, events, {"gain": gain, "soul_shears": s.soul_shears, "prestige_count": s.prestige_count})
 
+    # ---- the daily return reward ------------------------------------------------------------
+
+    def daily_status(self, state: FarmState, now: float) -> dict[str, Any]:
+        """What a claim now would give, or when the next one opens."""
+        cfg = self.balance.daily_reward
+        today = daily.server_day(now)
+        claimed = state.daily_day == today
+        streak = state.daily_streak if claimed else daily.next_streak(state.daily_day, state.daily_streak, today)
+        seconds = daily.reward_seconds(streak, cfg.seconds_per_streak_day, cfg.max_streak_days)
+        return {
+            "enabled": cfg.enabled,
+            "day": today,
+            "claimed_today": claimed,
+            "streak": streak,
+            "reward_seconds": seconds,
+            "reward": dict(zip(self.tier_keys, (r * seconds for r in self.rates(state)), strict=True)),
+            "next_claim_at": daily.next_day_start(now) if claimed else now,
+        }
+
+    def claim_daily_reward(self, state: FarmState, now: float) -> Outcome:
+        """Credit `reward_seconds` of the farm's current production, once per server day."""
+        cfg = self.balance.daily_reward
+        if not cfg.enabled:
+            raise RequirementNotMet("the daily reward is switched off")
+        today = daily.server_day(now)
+        if state.daily_day == today:
+            raise ActionConflict(
+                f"the daily reward for {today} was already claimed", next_claim_at=daily.next_day_start(now)
+            )
+        s, events = self.advance(state, now)
+        streak = daily.next_streak(s.daily_day, s.daily_streak, today)
+        seconds = daily.reward_seconds(streak, cfg.seconds_per_streak_day, cfg.max_streak_days)
+        gains = [r * seconds for r in self.rates(s)]
+        value = self._credit(s, gains, now)
+        s.daily_day, s.daily_streak = today, streak
+        s.stats.daily_rewards += 1
+        reward = dict(zip(self.tier_keys, gains, strict=True))
+        events += self._discover(s, gains, now)
+        events += self.unlock_achievements(s, now)
+        events.append({"type": "daily_reward", "day": today, "streak": streak, "reward": reward, "at": now})
+        result = {
+            "day": today,
+            "streak": streak,
+            "reward_seconds": seconds,
+            "reward": reward,
+            "value_gained": value,
+            "next_claim_at": daily.next_day_start(now),
+        }
+        return Outcome(s, events, result)
+
     # ---- boards ---------------------------------------------------------------------------
 
     def scores(self, state: FarmState, now: float) -> dict[str, float]:
-        """The four leaderboard scores at `now`."""
+        """The four leaderboard scores at `now`. The rate board ranks the farm's own
+        rate: a live event lifts every farm alike and would only reshuffle ties."""
         rates = self.rates(state)
-        value_rate = self.value_of(rates)
-        d = now - state.anchor_time if state.online and now > state.anchor_time else 0.0
+        made = self.produced(rates, state.anchor_time, now) if state.online else [0.0] * self.n_tiers
         return {
-            "lifetime": state.lifetime_value + value_rate * d,
+            "lifetime": state.lifetime_value + self.value_of(made),
             "prestige": float(state.soul_shears),
-            "rate": value_rate,
-            "weekly": self.weekly_score(state, now, value_rate),
+            "rate": self.value_of(rates),
+            "weekly": self.weekly_score(state, now, rates),
         }
 
     # ---- creation --------------------------------------------------------------------------
@@ -550,7 +625,12 @@ class Prestige:
     expected_gain: int | None = None
 
 
-Action = Shear | BuyBuilding | BuyUpgrade | Prestige
+@dataclass(frozen=True, slots=True)
+class ClaimDailyReward:
+    pass
+
+
+Action = Shear | BuyBuilding | BuyUpgrade | Prestige | ClaimDailyReward
 
 
 def apply_action(rules: Rules, state: FarmState, action: Action, now: float) -> Outcome:
@@ -564,6 +644,8 @@ def apply_action(rules: Rules, state: FarmState, action: Action, now: float) -> 
             return rules.buy_upgrade(state, key, now)
         case Prestige(confirm, expected_gain):
             return rules.prestige(state, confirm, expected_gain, now)
+        case ClaimDailyReward():
+            return rules.claim_daily_reward(state, now)
     raise InvalidAction(f"unknown action {action!r}")
 
 

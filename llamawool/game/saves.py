@@ -108,8 +108,10 @@ def check_save(rules: Rules, base: FarmState, claimed: ClaimedFarm, now: float, 
     click = max(rules.click_power(base), rules.click_power(claimed_state))
     shear = rules.shear_rules
     produced = []
+    # seconds of production per tier, live events included (a double-wool weekend doubles them)
+    seconds = rules.produced([1.0] * len(keys), base.anchor_time, now)
     for i, k in enumerate(keys):
-        capacity = max(base_rates[i], claimed_rates[i]) * elapsed * tolerance
+        capacity = max(base_rates[i], claimed_rates[i]) * seconds[i] * tolerance
         if i == 0:
             capacity += click * (shear.bucket_capacity + shear.bucket_refill_per_s * elapsed)
         have = base.balances[i] + capacity

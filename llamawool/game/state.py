@@ -62,6 +62,7 @@ class FarmStats:
     building_levels_bought: int = 0
     upgrades_bought: int = 0
     offline_credits: int = 0
+    daily_rewards: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class FarmStats:
             "building_levels_bought": self.building_levels_bought,
             "upgrades_bought": self.upgrades_bought,
             "offline_credits": self.offline_credits,
+            "daily_rewards": self.daily_rewards,
         }
 
 
@@ -103,6 +105,9 @@ class FarmState:
     # the revision of the last change a player made (action, save upload,
     # restore); system re-anchors (offline, return, unlocks) leave it alone
     content_revision: int = 0
+    # the daily return reward: the server day (YYYY-MM-DD, UTC) of the last claim and its streak
+    daily_day: str = ""
+    daily_streak: int = 0
 
     def clone(self) -> FarmState:
         return FarmState(
@@ -130,6 +135,8 @@ class FarmState:
             offline_report=self.offline_report,
             report_unseen=self.report_unseen,
             content_revision=self.content_revision,
+            daily_day=self.daily_day,
+            daily_streak=self.daily_streak,
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -159,6 +166,8 @@ class FarmState:
             "offline_report": self.offline_report.to_dict() if self.offline_report else None,
             "report_unseen": self.report_unseen,
             "content_revision": self.content_revision,
+            "daily_day": self.daily_day,
+            "daily_streak": self.daily_streak,
         }
 
     @classmethod
@@ -189,4 +198,6 @@ class FarmState:
             offline_report=OfflineReport.from_dict(report) if report else None,
             report_unseen=bool(d.get("report_unseen", False)),
             content_revision=int(d.get("content_revision", 0)),
+            daily_day=str(d.get("daily_day", "")),
+            daily_streak=int(d.get("daily_streak", 0)),
         )

@@ -23,6 +23,7 @@ from .base import (
     StoredFarm,
     StoreError,
 )
+from .metered import MeteredStore
 from .migrations import SchemaError, SchemaPolicy
 from .mongo import MongoStore
 from .sqlite import SQLiteStore
@@ -70,6 +71,7 @@ __all__ = [
     "Erasure",
     "FarmCommit",
     "IdempotencyRecord",
+    "MeteredStore",
     "MongoStore",
     "PlayerChanges",
     "PlayerRecord",

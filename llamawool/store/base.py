@@ -11,6 +11,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
+from ..game.events import LiveEvent
+
 if TYPE_CHECKING:
     from .migrations.schema import SchemaStatus
 
@@ -154,7 +156,9 @@ class FarmCommit:
     """One farm's change in a group commit.
 
     `expected_revision` None means "create": it fails if the farm exists.
-    The idempotency record and snapshot, when given, commit atomically with it.
+    The idempotency record and snapshot, when given, commit atomically with it;
+    a record whose (player, key) is recorded already fails the commit: the check
+    for a replayed Idempotency-Key rides in the commit, no read before it.
     """
 
     player_id: str
@@ -169,17 +173,19 @@ class FarmCommit:
 # One record of a whole-store export, in the canonical order every adapter yields:
 # players by id, refresh tokens by hash, farms by player id, snapshots by (player id,
 # revision), idempotency records by (player id, key), audit entries by (at, insertion),
-# erasures (tombstones) by player id.
+# erasures (tombstones) by player id, live events by id.
 # Strings sort by code point (= UTF-8 bytes), as both SQLite and MongoDB compare them.
-Record = PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord | Erasure
+Record = (
+    PlayerRecord | RefreshTokenRecord | StoredFarm | Snapshot | IdempotencyRecord | AuditRecord | Erasure | LiveEvent
+)
 
 
 def record_owner(record: Record) -> str | None:
-    """The player a record is personal data of (None: an audit entry or a tombstone,
-    which a restore keeps whoever they name)."""
+    """The player a record is personal data of (None: an audit entry, a tombstone or a
+    live event, which a restore keeps whoever they name)."""
     if isinstance(record, PlayerRecord):
         return record.id
-    if isinstance(record, AuditRecord | Erasure):
+    if isinstance(record, AuditRecord | Erasure | LiveEvent):
         return None
     return record.player_id
 
@@ -323,7 +329,8 @@ class Store(Protocol):
     async def commit(self, batch: list[FarmCommit]) -> list[bool]:
         """Apply every commit whose expected revision matches, in one transaction.
 
-        Returns, per item, whether it was applied (False: revision conflict).
+        Returns, per item, whether it was applied (False: a revision conflict, or its
+        idempotency key is recorded already: `get_idempotency` tells which).
         Raises StorageUnavailable when nothing could be written.
         """
 
@@ -341,6 +348,18 @@ class Store(Protocol):
 
     # admin audit log
     async def add_audit(self, record: AuditRecord) -> None: ...
+    # ---- live events (timed production multipliers; every replica reads them all) ----
+    async def add_event(self, event: LiveEvent) -> None: ...
+    async def list_events(self) -> list[LiveEvent]:
+        """Every event ever scheduled, by start then id (an old window still matters to a
+        farm that went offline before it)."""
+        ...
+
+    async def cancel_event(self, event_id: str, at: float) -> LiveEvent | None:
+        """Set `cancelled_at` to `at` if the event is neither cancelled nor ended by `at`;
+        the updated event, or None when nothing changed (unknown, cancelled, ended)."""
+        ...
+
     async def list_audit(self, limit: int) -> list[AuditRecord]: ...
     async def list_audit_about(self, player_id: str, limit: int) -> list[AuditRecord]:
         """The newest `limit` entries whose target or actor is the player, newest first."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import orjson
 
+from ..game.events import LiveEvent
 from . import base
 
 
@@ -84,6 +85,6 @@ class ExportGuard:
                 return False
             answered = answered_revision(record)
             return answered is None or answered <= reached
-        if isinstance(record, base.AuditRecord | base.Erasure):
+        if isinstance(record, base.AuditRecord | base.Erasure | LiveEvent):
             return True
         raise TypeError(f"not a store record: {type(record).__name__}")

@@ -24,7 +24,13 @@ Collections (one database, the URI's default database or `llamawool`):
 Group commit. When the deployment supports multi-document transactions (a
 replica set or a sharded cluster: what production runs) a batch is one
 transaction, so every farm's compare-and-set, its idempotency record and its
-snapshot commit together or not at all, like SQLite. On a standalone server
+snapshot commit together or not at all, like SQLite. The transaction first
+assumes every farm applies: one bulk write of every compare-and-set, one
+insert of the idempotency records (a key recorded already breaks the unique
+index: the check rides in the commit), and the commit: two round trips for a
+batch of any size, three with keys. Only when a farm moved on or a key was a
+replay does it run again, reading the batch's revisions and keys once to
+decide farm by farm. On a standalone server
 (no transactions) the batch falls back to one compare-and-set update per farm,
 in order. Each update is atomic on its own document, and the idempotency record
 is written into the farm document by that same update (`idem`) before it is
@@ -48,11 +54,11 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -64,8 +70,10 @@ from pymongo.errors import (
     PyMongoError,
     ServerSelectionTimeoutError,
 )
+from pymongo.monitoring import CommandListener
 from pymongo.write_concern import WriteConcern
 
+from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     DuplicateKey,
@@ -107,6 +115,11 @@ IMPORT_CHUNK = 500
 
 class _Retry(Exception):
     """Inside a transaction: what was read changed before the write; run it again."""
+
+
+class _DecideOneByOne(_Retry):
+    """The optimistic group commit met a conflict or a replayed key: run again at once,
+    deciding every farm of the batch from a read."""
 
 
 def fold(name: str) -> str:
@@ -299,10 +312,12 @@ class MongoStore:
         transactions: bool | None = None,
         snapshot_reads: bool | None = None,
         schema: SchemaPolicy = "apply",
+        listeners: Sequence[CommandListener] = (),
     ) -> None:
         """`transactions` None detects support at open; False forces the per-farm fallback.
         `snapshot_reads` likewise for exports read in one snapshot session (False: read
-        without one, kept consistent by `ExportGuard` alone).
+        without one, kept consistent by `ExportGuard` alone). `listeners` hear every
+        command sent (a test or a benchmark counts round trips).
 
         `select_timeout_s` (default `timeout_s`) is how long an operation waits for a
         reachable primary: when the server is down, that is how soon a request fails.
@@ -316,6 +331,7 @@ class MongoStore:
         self.select_timeout_s = timeout_s if select_timeout_s is None else select_timeout_s
         self.retention = (snapshot_history, snapshot_daily_days)
         self._want_transactions = transactions
+        self._listeners = list(listeners)
         self.transactions = False
         self._want_snapshot_reads = snapshot_reads
         self.snapshot_reads = False
@@ -354,6 +370,7 @@ class MongoStore:
                 retryReads=True,
                 appname="llamawool",
                 tz_aware=False,
+                event_listeners=self._listeners,
             )
         except (ConfigurationError, ValueError) as exc:
             raise StorageUnavailable(f"mongodb: bad MONGODB_URI: {exc}") from exc
@@ -436,7 +453,8 @@ class MongoStore:
                             await session.abort_transaction()
                     if time.monotonic() >= deadline:
                         raise StorageUnavailable(f"mongodb: {exc}, still after {self.timeout_s}s") from exc
-                    await _backoff(attempt)
+                    if not isinstance(exc, _DecideOneByOne):  # nobody to fall out of step with
+                        await _backoff(attempt)
                 except PyMongoError as exc:
                     if session.in_transaction:
                         with contextlib.suppress(PyMongoError):
@@ -738,14 +756,26 @@ class MongoStore:
         return StoredFarm(player_id, d["revision"], d["doc"], d["last_active"])
 
     async def commit(self, batch: list[FarmCommit]) -> list[bool]:
+        """In a transaction, first optimistically: every farm's compare-and-set in one bulk
+        write and the keys inserted, with no read (two or three round trips with the
+        commit); only when a farm moved on or a key was recorded already is the
+        transaction run again deciding farm by farm from one read of the batch."""
         if not batch:
             return []
+        optimistic = True
 
         async def run(s: AsyncClientSession | None) -> list[bool]:
+            nonlocal optimistic
+            if s is not None and optimistic:
+                optimistic = False
+                if await self._commit_all(batch, s):
+                    return [True] * len(batch)
+                raise _DecideOneByOne("a farm of the batch moved on, or a key was recorded already")
+            taken = await self._recorded_keys(batch, s)
             if s is None:
-                applied = [await self._cas_one(item) for item in batch]
+                applied = [await self._cas_one(item, taken) for item in batch]
             else:
-                applied = await self._cas_batch(batch, s)
+                applied = await self._cas_batch(batch, taken, s)
             done = [item for item, ok in zip(batch, applied, strict=True) if ok]
             records = [item.idempotency for item in done if item.idempotency is not None]
             if records:
@@ -761,10 +791,56 @@ class MongoStore:
     def _farm_fields(item: FarmCommit) -> Doc:
         return {"revision": item.revision, "doc": item.doc, "last_active": item.last_active}
 
-    async def _cas_batch(self, batch: list[FarmCommit], s: AsyncClientSession) -> list[bool]:
+    async def _commit_all(self, batch: list[FarmCommit], s: AsyncClientSession) -> bool:
+        """Inside a transaction, assuming every item applies: True when all did (the
+        caller commits), False at the first sign one did not (the caller aborts)."""
+        ops: list[UpdateOne] = []
+        creates: list[int] = []
+        for item in batch:
+            if item.expected_revision is None:
+                creates.append(len(ops))
+                ops.append(UpdateOne({"_id": item.player_id}, {"$setOnInsert": self._farm_fields(item)}, upsert=True))
+            else:
+                cas = {"_id": item.player_id, "revision": item.expected_revision}
+                ops.append(UpdateOne(cas, {"$set": self._farm_fields(item)}))
+        r = await self._c("farms").bulk_write(ops, ordered=True, session=s)
+        if sorted(r.upserted_ids or {}) != creates or r.matched_count != len(ops) - len(creates):
+            return False
+        records = [_idem_doc(item.idempotency) for item in batch if item.idempotency is not None]
+        if records:
+            try:
+                await self._c("idempotency").insert_many(records, ordered=True, session=s)
+            except BulkWriteError as exc:
+                if all(e.get("code") == 11000 for e in (exc.details or {}).get("writeErrors", [])):
+                    return False  # a replayed key: its first commit stands
+                raise
+        await self._write_snapshots([item.snapshot for item in batch if item.snapshot is not None], s)
+        return True
+
+    async def _recorded_keys(self, batch: list[FarmCommit], s: AsyncClientSession | None) -> set[tuple[str, str]]:
+        """The batch's idempotency keys that are recorded already (one read, and only
+        when the batch carries keys): those commits are replays and are not applied."""
+        wanted = [{"player_id": i.idempotency.player_id, "key": i.idempotency.key} for i in batch if i.idempotency]
+        if not wanted:
+            return set()
+        cursor = self._c("idempotency").find({"$or": wanted}, {"_id": 0, "player_id": 1, "key": 1}, session=s)
+        return {(d["player_id"], d["key"]) async for d in cursor}
+
+    @staticmethod
+    def _replay(item: FarmCommit, taken: set[tuple[str, str]]) -> bool:
+        """Whether `item` carries a key recorded already (by an earlier commit or item)."""
+        if item.idempotency is None:
+            return False
+        key = (item.idempotency.player_id, item.idempotency.key)
+        return key in taken
+
+    async def _cas_batch(
+        self, batch: list[FarmCommit], taken: set[tuple[str, str]], s: AsyncClientSession
+    ) -> list[bool]:
         """Inside a transaction: read the batch's revisions once, decide every
         compare-and-set in order, write them in one ordered bulk write, and check the
-        writes matched what was read (else the transaction is retried)."""
+        writes matched what was read (else the transaction is retried). A commit whose
+        idempotency key is `taken` (or taken by an earlier item) is not applied."""
         farms = self._c("farms")
         ids = list({item.player_id for item in batch})
         cursor = farms.find({"_id": {"$in": ids}}, {"revision": 1}, session=s)
@@ -773,7 +849,9 @@ class MongoStore:
         ops: list[UpdateOne] = []
         creates: list[int] = []
         for item in batch:
-            if item.expected_revision is None:
+            if self._replay(item, taken):
+                ok = False
+            elif item.expected_revision is None:
                 ok = item.player_id not in current
                 if ok:
                     creates.append(len(ops))
@@ -786,6 +864,8 @@ class MongoStore:
                     ops.append(UpdateOne(cas, {"$set": self._farm_fields(item)}))
             if ok:
                 current[item.player_id] = item.revision
+                if item.idempotency is not None:
+                    taken.add((item.idempotency.player_id, item.idempotency.key))
             applied.append(ok)
         if ops:
             r = await farms.bulk_write(ops, ordered=True, session=s)
@@ -793,9 +873,13 @@ class MongoStore:
                 raise _Retry("a farm changed between the read and the write")
         return applied
 
-    async def _cas_one(self, item: FarmCommit) -> bool:
+    async def _cas_one(self, item: FarmCommit, taken: set[tuple[str, str]]) -> bool:
         """Without a transaction: one atomic compare-and-set update of the farm document,
-        carrying the idempotency record with it (`idem`)."""
+        carrying the idempotency record with it (`idem`). A key `taken` already, or the
+        key of the farm's last commit (its copy to the collection may not be written
+        yet), is a replay: not applied."""
+        if self._replay(item, taken):
+            return False
         farms = self._c("farms")
         fields = self._farm_fields(item)
         if item.idempotency is not None:
@@ -805,9 +889,15 @@ class MongoStore:
                 r = await farms.update_one({"_id": item.player_id}, {"$setOnInsert": fields}, upsert=True)
             except DuplicateKeyError:  # a concurrent create won
                 return False
-            return r.upserted_id is not None
-        cas = {"_id": item.player_id, "revision": item.expected_revision}
-        return (await farms.update_one(cas, {"$set": fields})).matched_count == 1
+            ok = r.upserted_id is not None
+        else:
+            cas: Doc = {"_id": item.player_id, "revision": item.expected_revision}
+            if item.idempotency is not None:
+                cas["idem.key"] = {"$ne": item.idempotency.key}
+            ok = (await farms.update_one(cas, {"$set": fields})).matched_count == 1
+        if ok and item.idempotency is not None:
+            taken.add((item.idempotency.player_id, item.idempotency.key))
+        return ok
 
     async def touch_farms(self, items: list[tuple[str, float]]) -> None:
         if not items:
@@ -887,6 +977,26 @@ class MongoStore:
     async def add_audit(self, record: AuditRecord) -> None:
         with _errors():
             await self._c("audit_log").insert_one(_audit_doc(record))
+
+    # ---- live events -------------------------------------------------------------------------------------
+
+    async def add_event(self, event: LiveEvent) -> None:
+        with _errors():
+            await self._c("live_events").insert_one(_event_doc(event))
+
+    async def list_events(self) -> list[LiveEvent]:
+        with _errors():
+            cursor = self._c("live_events").find().sort([("starts_at", ASCENDING), ("_id", ASCENDING)])
+            return [_event(d) async for d in cursor]
+
+    async def cancel_event(self, event_id: str, at: float) -> LiveEvent | None:
+        with _errors():
+            d = await self._c("live_events").find_one_and_update(
+                {"_id": event_id, "cancelled_at": None, "ends_at": {"$gt": at}},
+                {"$set": {"cancelled_at": at}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _event(d) if d is not None else None
 
     async def list_audit(self, limit: int) -> list[AuditRecord]:
         if limit <= 0:
@@ -968,6 +1078,8 @@ class MongoStore:
             yield _audit(d)
         async for d in self._c("erasures").find(session=s).sort("_id", ASCENDING):
             yield Erasure(d["_id"], d["erased_at"])
+        async for d in self._c("live_events").find(session=s).sort("_id", ASCENDING):
+            yield _event(d)
 
     async def import_all(self, records: AsyncIterable[Record]) -> dict[str, int]:
         """Upsert every record by its natural key (safe to re-run); snapshots bypass
@@ -1027,4 +1139,35 @@ class MongoStore:
             return "audit_log", _audit_doc(rec)
         if isinstance(rec, Erasure):
             return "erasures", _erasure_op(rec)
+        if isinstance(rec, LiveEvent):
+            return "live_events", ReplaceOne({"_id": rec.id}, _event_doc(rec), upsert=True)
         raise TypeError(f"not a store record: {type(rec).__name__}")
+
+
+def _event(d: dict[str, Any]) -> LiveEvent:
+    tiers = tuple(d["tiers"]) if d.get("tiers") is not None else None
+    return LiveEvent(
+        d["_id"],
+        d["name"],
+        d["multiplier"],
+        tiers,
+        d["starts_at"],
+        d["ends_at"],
+        d.get("cancelled_at"),
+        d.get("created_at", 0.0),
+        d.get("created_by"),
+    )
+
+
+def _event_doc(event: LiveEvent) -> dict[str, Any]:
+    return {
+        "_id": event.id,
+        "name": event.name,
+        "multiplier": event.multiplier,
+        "tiers": list(event.tiers) if event.tiers is not None else None,
+        "starts_at": event.starts_at,
+        "ends_at": event.ends_at,
+        "cancelled_at": event.cancelled_at,
+        "created_at": event.created_at,
+        "created_by": event.created_by,
+    }

@@ -28,6 +28,10 @@ newer backup, or the live store), leaves out every record of those players,
 writes all the tombstones, and erases any such player the target already held.
 Its final check is against what it wrote (the file's records less those left
 out, plus the tombstones), so the check still proves nothing else differs.
+
+Version 3 added `live_event` lines (timed production multipliers, docs/events.md):
+a restored store keeps the schedule, cancelled and past events included (an old
+window still counts for a farm that was offline across it).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Any
 
 import orjson
 
+from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     Erasure,
@@ -59,7 +64,7 @@ from .base import (
 )
 
 FORMAT = "llamawool-backup"
-VERSION = 2  # 2: erasure (tombstone) lines
+VERSION = 3  # 2: erasure (tombstone) lines; 3: live_event lines
 
 KINDS: dict[type[Any], str] = {
     PlayerRecord: "player",
@@ -69,6 +74,7 @@ KINDS: dict[type[Any], str] = {
     IdempotencyRecord: "idempotency",
     AuditRecord: "audit",
     Erasure: "erasure",
+    LiveEvent: "live_event",
 }
 TYPES = {kind: cls for cls, kind in KINDS.items()}
 # Fields stored as REAL by SQLite: written as floats whatever the source held, so
@@ -85,6 +91,10 @@ FLOATS = {
     "farm_value",
     "at",
     "erased_at",
+    "multiplier",
+    "starts_at",
+    "ends_at",
+    "cancelled_at",
 }
 BYTES = {"body"}
 

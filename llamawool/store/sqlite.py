@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from ..game.events import LiveEvent
 from .base import (
     AuditRecord,
     DuplicateKey,
@@ -582,6 +583,15 @@ class SQLiteStore:
         def run(c: sqlite3.Connection) -> list[bool]:
             applied = []
             for item in batch:
+                idem = item.idempotency
+                if (
+                    idem is not None
+                    and c.execute(
+                        "SELECT 1 FROM idempotency WHERE player_id = ? AND key = ?", (idem.player_id, idem.key)
+                    ).fetchone()
+                ):
+                    applied.append(False)  # a replay: the key's first commit stands
+                    continue
                 doc = orjson.dumps(item.doc)
                 if item.expected_revision is None:
                     cur = c.execute(
@@ -597,10 +607,9 @@ class SQLiteStore:
                 applied.append(ok)
                 if not ok:
                     continue
-                if item.idempotency is not None:
-                    idem = item.idempotency
+                if idem is not None:
                     c.execute(
-                        "INSERT OR REPLACE INTO idempotency (player_id, key, request_hash, status, body, created_at) "
+                        "INSERT INTO idempotency (player_id, key, request_hash, status, body, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (idem.player_id, idem.key, idem.request_hash, idem.status, idem.body, idem.created_at),
                     )
@@ -675,6 +684,29 @@ class SQLiteStore:
                 (record.at, record.admin_id, record.action, record.target, orjson.dumps(record.details).decode()),
             )
         )
+
+    # ---- live events ---------------------------------------------------------------------------
+
+    async def add_event(self, event: LiveEvent) -> None:
+        await self._write(lambda c: _write_event(c, event, "INSERT"))
+
+    async def list_events(self) -> list[LiveEvent]:
+        def run(c: sqlite3.Connection) -> list[LiveEvent]:
+            rows = c.execute(f"SELECT {_EVENT_COLUMNS} FROM live_events ORDER BY starts_at, id").fetchall()
+            return [_event(r) for r in rows]
+
+        return await self._read(run)
+
+    async def cancel_event(self, event_id: str, at: float) -> LiveEvent | None:
+        def run(c: sqlite3.Connection) -> LiveEvent | None:
+            row = c.execute(
+                f"UPDATE live_events SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL AND ends_at > ?"
+                f" RETURNING {_EVENT_COLUMNS}",
+                (at, event_id, at),
+            ).fetchone()
+            return _event(row) if row is not None else None
+
+        return await self._write(run)
 
     async def list_audit(self, limit: int) -> list[AuditRecord]:
         def run(c: sqlite3.Connection) -> list[AuditRecord]:
@@ -761,6 +793,9 @@ class SQLiteStore:
         erasures = "SELECT player_id, erased_at FROM erasures WHERE player_id > ? ORDER BY player_id LIMIT ?"
         async for r in self._pages(snapshot, erasures, lambda r: (r[0],), ("",)):
             yield Erasure(r[0], r[1])
+        events = f"SELECT {_EVENT_COLUMNS} FROM live_events WHERE id > ? ORDER BY id LIMIT ?"
+        async for r in self._pages(snapshot, events, lambda r: (r[0],), ("",)):
+            yield _event(r)
 
     @staticmethod
     async def _pages(
@@ -917,6 +952,8 @@ def _import_rows(c: sqlite3.Connection, batch: list[Record], have: dict[tuple[An
             )
         elif isinstance(rec, Erasure):
             _record_erasure(c, rec)
+        elif isinstance(rec, LiveEvent):
+            _write_event(c, rec, "INSERT OR REPLACE")
         else:
             raise TypeError(f"not a store record: {type(rec).__name__}")
 
@@ -948,3 +985,29 @@ def _insert_snapshots(c: sqlite3.Connection, snaps: list[Snapshot], keep: tuple[
         [(s.player_id, s.revision, s.taken_at, s.farm_value, orjson.dumps(s.doc)) for s in writes],
     )
     c.executemany("DELETE FROM snapshots WHERE player_id = ? AND revision = ?", deletes)
+
+
+_EVENT_COLUMNS = "id, name, multiplier, tiers, starts_at, ends_at, cancelled_at, created_at, created_by"
+
+
+def _event(r: Any) -> LiveEvent:
+    tiers = tuple(orjson.loads(r[3])) if r[3] is not None else None
+    return LiveEvent(r[0], r[1], r[2], tiers, r[4], r[5], r[6], r[7], r[8])
+
+
+def _write_event(c: sqlite3.Connection, event: LiveEvent, verb: str) -> None:
+    tiers = orjson.dumps(list(event.tiers)).decode() if event.tiers is not None else None
+    c.execute(
+        f"{verb} INTO live_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.name,
+            event.multiplier,
+            tiers,
+            event.starts_at,
+            event.ends_at,
+            event.cancelled_at,
+            event.created_at,
+            event.created_by,
+        ),
+    )

@@ -2,6 +2,7 @@
 // protocol walk-through; net.js speaks it, model.js extrapolates, this file
 // draws. The server decides every number: the client sends intentions.
 
+import { EventBanner } from "./events.js";
 import { formatDuration, formatNumber, formatPercent, formatRate } from "./format.js";
 import { FarmModel, GameConfig } from "./model.js";
 import { Api, ApiError, Auth, Connection, newIdempotencyKey, sleep } from "./net.js";
@@ -157,6 +158,8 @@ class App {
 
   async start() {
     this.config = new GameConfig(await this._retrying(() => this.api.get("/config", { auth: false })));
+    this.banner = new EventBanner($("#event-banner"), this.config);
+    this.banner.load(this.config.raw.events);
     this.model = new FarmModel(this.config);
     this.shearer = new Shearer(this);
     this.model.optimistic = () => this.shearer.optimisticWool();
@@ -210,6 +213,8 @@ class App {
 
   onWelcome(data) {
     this.welcomes = (this.welcomes ?? 0) + 1;
+    this.banner.setServerTime(data.server_time);
+    if (this.welcomes > 1) this.reloadEvents(); // what changed while the socket was away
     this.player = data.player;
     this.model.loadFarm(data.farm);
     this.shearer.sync(data.farm);
@@ -221,6 +226,7 @@ class App {
       $("#shear-btn").disabled = false;
     }
     if (data.offline_report) this.showOfflineReport(data.offline_report);
+    this.loadDaily();
     // After every (re)connect: a restarted server may have gained leaderboards.
     this.loadBoard();
     this.subscribeBoard(this.board);
@@ -229,6 +235,7 @@ class App {
   onMessage(msg) {
     switch (msg.type) {
       case "tick":
+        this.banner.setServerTime(msg.data?.server_time);
         if (this.model.applyTick(msg.data)) this.scheduleResync();
         break;
       case "event":
@@ -243,8 +250,21 @@ class App {
     }
   }
 
+  async reloadEvents() {
+    try {
+      this.banner.load((await this.api.get("/config", { auth: false })).events);
+    } catch {
+      // the socket's messages keep the banner current; the next reconnect reads again
+    }
+  }
+
   onEvent(ev) {
     if (!ev) return;
+    if (ev.kind === "live_event") {
+      this.banner.onLiveEvent(ev);
+      if (ev.phase === "started") this.toast(`${ev.event.name} has started: ${this.banner.describe(ev.event)}!`, "info");
+      return;
+    }
     switch (ev.type) {
       case "tier_discovered":
         this.model.discover(ev.tier);
@@ -255,6 +275,10 @@ class App {
         this.model.unlockAchievement(ev.key, ev.at);
         this.toast(`Achievement unlocked: ${ev.name ?? ev.key} (+${formatPercent(this.config.achievementBonus)} production)`, "achievement");
         this.renderFarm();
+        break;
+      case "daily_reward":
+        this.toast(`Daily reward: day ${ev.streak} of your streak, +${formatNumber(ev.reward?.basic ?? 0)} wool.`, "achievement");
+        this.loadDaily();
         break;
       case "prestige":
         this.toast(`Prestige! +${ev.gain} soul shear${ev.gain === 1 ? "" : "s"}, ${ev.soul_shears} in all.`, "achievement");
@@ -571,6 +595,7 @@ class App {
     $("#conn-retry").addEventListener("click", () => this.conn.retryNow());
     $("#account-btn").addEventListener("click", () => this.openAccount());
     $("#prestige-btn").addEventListener("click", () => this.openPrestige());
+    $("#daily-btn").addEventListener("click", () => this.claimDaily());
     $("#prestige-confirm").addEventListener("click", () => this.confirmPrestige());
     $("#register-form").addEventListener("submit", (e) => this.submitRegister(e));
     $("#login-form").addEventListener("submit", (e) => this.submitLogin(e));
@@ -617,6 +642,7 @@ class App {
   /** A few times a second: rates, costs, affordability, countdowns. */
   refresh() {
     if (this.reconnectAt) this._renderConnText();
+    this.banner?.render();
     if (!this.model.loaded) return;
     const m = this.model;
     const c = this.config;
@@ -780,6 +806,44 @@ class App {
     if (!list.children.length) list.append(el("li", { text: "Nothing this time: build a barn first!" }));
     setText($("#offline-value"), `Worth ${formatNumber(report.value_gained)} in all.`);
     if (!dlg.open) dlg.showModal();
+  }
+
+  /** The daily return reward: what a claim gives now, or when the next one opens (the server decides). */
+  async loadDaily() {
+    try {
+      this.renderDaily(await this.api.get("/farm/daily-reward"));
+    } catch (err) {
+      setText($("#daily-line"), "The daily reward could not be checked; it will be again on reconnect.");
+    }
+  }
+
+  renderDaily(d) {
+    this.daily = d;
+    const btn = $("#daily-btn");
+    const open = d.enabled && !d.claimed_today;
+    setAttr(btn, "aria-disabled", open ? "false" : "true");
+    if (!d.enabled) {
+      setText($("#daily-line"), "No daily reward is running.");
+    } else if (d.claimed_today) {
+      const at = new Date(d.next_claim_at * 1000);
+      setText($("#daily-line"), `Claimed: streak ${d.streak} day${d.streak === 1 ? "" : "s"}. Next claim from ${at.toUTCString().slice(17, 22)} UTC.`);
+    } else {
+      setText($("#daily-line"), `Day ${d.streak} of your streak: ${formatNumber(d.reward_seconds / 60, { trim: true })} minutes of production.`);
+    }
+    setText(btn, open ? `Claim day ${d.streak}` : "Claimed today");
+  }
+
+  async claimDaily() {
+    if (!this.daily || this.daily.claimed_today || !this.daily.enabled) return;
+    setText($("#daily-error"), "");
+    try {
+      this.applyResult(await this.act({ action: "claim_daily_reward" }));
+    } catch (err) {
+      if (err.code !== "CONFLICT") {
+        setText($("#daily-error"), err.rateLimited ? "Slow down! Try again in a moment." : err.message);
+      }
+    }
+    await this.loadDaily();
   }
 
   async openPrestige() {

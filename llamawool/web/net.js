@@ -313,6 +313,8 @@ export class Api {
           ...opts,
           body: { confirm: action.confirm, expected_gain: action.expected_gain },
         });
+      case "claim_daily_reward":
+        return this.request("POST", "/farm/daily-reward/claim", { ...opts, body: {} });
       default:
         return Promise.reject(new ApiError(422, { code: "VALIDATION_ERROR", detail: "unknown action" }));
     }

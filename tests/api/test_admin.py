@@ -233,7 +233,7 @@ async def test_the_audit_log_lists_every_admin_action(frozen: TestClient) -> Non
 
 
 def admin_path(path: str, player_id: str) -> str:
-    return API_PREFIX + path.replace("{player}", player_id)
+    return API_PREFIX + path.replace("{player}", player_id).replace("{event_id}", "an-event")
 
 
 async def call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> Any:
@@ -250,6 +250,9 @@ def test_the_admin_routes_are_the_expected_ones() -> None:
         ("GET", "/admin/audit"),
         ("GET", "/admin/players/{player}/sessions"),
         ("POST", "/admin/players/{player}/sessions/end"),
+        ("POST", "/admin/events"),
+        ("GET", "/admin/events"),
+        ("DELETE", "/admin/events/{event_id}"),
     }
     assert all(r.path.startswith("/admin/") for r in ADMIN_ROUTES)
 
@@ -299,6 +302,9 @@ async def test_non_admins_get_403_on_every_admin_route(frozen: TestClient) -> No
     new = audit_after["entries"][: len(audit_after["entries"]) - len(audit_before["entries"])]
     assert [(e["action"], e["admin_id"]) for e in new] == [
         ("audit.read", admin["player"]["id"]),  # audit_after
+        ("event.cancel", admin["player"]["id"]),  # failed: no such event (404)
+        ("event.cancel", admin["player"]["id"]),  # pending
+        ("event.list", admin["player"]["id"]),
         ("player.sessions", admin["player"]["id"]),
         ("audit.read", admin["player"]["id"]),
         ("player.clear_flag", admin["player"]["id"]),  # completed

@@ -8,6 +8,8 @@ time moves only when the FakeClock is advanced.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -367,3 +369,36 @@ async def test_board_pages_are_public_but_me_needs_a_token(frozen: TestClient) -
     assert public.headers["Cache-Control"].startswith("public")
     resp = await frozen.get(f"{BOARD}/lifetime/me", headers=bearer(guest["access_token"]))
     assert (await ok_json(resp))["rank"] == 1
+
+
+async def test_the_feed_stops_even_when_a_call_swallows_its_cancellation(frozen: TestClient) -> None:
+    """redis-py (Python 3.11) now and then swallows a cancellation that lands mid-call:
+    stopping the feed (shutdown, drain) must not wait forever for it."""
+    feed = engine_of(frozen).boards
+    inside = asyncio.Event()
+    real = feed.coord
+
+    class Swallowing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def report_online(self, replica: str, count: int, now: float, ttl_s: float) -> None:
+            inside.set()
+            with contextlib.suppress(asyncio.CancelledError):  # what the library does
+                await asyncio.Event().wait()
+
+    feed.coord = Swallowing()  # type: ignore[assignment]
+    stopping: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(0))
+    try:
+        feed.start()
+        loop = feed._task
+        await inside.wait()
+
+        stopping = asyncio.create_task(feed.stop())
+        await asyncio.wait({stopping}, timeout=3.0)  # (wait_for would cancel it, which hides a hang)
+
+        assert stopping.done() and loop is not None and loop.done()
+    finally:
+        if not stopping.done():
+            stopping.cancel()  # cancels the awaited loop too
+        feed.coord = real  # the app's own shutdown pushes once more

@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from llamawool.cli import main
+from llamawool.game.events import LiveEvent
 from llamawool.store import (
     AuditRecord,
     FarmCommit,
@@ -131,6 +132,9 @@ async def populate(store: Store) -> None:
     await store.add_audit(AuditRecord(T0 + 1, admin.id, "flag", guest.id, {"reason": "manual", "n": [1, 2]}))
     await store.add_audit(AuditRecord(T0 + 2, admin.id, "broadcast", None, {}))
     await store.add_audit(AuditRecord(T0 + 2, admin.id, "broadcast", None, {}))  # a true duplicate
+    await store.add_event(LiveEvent("ev-weekend", "Double wool 🦙", 2.0, None, T0 + 10, T0 + 7200, None, T0, admin.id))
+    await store.add_event(LiveEvent("ev-golden", "Golden hour", 3, ("golden", "silver"), T0, T0 + 3600, None, T0, None))
+    assert await store.cancel_event("ev-golden", T0 + 60) is not None
 
 
 def record_lines(path: Path) -> list[bytes]:
@@ -162,8 +166,10 @@ async def test_backup_then_restore_preserves_every_record_byte_for_byte(
                 "snapshot": 12,  # per farm the newest 3 and the day's first (retention), restored as they were
                 "idempotency": 15,
                 "audit": 3,
+                "live_event": 2,
             }
         )
+        assert await target.list_events() == await source.list_events()
         # The records read back as the same values, whichever backend served them.
         assert await target.get_player("a-admin") == await source.get_player("a-admin")
         assert await target.load_farm("B-guest") == await source.load_farm("B-guest")
@@ -194,6 +200,7 @@ async def test_the_file_is_versioned_compressed_json_lines(tmp_path: Path) -> No
         "snapshot",
         "idempotency",
         "audit",
+        "live_event",
     }
     assert not list(tmp_path.glob("*.partial"))
 

@@ -36,12 +36,15 @@ from llamawool.coord import (
     CoordinationUnavailable,
     Coordinator,
     Cursor,
+    LimitHit,
     LocalCoordinator,
     ReplicaLoad,
     ScoreUpdate,
     open_coordinator,
 )
-from llamawool.coord.redis import RedisCoordinator, decode_key, encode_key
+from llamawool.coord.batching import BatchedHits
+from llamawool.coord.redis import _PURPOSE, RedisCoordinator, decode_key, encode_key
+from llamawool.observability import Metrics
 from llamawool.settings import Settings
 from tests.helpers import free_port
 from tests.redis_server import RedisServer, unavailable
@@ -137,6 +140,37 @@ async def test_limits_hold_under_concurrent_hits_from_every_replica(coord_factor
     assert sorted(r.remaining for r in results if r.allowed) == list(range(60))
 
 
+async def test_hits_in_one_batch_count_exactly_as_one_by_one(coord: Coordinator) -> None:
+    await coord.hit("action:a", 3, 60.0, T0)
+    batch = [LimitHit("action:a", 3, 60.0)] * 3 + [LimitHit("action:b", 3, 60.0), LimitHit("shear:a", 1, 10.0)] * 2
+
+    results = await coord.hit_many(batch, T0 + 1)
+
+    assert [(r.allowed, r.remaining) for r in results] == [
+        (True, 1),
+        (True, 0),
+        (False, 0),
+        (True, 2),
+        (True, 0),
+        (True, 1),
+        (False, 0),
+    ]
+    assert results[2].retry_after_s == pytest.approx(59.0) and results[6].retry_after_s == pytest.approx(10.0)
+    assert not (await coord.hit("action:a", 3, 60.0, T0 + 2)).allowed  # the batch's hits were recorded
+    assert await coord.hit_many([], T0) == []
+
+
+async def test_batched_hits_from_every_replica_share_one_window(coord_factory: CoordBackend) -> None:
+    coords = [await coord_factory.make()]
+    if coord_factory.shared:
+        coords.append(await coord_factory.make())
+    batches = [[LimitHit("action:busy", 60, 60.0)] * 10 for _ in range(10)]
+    results = await asyncio.gather(*(coords[i % len(coords)].hit_many(b, T0 + i) for i, b in enumerate(batches)))
+    allowed = [r for batch in results for r in batch if r.allowed]
+    assert len(allowed) == 60
+    assert sorted(r.remaining for r in allowed) == list(range(60))
+
+
 async def test_violations_roll_off_after_the_window(coord: Coordinator) -> None:
     counts = [await coord.count_violation("cheater", T0 + i * 60, 3600.0) for i in range(5)]
     assert counts == [1, 2, 3, 4, 5]
@@ -191,6 +225,23 @@ async def test_around_me_when_first_second_and_last(coord: Coordinator) -> None:
     assert await coord.rank(B, ALL, "nobody") is None
     await coord.push_scores("rate", ALL, [up("solo", 1.5)])
     assert rows(await coord.around("rate", ALL, "solo", 5)) == [(1, "solo")]
+
+
+async def test_ranks_of_many_players_are_their_ranks_one_by_one(coord: Coordinator) -> None:
+    # More players than one script call takes, so the Redis adapter pipelines several.
+    players = [f"p{i:04d}" for i in range(2300)]
+    await coord.push_scores(B, ALL, [up(p, float(i % 700), T0 + i % 3) for i, p in enumerate(players)])
+    await coord.set_hidden("p0005", True)
+    await coord.set_hidden("p0699", True)
+    asked = [*players[::7], "nobody", "p0005"]
+
+    ranks = await coord.ranks(B, ALL, asked)
+
+    assert "nobody" not in ranks
+    assert ranks == {p: e for p in asked if (e := await coord.rank(B, ALL, p)) is not None}
+    assert len(ranks) == len(asked) - 1
+    assert await coord.ranks(B, ALL, []) == {}
+    assert await coord.ranks("rate", ALL, ["p0001"]) == {}
 
 
 async def test_unchanged_score_does_not_move_anyone(coord: Coordinator) -> None:
@@ -689,3 +740,86 @@ def test_redis_members_sort_bytewise_like_the_ordering_key(x: Any, y: Any) -> No
     assert (ex < ey) == (x < y)
     assert (ex == ey) == (x == y)
     assert decode_key(encode_key(x)) == x
+
+
+# ---- what Redis is asked, counted (the cost budget in docs/scaling.md) ----------------------------
+
+
+def _counted(metrics: Metrics, name: str, purpose: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"purpose": purpose})
+    return value or 0.0
+
+
+async def test_redis_counts_commands_and_round_trips_by_purpose(redis_factory: CoordBackend) -> None:
+    coord = await redis_factory.make()
+    metrics = Metrics()
+    coord.bind_metrics(metrics)
+    players = [f"p{i:04d}" for i in range(2500)]
+
+    await coord.push_scores(B, ALL, [up(p, float(i)) for i, p in enumerate(players)])
+    await coord.ranks(B, ALL, players)
+    await coord.hit_many([LimitHit(f"action:{p}", 60, 60.0) for p in players[:30]], T0)
+    await coord.hit("shear:p0001", 10, 60.0, T0)
+    await coord.acquire_lease("farm-1", 10.0)
+    await coord.publish("revoked", {"sessions": []})
+    await coord.ping()
+
+    trips = "llamawool_redis_round_trips_total"
+    commands = "llamawool_redis_commands_total"
+    # Three script calls of 1000 each are one pipeline: one round trip per batch, not per farm.
+    assert _counted(metrics, trips, "boards") == 2 and _counted(metrics, commands, "boards") == 5000
+    assert _counted(metrics, trips, "limits") == 2 and _counted(metrics, commands, "limits") == 31
+    assert _counted(metrics, trips, "leases") == 1 and _counted(metrics, trips, "revocations") == 1
+    assert _counted(metrics, trips, "health") == 1 and _counted(metrics, trips, "bus") == 0
+    durations = metrics.registry.get_sample_value(
+        "llamawool_coordination_duration_seconds_count", {"operation": "ranks"}
+    )
+    assert durations == 1
+
+
+async def test_a_pipeline_of_scripts_survives_redis_forgetting_its_scripts(redis_factory: CoordBackend) -> None:
+    coord = await redis_factory.make()
+    assert isinstance(coord, RedisCoordinator)
+    await coord.push_scores(B, ALL, [up(f"p{i}", float(i)) for i in range(1500)])
+    await coord._r.script_flush()  # what a Redis restart without persistence of scripts does
+
+    await coord.push_scores(B, ALL, [up(f"q{i}", float(i)) for i in range(1500)])
+    ranks = await coord.ranks(B, ALL, ["p1499", "q1499", "p0"])
+
+    assert [ranks[p].rank for p in ("p1499", "q1499", "p0")] == [1, 2, 2999]  # q0 ties p0 and comes after
+
+
+async def test_hits_made_at_once_share_one_round_trip_and_one_window(redis_factory: CoordBackend) -> None:
+    """Two replicas, fifty players' attempts each at once on one key: one round trip
+    per replica, and the shared window still allows exactly the limit."""
+    replicas = [await redis_factory.make(), await redis_factory.make()]
+    meters = [Metrics(), Metrics()]
+    batchers = []
+    for coord, metrics in zip(replicas, meters, strict=True):
+        coord.bind_metrics(metrics)
+        batchers.append(BatchedHits(coord, lambda: T0))
+
+    results = await asyncio.gather(*(batchers[i % 2].hit("action:busy", 60, 60.0) for i in range(100)))
+
+    assert sum(r.allowed for r in results) == 60
+    assert sorted(r.remaining for r in results if r.allowed) == list(range(60))
+    assert [_counted(m, "llamawool_redis_round_trips_total", "limits") for m in meters] == [1, 1]
+    assert [_counted(m, "llamawool_redis_commands_total", "limits") for m in meters] == [50, 50]
+
+
+async def test_every_hit_of_a_failed_batch_hears_why() -> None:
+    coord = RedisCoordinator(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    await coord.open()
+    try:
+        batcher = BatchedHits(coord, lambda: T0)
+        results = await asyncio.gather(*(batcher.hit(f"k{i}", 5, 60.0) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, CoordinationUnavailable) for r in results), results
+    finally:
+        await coord.close()
+
+
+async def test_every_redis_script_is_counted_under_a_purpose(redis_factory: CoordBackend) -> None:
+    coord = await redis_factory.make()
+    assert isinstance(coord, RedisCoordinator)
+    assert set(coord._scripts) <= set(_PURPOSE)
+    assert set(_PURPOSE.values()) <= {"limits", "boards", "bus", "leases", "presence", "revocations", "health"}

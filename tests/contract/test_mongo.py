@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 
 from llamawool.settings import Settings, load_settings
 from llamawool.store import (
@@ -285,6 +287,62 @@ async def test_without_transactions_the_idempotency_record_commits_inside_the_fa
         assert await store.get_idempotency("f", "other") is None
         farm = await store.load_farm("f")
         assert farm is not None and farm.doc == {"n": 2}
+        # A retry of that action is a replay still: found in the farm's own copy of the record.
+        assert await store.commit([FarmCommit("f", 2, 3, {"n": 3}, T0, idempotency=record)]) == [False]
+        farm = await store.load_farm("f")
+        assert farm is not None and farm.doc == {"n": 2}
+    finally:
+        await store.client.drop_database(store.db.name)
+        await store.close()
+
+
+class _Commands(CommandListener):
+    """Counts the commands a client sends, by name: its round trips to the server."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.sent[event.command_name] += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_group_commit_is_a_few_round_trips_whatever_its_size(
+    mongo_server: SecantusServer,  # noqa: F811
+) -> None:
+    commands = _Commands()
+    store = MongoStore(mongo_server.uri, database=f"t_{uuid.uuid4().hex[:12]}", listeners=[commands])
+    await store.open()
+    try:
+        assert store.transactions
+        await store.commit([FarmCommit(f"f{i}", None, 1, {"n": 1}, T0) for i in range(50)])
+        commands.sent.clear()
+
+        assert await store.commit([FarmCommit(f"f{i}", 1, 2, {"n": 2}, T0) for i in range(50)]) == [True] * 50
+        assert commands.sent == {"update": 1, "commitTransaction": 1}  # no read before the writes
+        commands.sent.clear()
+
+        keyed = [
+            FarmCommit(f"f{i}", 2, 3, {"n": 3}, T0, idempotency=IdempotencyRecord(f"f{i}", "k", "h", 200, b"", T0))
+            for i in range(50)
+        ]
+        assert await store.commit(keyed) == [True] * 50
+        assert commands.sent == {"update": 1, "insert": 1, "commitTransaction": 1}
+        commands.sent.clear()
+
+        # One replayed key among fresh ones: decided farm by farm, the others still apply.
+        retry = [
+            FarmCommit("f0", 3, 4, {"n": 4}, T0, idempotency=IdempotencyRecord("f0", "k", "h", 200, b"", T0)),
+            FarmCommit("f1", 3, 4, {"n": 4}, T0, idempotency=IdempotencyRecord("f1", "k2", "h", 200, b"", T0)),
+        ]
+        assert await store.commit(retry) == [False, True]
+        f0, f1 = await store.load_farm("f0"), await store.load_farm("f1")
+        assert f0 is not None and f0.revision == 3 and f1 is not None and f1.revision == 4
     finally:
         await store.client.drop_database(store.db.name)
         await store.close()

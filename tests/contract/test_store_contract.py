@@ -604,6 +604,33 @@ async def test_an_idempotency_record_commits_with_its_farm(store: Store) -> None
     assert await store.get_idempotency("p2", "key-1") is None
 
 
+async def test_a_commit_replaying_a_recorded_key_is_not_applied(store: Store) -> None:
+    """The idempotency check rides in the commit: no read before it."""
+    await create_farm(store, "p1")
+    await create_farm(store, "p2")
+    first = IdempotencyRecord("p1", "key-1", "fingerprint-1", 200, b'{"first":true}', T0 + 1)
+    assert await store.commit([FarmCommit("p1", 1, 2, farm_doc("p1", 2.0), T0 + 1, idempotency=first)]) == [True]
+
+    again = IdempotencyRecord("p1", "key-1", "fingerprint-2", 200, b'{"second":true}', T0 + 2)
+    other = IdempotencyRecord("p2", "key-1", "fingerprint-3", 200, b"{}", T0 + 2)
+    twice = IdempotencyRecord("p2", "key-2", "fingerprint-4", 200, b"{}", T0 + 2)
+    batch = [
+        FarmCommit("p1", 2, 3, farm_doc("p1", 3.0), T0 + 2, idempotency=again),  # the key is taken
+        FarmCommit("p2", 1, 2, farm_doc("p2", 2.0), T0 + 2, idempotency=other),  # another player's key
+        FarmCommit("p2", 2, 3, farm_doc("p2", 3.0), T0 + 2, idempotency=twice),
+        FarmCommit("p2", 3, 4, farm_doc("p2", 4.0), T0 + 2, idempotency=twice),  # taken earlier in the batch
+        FarmCommit("p1", 2, 3, farm_doc("p1", 3.5), T0 + 3),  # without a key: applies
+    ]
+
+    assert await store.commit(batch) == [False, True, True, False, True]
+
+    p1, p2 = await store.load_farm("p1"), await store.load_farm("p2")
+    assert p1 is not None and (p1.revision, p1.doc) == (3, farm_doc("p1", 3.5))
+    assert p2 is not None and p2.revision == 3
+    assert await store.get_idempotency("p1", "key-1") == first
+    assert await store.get_idempotency("p2", "key-1") == other
+
+
 async def test_old_idempotency_records_are_pruned_and_recent_ones_kept(store: Store) -> None:
     await create_farm(store, "p1")
     old = IdempotencyRecord("p1", "old", "fp-old", 200, b"{}", T0 + 1)

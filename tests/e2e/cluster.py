@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -16,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.e2e import nginx_conf
-from tests.helpers import ServerProcess, free_port, in_ci
+from tests.helpers import REPO, ServerProcess, free_port, in_ci
 from tests.mongo_server import cluster_mongo, start_or_skip
 from tests.redis_server import RedisServer
 
@@ -170,6 +172,23 @@ class Cluster:
         assert self.nginx is not None
         self.nginx.set_upstreams([r.port for r in self.replicas])
         return replica
+
+    def create_admin(self, username: str, email: str, password: str) -> None:
+        """An admin account in the cluster's store, made by the CLI as an operator would."""
+        env = {**os.environ, **self.replica_env(), "LLAMAWOOL_ENV": "test", "LLAMAWOOL_ADMIN_PASSWORD": password}
+        out = subprocess.run(
+            [
+                sys.executable,
+                *("-m", "llamawool", "admin", "create-admin", "--username", username),
+                *("--email", email, "--data-dir", str(self.work / "admin")),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
 
     @property
     def url(self) -> str:

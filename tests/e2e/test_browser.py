@@ -364,6 +364,26 @@ def test_buying_a_barn_changes_the_rate(tab: Tab) -> None:
     assert tab.errors == []
 
 
+def test_the_daily_reward_is_claimed_once_with_the_button(tab: Tab) -> None:
+    tab.open()
+    tab.page.wait_for_selector("#daily-btn[aria-disabled=false]", timeout=10000)
+    assert tab.text("#daily-btn") == "Claim day 1"
+    assert "Day 1 of your streak" in tab.text("#daily-line")
+    before = tab.balance()
+    tab.page.click("#daily-btn")
+    tab.page.wait_for_selector("#daily-btn[aria-disabled=true]", timeout=10000)
+    assert tab.text("#daily-btn") == "Claimed today"
+    assert "Claimed: streak 1 day" in tab.text("#daily-line")
+    tab.wait_for("llamawool.model.farm.stats.daily_rewards === 1")
+    # 600 s of the base 0.1/s: +60 wool at once, on top of the trickle
+    assert tab.balance() >= before + 59.0
+    tab.page.click("#daily-btn", force=True)  # claimed: the button asks nothing more of the server
+    sent = [m for m in tab.sent if m.get("type") == "action" and m["data"]["action"] == "claim_daily_reward"]
+    assert len(sent) == 1 and sent[0]["data"]["idempotency_key"]
+    assert tab.text("#daily-error") == ""
+    assert tab.errors == []
+
+
 def test_a_purchase_on_one_device_shows_on_the_other(browser: Any, server: ServerProcess) -> None:
     device = f"e2e-{uuid.uuid4().hex}"
     phone = Tab(browser, server.url + "/", PHONE, device_id=device).open()

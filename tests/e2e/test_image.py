@@ -81,6 +81,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "REDIS_URI": redis.url,
             "JWT_SECRET": CLUSTER_SECRET,
             "LLAMAWOOL_DRAIN_GRACE_S": str(DRAIN_GRACE_S),
+            # The image runs as production, which must be told where client addresses
+            # come from: here, the test's nginx on loopback.
+            "LLAMAWOOL_TRUSTED_PROXIES": "127.0.0.1/32",
         }
         for i in range(2):
             containers.append(Container(cmd, image, f"llamawool-test-{run}-{i}", free_port(), env).start())

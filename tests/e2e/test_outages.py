@@ -24,11 +24,8 @@ The figures (share served, 503 latency, time to recover) are printed (`-s`).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +39,6 @@ import orjson
 import pytest
 
 from tests.e2e.cluster import Cluster, answered, ws_action
-from tests.helpers import REPO
 from tests.mongo_server import SecantusServer
 
 pytestmark = pytest.mark.slow
@@ -410,25 +406,7 @@ async def playing(sim: Sim) -> AsyncIterator[None]:
 
 
 def create_admin(cluster: Cluster) -> None:
-    env = {
-        **os.environ,
-        **cluster.replica_env(),
-        "LLAMAWOOL_ENV": "test",
-        "LLAMAWOOL_ADMIN_PASSWORD": ADMIN_PASSWORD,
-    }
-    out = subprocess.run(
-        [
-            sys.executable,
-            *("-m", "llamawool", "admin", "create-admin", "--username", "outage_ops"),
-            *("--email", "ops@outage.example", "--data-dir", str(cluster.work / "admin")),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    cluster.create_admin("outage_ops", "ops@outage.example", ADMIN_PASSWORD)
 
 
 async def test_redis_down_for_10s_keeps_serving_and_recovers(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from llamawool.engine.wire import (
     error_from_wire,
     error_to_wire,
 )
-from llamawool.game import BuyBuilding, InsufficientResources, Shear
+from llamawool.game import BuyBuilding, BuyUpgrade, ClaimDailyReward, InsufficientResources, Prestige, Shear
 from llamawool.game.saves import ClaimedFarm
 from llamawool.settings import load_rules
 from llamawool.store import Snapshot
@@ -59,6 +59,15 @@ def test_submit_carries_the_action_and_its_key_and_returns_the_reply() -> None:
 def test_submit_without_a_key_arrives_without_one() -> None:
     sent, _ = round_trip(SUBMIT, SubmitArgs(Shear(2), None), Reply(200, b"{}", 2))
     assert sent == SubmitArgs(Shear(2), None)
+
+
+@pytest.mark.parametrize(
+    "action", [Shear(5), BuyBuilding("barn", "max"), BuyUpgrade("sharp_shears"), Prestige(True, 2), ClaimDailyReward()]
+)
+def test_every_action_type_crosses_the_wire(action: Any) -> None:
+    """An action a replica forwards to the farm's owner arrives as itself (the daily claim included)."""
+    sent, _ = round_trip(SUBMIT, SubmitArgs(action, IdempotentRequest.of("k", action)), Reply(200, b"{}", 1))
+    assert sent == SubmitArgs(action, IdempotentRequest.of("k", action))
 
 
 def test_touch_returns_the_farm_and_its_time() -> None:

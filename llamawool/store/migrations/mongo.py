@@ -124,10 +124,18 @@ async def _erasures(db: AsyncDatabase[Doc]) -> None:
     )
 
 
+async def _live_events(db: AsyncDatabase[Doc]) -> None:
+    """The timed production multipliers, read whole by every replica in start order."""
+    await db["live_events"].create_indexes(
+        [IndexModel([("starts_at", ASCENDING), ("_id", ASCENDING)], name="by_start")]
+    )
+
+
 STEPS: list[Step] = [
     Migration(1, "the collections and indexes of release 376f2b0", _release_376f2b0),
     Migration(2, "refresh_families: a record per refresh-token family, backfilled from its tokens", _refresh_families),
     Migration(3, "erasures (tombstones of erased accounts); audit entries by target and actor", _erasures),
+    Migration(4, "live_events: timed production multipliers", _live_events),
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)

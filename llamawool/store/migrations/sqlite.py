@@ -115,9 +115,25 @@ CREATE INDEX IF NOT EXISTS audit_by_target ON audit_log(target);
 CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log(admin_id);
 """
 
+LIVE_EVENTS = """
+CREATE TABLE IF NOT EXISTS live_events (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    multiplier REAL NOT NULL,
+    tiers TEXT,
+    starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    cancelled_at REAL,
+    created_at REAL NOT NULL,
+    created_by TEXT
+);
+CREATE INDEX IF NOT EXISTS live_events_by_start ON live_events(starts_at, id);
+"""
+
 STEPS: list[Step] = [
     Migration(1, "the tables and indexes of release 376f2b0", _run_script(RELEASE_376F2B0)),
     Migration(2, "erasures (tombstones of erased accounts); audit entries by target and actor", _run_script(ERASURES)),
+    Migration(3, "live_events: timed production multipliers", _run_script(LIVE_EVENTS)),
 ]
 check_steps(STEPS)
 LATEST = len(STEPS)
