@@ -202,18 +202,8 @@ async function refreshPlayer() {
 // ---- live events -------------------------------------------------------------------------
 
 async function loadEvents() {
-  let answer;
-  try {
-    answer = await api.get("/admin/events?include_past=true");
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      fill($("#events"), [], 7, "this server has no live events API");
-      return;
-    }
-    if (err instanceof ApiError && err.status === 403) return refuse();
-    notify(err.message, "error");
-    return;
-  }
+  const answer = await run(() => api.get("/admin/events?include_past=true"));
+  if (!answer) return;
   fill(
     $("#events"),
     answer.events.map((e) =>
