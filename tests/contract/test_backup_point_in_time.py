@@ -296,7 +296,7 @@ async def test_a_replay_answer_still_riding_in_its_farm_is_backed_up(tmp_path: P
         assert isinstance(source, MongoStore)
         await join(source, "a-first")
         acknowledged = [await act(source, "a-first", 2, "k-2")]
-        assert await source._cas_one(action("a-first", 3, "k-3"))  # the farm's write, not the copy
+        assert await source._cas_one(action("a-first", 3, "k-3"), set())  # the farm's write, not the copy
         riding = await source.get_idempotency("a-first", "k-3")
         assert riding is not None and answered_revision(riding) == 3
 
