@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -231,6 +232,11 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.loop_lag_max = Gauge(
+            "llamawool_event_loop_lag_max_seconds",
+            f"The longest event-loop lag sampled over the last {LOOP_LAG_MAX_WINDOW_S:.0f} s",
+            registry=r,
+        )
         self.gc_pause = Histogram(
             "llamawool_gc_pause_seconds",
             "Garbage-collection pauses (the whole process stops), by generation",
@@ -243,6 +249,7 @@ class Metrics:
 
 
 LOOP_LAG_EVERY_S = 0.25
+LOOP_LAG_MAX_WINDOW_S = 10.0  # llamawool_event_loop_lag_max_seconds looks this far back
 
 
 def watch_gc(metrics: Metrics) -> Callable[[], None]:
@@ -265,10 +272,22 @@ async def watch_loop_lag(metrics: Metrics, every_s: float = LOOP_LAG_EVERY_S) ->
     event loop waits behind whatever holds it (a long tick, a burst of sends, a
     garbage collection). Runs until cancelled."""
     loop = asyncio.get_running_loop()
+    recent: deque[tuple[float, float]] = deque()  # (when, lag) of the samples in the window
+
+    def longest() -> float:
+        since = loop.time() - LOOP_LAG_MAX_WINDOW_S
+        return max((lag for at, lag in recent if at >= since), default=0.0)
+
+    metrics.loop_lag_max.set_function(longest)
     while True:
         asked = loop.time() + every_s
         await asyncio.sleep(every_s)
-        metrics.loop_lag.observe(max(0.0, loop.time() - asked))
+        now = loop.time()
+        lag = max(0.0, now - asked)
+        metrics.loop_lag.observe(lag)
+        recent.append((now, lag))
+        while recent[0][0] < now - LOOP_LAG_MAX_WINDOW_S:
+            recent.popleft()
 
 
 def _version() -> str:

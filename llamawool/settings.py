@@ -62,6 +62,12 @@ class Settings(BaseModel):
     )
 
     tick_interval_s: float = Field(1.0, gt=0, le=60)
+    loop_lag_sample_s: float = Field(
+        0.25, gt=0, le=10, description="how often the event loop's lag is sampled (llamawool_event_loop_lag_*)"
+    )
+    tick_slices: int = Field(
+        10, ge=1, le=100, description="phases a tick's sending is spread over: every farm keeps one tick per interval"
+    )
     commit_max_batch: int = Field(512, gt=0)
     snapshot_history: int = Field(50, gt=0, description="newest snapshots kept per farm")
     snapshot_daily_days: int = Field(30, ge=0, description="plus the first snapshot of each day for this many days")

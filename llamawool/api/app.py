@@ -264,7 +264,7 @@ def create_app(
         await coord.open()
         await auth.sync_revocations()
         await engine.start(tick=tick)
-        background.append(asyncio.create_task(watch_loop_lag(metrics)))
+        background.append(asyncio.create_task(watch_loop_lag(metrics, settings.loop_lag_sample_s)))
         undo.append(watch_gc(metrics))
         background.append(asyncio.create_task(auth.watch_revocations()))
         if tick:

@@ -74,6 +74,8 @@ class Engine:
             ),
             metrics,
         )
+        # Read when the metrics are (scraped on the event loop), not counted on every tick.
+        metrics.remote_watched.set_function(self.cluster.watched_sockets)
         self.resident_set = ResidentSet(
             rules, store, self.committer, self.table, metrics, clock, lambda pid: self.spawn(self.cluster.release(pid))
         )

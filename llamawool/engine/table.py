@@ -220,7 +220,16 @@ class FarmTable:
         np.matmul(self.rates[:n], self._values, out=self.value_rate[:n])
 
     def tick(self, now: float, online_window_s: float) -> TickResult:
-        """Closed-form balances and threshold checks for every resident farm.
+        """The whole tick at once: `check` over every row, then every connected row's
+        balances (the engine's loop sends them in phases instead: `connected_balances`)."""
+        settle_rows, offline_rows = self.check(now, online_window_s)
+        connected_rows, balances = self.connected_balances(now)
+        return TickResult(now, settle_rows, offline_rows, connected_rows, balances)
+
+    def check(self, now: float, online_window_s: float) -> tuple[I64, I64]:
+        """Closed-form threshold checks for every resident farm: the rows to settle (a
+        time-driven achievement reached, a tier about to be discovered) and the rows
+        whose online window ran out with no connection.
 
         No per-farm Python: each step is one numpy operation over the columns.
         """
@@ -251,8 +260,20 @@ class FarmTable:
         np.logical_and(mask, self.online[:n], out=mask)
         idle = np.equal(self.connections[:n], 0, out=self._idle[:n])
         np.logical_and(mask, idle, out=mask)
-        offline_rows = np.flatnonzero(mask)
-        connected_rows = np.flatnonzero(np.logical_not(idle, out=idle))
-        balances = self.balances[connected_rows]
-        balances += self.rates[connected_rows] * dt[connected_rows, None]
-        return TickResult(now, settle_rows, offline_rows, connected_rows, balances)
+        return settle_rows, np.flatnonzero(mask)
+
+    def connected_balances(self, now: float, phase: int = 0, phases: int = 1) -> tuple[I64, F64]:
+        """The rows with a connection among those of one phase (row % phases == phase),
+        and their balances at `now` in closed form: what their tick carries."""
+        self.cross_boundaries(now)
+        rows = np.flatnonzero(self.connections[phase : self.size : phases])
+        if phases != 1:
+            rows *= phases
+            rows += phase
+        dt = np.subtract(now, self.anchor_time[rows])
+        np.maximum(dt, 0.0, out=dt)
+        dt *= self.online[rows]
+        balances = self.rates[rows]
+        balances *= dt[:, None]
+        balances += self.balances[rows]
+        return rows, balances

@@ -4,6 +4,15 @@ Each tick settles farms that crossed a threshold, takes farms whose online
 window ran out offline, sends every connected farm its tick, renews this
 replica's leases (dropping copies whose lease was lost) and, every autosave
 interval, writes history snapshots and last-activity times.
+
+The sending is spread over the second: a farm's table row fixes its phase
+(row % `tick_slices`), and each phase's ticks are computed and written at its
+own instant, `tick_interval_s / tick_slices` after the previous phase's. Every
+farm still gets exactly one tick per interval, evenly spaced (its row, and so
+its phase, stays while it is resident), carrying its balances in closed form
+at that instant; no socket waits behind every other socket's tick. The
+upkeep (the threshold checks over every row, offline, leases, autosave) runs
+once per interval, with phase 0.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from .cluster import Cluster
 from .errors import FarmConflict
 from .farms import Farms
 from .residents import Resident, ResidentSet, snapshot_of
-from .views import tick_message
+from .views import tick_message, tick_messages
 
 log = structlog.get_logger("llamawool.engine")
 PRUNE_EVERY_S = 3600.0  # how often old idempotency records are forgotten
@@ -80,8 +89,11 @@ class Ticker:
 
     async def _loop(self) -> None:
         interval = self.settings.tick_interval_s
+        phases = self.settings.tick_slices
+        step = interval / phases
         loop = asyncio.get_running_loop()
-        next_at = loop.time() + interval
+        next_at = loop.time() + step
+        phase = 0
         while True:
             delay = next_at - loop.time()
             if delay > 0:
@@ -89,43 +101,67 @@ class Ticker:
             elif -delay > interval:
                 self.metrics.tick_overruns.inc()
                 next_at = loop.time()  # skip missed ticks instead of bursting
-            next_at += interval
+            next_at += step
             try:
-                self.tick()
+                self.run_phase(phase, phases)
             except Exception:
                 log.exception("engine.tick_failed")
+            phase = (phase + 1) % phases
 
-    def tick(self) -> None:
-        """One tick: vectorised over every resident farm; Python only for the few
-        rows that need an event and for handing payloads to connections."""
+    def run_phase(self, phase: int, phases: int) -> None:
+        """One phase of the tick: its farms' ticks, and with phase 0 the upkeep."""
         started = time.perf_counter()
         now = self.clock()
-        result = self.table.tick(now, self.online_window_s)
+        if phase == 0:
+            self.upkeep(now)
+        self.send_ticks(now, phase, phases)
+        self.metrics.tick_duration.observe(time.perf_counter() - started)
+
+    def tick(self) -> None:
+        """The whole tick at one instant: the upkeep and every connected farm's tick
+        (the loop spreads the ticks over the interval instead: `run_phase`)."""
+        self.run_phase(0, 1)
+
+    def send_ticks(self, now: float, phase: int = 0, phases: int = 1) -> None:
+        """The ticks of one phase's connected farms at `now`: balances vectorised over
+        their rows, payloads written together (`tick_messages`), each handed to all of
+        its farm's connections. A farm whose rates changed since its last tick gets
+        them in this one (`tick_message`)."""
+        rows, balances = self.table.connected_balances(now, phase, phases)
+        if not rows.size:
+            return
+        owners = self.residents.row_owners
+        farms = [res for res in map(owners.__getitem__, rows.tolist()) if res is not None]
+        revisions = [res.state.revision for res in farms]
+        if len(farms) != len(rows):  # not expected: a connected row is resident
+            balances = balances[[owners[r] is not None for r in rows.tolist()]]
+        rules = self.rules
+        keys = rules.tier_keys
+        messages = tick_messages(now, revisions, balances, keys)
+        for i, (res, msg, revision) in enumerate(zip(farms, messages, revisions, strict=True)):
+            if res.ticked_revision != revision:
+                res.ticked_revision = revision
+                msg = tick_message(rules, res.state, now, keys, balances[i].tolist(), True)
+            for sink in res.sinks:
+                sink.send(msg)
+
+    def upkeep(self, now: float) -> None:
+        """Once per interval: vectorised threshold checks over every resident farm (Python
+        only for the few rows that need an event), leases, heartbeat and autosave."""
+        settle_rows, offline_rows = self.table.check(now, self.online_window_s)
         owners = self.residents.row_owners
         # Offline first: a farm whose window ran out must anchor when it went
         # offline (unlocking what it reached by then), not be settled at `now`.
-        for row in result.offline_rows.tolist():
+        for row in offline_rows.tolist():
             res = owners[row]
             if res is not None and not res.busy:
                 res.busy = True
                 self.spawn(self._go_offline(res))
-        for row in result.settle_rows.tolist():
+        for row in settle_rows.tolist():
             res = owners[row]
             if res is not None and not res.busy:
                 res.busy = True
                 self.spawn(self._settle(res))
-        if result.connected_rows.size:
-            balances = result.balances.tolist()
-            keys = self.rules.tier_keys
-            for row, bal in zip(result.connected_rows.tolist(), balances, strict=True):
-                res = owners[row]
-                if res is None:
-                    continue
-                with_rates = res.ticked_revision != res.state.revision
-                res.ticked_revision = res.state.revision
-                msg = tick_message(self.rules, res.state, now, keys, bal, with_rates)
-                for sink in res.sinks:
-                    sink.send(msg)
         self.metrics.players_online.set(self.residents.online_count())
         if now - self.last_autosave >= self.autosave_s:
             self.last_autosave = now
@@ -134,12 +170,10 @@ class Ticker:
             self.spawn(self.cluster.beat())
         if self.residents.by_id and self.cluster.renew_due():
             self.spawn(self._renew_leases())
-        self.metrics.remote_watched.set(self.cluster.watched_sockets())
         for player_id in self.cluster.silent_farms(3 * self.settings.tick_interval_s + 2.0):
             self.spawn(self.rewatch(player_id))
         for listener in self.listeners:
             listener(now)
-        self.metrics.tick_duration.observe(time.perf_counter() - started)
 
     async def _renew_leases(self) -> None:
         lost = await self.cluster.renew(list(self.residents.by_id))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from ..game import FarmState, Rules
@@ -72,3 +75,23 @@ def tick_message(
     if with_rates:
         data["rates"] = dict(zip(keys, rules.live_rates(state, now), strict=True))
     return orjson.dumps({"type": "tick", "data": data}).decode()
+
+
+def tick_messages(
+    now: float, revisions: Sequence[int], balances: npt.NDArray[np.float64], keys: Sequence[str]
+) -> list[str]:
+    """The ticks (without rates) of many farms at one instant, as `tick_message` writes
+    them: `revisions[i]` and `balances[i]` (one row per farm, one column per tier).
+
+    The tick path's per-farm cost, so written for it: every farm's balances go
+    through one `orjson.dumps` call (a list of small dicts) and are cut apart at
+    `},{` (inside, there are only tier names and numbers), then each payload is
+    one string format. One call per farm, and one `bytes` per farm, would cost
+    half as much again.
+    """
+    if not len(revisions):
+        return []
+    dicts = list(map(dict, map(zip, repeat(keys), balances.tolist())))
+    bodies = orjson.dumps(dicts).decode()[2:-2].split("},{")
+    head = '{"type":"tick","data":{"server_time":' + orjson.dumps(now).decode() + ',"revision":'
+    return [f'{head}{rev},"balances":{{{body}}}}}}}' for rev, body in zip(revisions, bodies, strict=True)]

@@ -30,6 +30,8 @@ async def test_a_blocked_event_loop_is_measured_as_lag() -> None:
         assert lag(metrics, "sum") - quiet >= 0.15
         under_100ms = metrics.registry.get_sample_value("llamawool_event_loop_lag_seconds_bucket", {"le": "0.1"})
         assert lag(metrics, "count") - float(under_100ms or 0) >= 1, "the long wait lands above the 0.1 s bucket"
+        # ... and is the longest of the last 10 s
+        assert (metrics.registry.get_sample_value("llamawool_event_loop_lag_max_seconds") or 0.0) >= 0.15
     finally:
         watch.cancel()
 
