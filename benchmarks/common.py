@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -456,6 +457,7 @@ class WsClient(asyncio.Protocol):
         self.closed = False
         self.pending: dict[int, float] = {}  # action id -> sent at
         self.ticks = 0
+        self.last_tick = 0.0  # when the previous tick arrived (for the inter-arrival deviation)
         self.waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -560,6 +562,8 @@ class LoadGen:
         self.bytes = 0
         self.lateness: list[float] = []
         self.per_tick: dict[float, float] = {}  # server_time -> latest arrival
+        self.interval = 1.0  # the tick interval the inter-arrival deviation is measured against
+        self.deviation: list[float] = []  # |arrival gap - interval| of each socket's consecutive ticks
         self.action_latency: list[float] = []
         self.action_sent: list[float] = []
         self.action_ok = 0
@@ -572,7 +576,10 @@ class LoadGen:
     def on_text(self, client: WsClient, payload: bytes, now: float) -> None:
         if payload.startswith(b'{"type":"tick"'):
             client.ticks += 1
+            last, client.last_tick = client.last_tick, now
             if self.measuring:
+                if last:
+                    self.deviation.append(abs(now - last - self.interval))
                 self.messages += 1
                 self.tick_messages += 1
                 self.tick_bytes += len(payload)
@@ -638,15 +645,17 @@ class LoadGen:
     def _reset(self) -> None:
         self.messages = self.tick_messages = self.tick_bytes = self.bytes = 0
         self.lateness = []
+        self.deviation = []
         self.per_tick = {}
         self.action_latency = []
         self.action_sent = []
         self.action_ok = self.action_err = 0
         self.errors = {}
 
-    async def measure(self, seconds: float) -> dict[str, Any]:
+    async def measure(self, seconds: float, interval: float = 1.0) -> dict[str, Any]:
         me = ProcStats(os.getpid())
         self._reset()
+        self.interval = interval
         me.start()
         started = time.perf_counter()
         self.measuring = True
@@ -668,6 +677,8 @@ class LoadGen:
             "lateness_p50_ms": percentile(lat, 50) * 1e3,
             "lateness_p99_ms": percentile(lat, 99) * 1e3,
             "lateness_max_ms": max(lat) * 1e3 if lat else float("nan"),
+            "interarrival_dev_p99_ms": percentile(self.deviation, 99) * 1e3,
+            "interarrival_dev_max_ms": max(self.deviation) * 1e3 if self.deviation else float("nan"),
             "loadgen_cpu": cpu,
             "tick_spread_ms": [round((v) * 1e3, 1) for _, v in sorted(self.per_tick.items())],
             "open": len(self.open),
@@ -826,7 +837,11 @@ class LoadGenProcess:
 # ---- the bare baselines (run as `python -m benchmarks.common KIND`) -----------------------
 
 
-def _run_bare(kind: str, port: int, interval: float, payload_bytes: int) -> None:
+LAG_WINDOW_S = 10.0  # as llamawool.observability.LOOP_LAG_MAX_WINDOW_S
+LAG_SAMPLE_S = 0.005  # both servers' event-loop probes, in the ws benchmark
+
+
+def _run_bare(kind: str, port: int, interval: float, payload_bytes: int, lag_sample_s: float = LAG_SAMPLE_S) -> None:
     import uvloop
     from aiohttp import WSMsgType, web
 
@@ -840,6 +855,27 @@ def _run_bare(kind: str, port: int, interval: float, payload_bytes: int) -> None
         return web.Response(body=orjson.dumps(out), content_type="application/json")
 
     clients: set[web.WebSocketResponse] = set()
+    lags: deque[tuple[float, float]] = deque()  # (when, lag): the same probe as the server's
+
+    async def lag(request: web.Request) -> web.Response:
+        """The longest event-loop lag of the last LAG_WINDOW_S (llamawool_event_loop_lag_max_seconds)."""
+        since = asyncio.get_running_loop().time() - LAG_WINDOW_S
+        return web.json_response({"max_s": max((v for t, v in lags if t >= since), default=0.0)})
+
+    async def lag_probe(app: web.Application) -> Any:
+        async def probe() -> None:
+            lp = asyncio.get_running_loop()
+            while True:
+                asked = lp.time() + lag_sample_s
+                await asyncio.sleep(lag_sample_s)
+                now = lp.time()
+                lags.append((now, max(0.0, now - asked)))
+                while lags[0][0] < now - LAG_WINDOW_S:
+                    lags.popleft()
+
+        task = asyncio.create_task(probe())
+        yield
+        task.cancel()
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False)
@@ -875,6 +911,8 @@ def _run_bare(kind: str, port: int, interval: float, payload_bytes: int) -> None
 
     app = web.Application()
     app.router.add_get("/ready", ready)
+    app.router.add_get("/lag", lag)
+    app.cleanup_ctx.append(lag_probe)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_get(WS_PATH, ws_handler)
     if kind == "bare-broadcast":
