@@ -756,13 +756,14 @@ class LoadGen:
         wall = time.perf_counter() - started
         return self._summary(min(wall, seconds) if rate > 0 else wall, me.cpu_fraction())
 
-    def close(self) -> int:
-        n = len(self.open)
-        for c in list(self.open):
+    def close(self, n: int | None = None) -> int:
+        """Close `n` of the open sockets (all of them by default); how many were closed."""
+        some = list(self.open)[:n]
+        for c in some:
             if c.transport is not None:
                 c.transport.close()
-        self.open.clear()
-        return n
+            self.open.discard(c)
+        return len(some)
 
 
 async def _loadgen_main() -> None:
@@ -783,7 +784,7 @@ async def _loadgen_main() -> None:
         elif op == "actions":
             out = await gen.actions(**cmd)
         elif op == "close":
-            out = {"closed": gen.close()}
+            out = {"closed": gen.close(cmd.get("n"))}
             await asyncio.sleep(0.5)
         elif op == "exit":
             gen.close()

@@ -137,7 +137,7 @@ class Metrics:
         )
         self.tick_duration = Histogram(
             "llamawool_tick_duration_seconds",
-            "Time to compute one engine tick and hand out its payloads",
+            "Time to compute one phase of the engine tick and hand out its payloads (phase 0 with the upkeep)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )
