@@ -18,8 +18,13 @@ Baselines, measured in the same run:
   time-driven thresholds, discovery, going offline, connected balances) in plain
   Python over lists, on fewer farms, reported per farm.
 
-Goals (issue 6): at 1M farms a tick costs <= 2x the copy; >= 100x faster per
-farm than the Python loop.
+Goals: at 1M farms a tick costs <= 2x the copy (issue 6) and the table's own
+tick (`FarmTable.tick`: the closed form, the threshold checks and the
+connected rows' balances) <= 1x the copy of its columns; the payload cost per
+connected farm, (tick - table.tick) / connected, <= 1 us (issue 14). The
+Python loops are printed for scale; issue 6's ">= 100x the rules loop" goal
+was dropped once that loop memoised its rates (a faster baseline made the
+ratio say less, not more).
 """
 
 from __future__ import annotations
@@ -317,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 copy_ms,
                 nbytes / 2**20,
                 tick_ms / copy_ms,
+                table_ms / copy_ms,
                 per_farm * 1e9,
                 rules_s * 1e9,
                 rules_s / per_farm,
@@ -333,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             "copy_ms_median": copy_ms,
             "state_mib": nbytes / 2**20,
             "tick_over_copy": tick_ms / copy_ms,
+            "table_tick_over_copy": table_ms / copy_ms,
             "tick_ns_per_farm": per_farm * 1e9,
             "rules_loop_ns_per_farm": rules_s * 1e9,
             "rules_loop_over_tick": rules_s / per_farm,
@@ -355,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "copy ms",
             "state MiB",
             "tick/copy",
+            "table.tick/copy",
             "tick ns/farm",
             "rules loop ns/farm",
             "rules loop/tick",
@@ -380,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     big = figures[f"n{largest}"]
     goals = {
         f"tick_le_2x_copy_at_{largest}": big["tick_over_copy"] <= 2.0,
-        f"ge_100x_python_loop_per_farm_at_{largest}": big["rules_loop_over_tick"] >= 100.0,
+        f"table_tick_le_1x_copy_at_{largest}": big["table_tick_over_copy"] <= 1.0,
+        f"payload_le_1us_per_connected_farm_at_{largest}": big["payload_us_per_connected_farm"] <= 1.0,
     }
     return finish("tick", a.quick, round_floats(figures), goals)
 
