@@ -211,12 +211,14 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 # KEYS: board, members, hidden members of this board, hidden players, periods of this board, all
-# boards; ARGV: period, "board:period", then (player, member) pairs. An unchanged score (same score
-# and tiebreak) keeps its member, so it keeps its reached_at and its place.
+# boards; ARGV: period, "board:period", then members (each ends with its player's id: one argument
+# per player, not two, is less to pack). An unchanged score (same score and tiebreak) keeps its
+# member, so it keeps its reached_at and its place.
 _PUSH = """
 local changed = 0
-for i = 3, #ARGV, 2 do
-  local pid, mem = ARGV[i], ARGV[i + 1]
+for i = 3, #ARGV do
+  local mem = ARGV[i]
+  local pid = string.sub(mem, PREFIX + 1)
   local old = redis.call('HGET', KEYS[2], pid)
   if not (old and string.sub(old, 1, SCORE_PREFIX) == string.sub(mem, 1, SCORE_PREFIX)) then
     if old then
@@ -232,7 +234,7 @@ end
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[2])
 return changed
-""".replace("SCORE_PREFIX", str(_SCORE_PREFIX))
+""".replace("SCORE_PREFIX", str(_SCORE_PREFIX)).replace("PREFIX", str(_PREFIX))
 
 # KEYS: board, members, hidden members of this board; ARGV: player, radius (0: the rank alone)
 # -> false, or {visible rank, how many above, members above (best first), own member, members below}
@@ -818,11 +820,7 @@ class RedisCoordinator:
             # encoded as each chunk is sent, not all before the first goes out
             for start in range(0, len(updates), _PUSH_CHUNK):
                 chunk = updates[start : start + _PUSH_CHUNK]
-                args: list[Any] = [period, bp]
-                for u, member in zip(chunk, encode_keys(chunk), strict=True):
-                    args.append(u.player_id)
-                    args.append(member)
-                yield keys, args, len(chunk)
+                yield keys, [period, bp, *encode_keys(chunk)], len(chunk)
 
         await self._pipelined("push", calls())
 
