@@ -102,6 +102,7 @@ bench-deps: $(BENCH_STAMP)
 ## A smoke run of every benchmark (well under a minute): proves each runs; a missed goal does not fail it.
 bench-quick: bench-deps
 	$(PY) -m benchmarks.tick --quick
+	$(PY) -m benchmarks.boards --quick
 	$(PY) -m benchmarks.ws --quick
 	$(PY) -m benchmarks.actions --quick
 	$(PY) -m benchmarks.startup --quick
@@ -120,7 +121,7 @@ soak-quick: bench-deps
 
 ## The full benchmarks (about ten minutes; see BENCHMARKS.md); fails when a goal is missed.
 bench: bench-deps
-	@status=0; for b in "tick" "ws --full" "actions" "startup" "autosave" "cluster"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
+	@status=0; for b in "tick" "boards" "ws --full" "actions" "startup" "autosave" "cluster"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
 
 .PHONY: security-deps fuzz
 SECURITY_STAMP := $(VENV)/.security-$(shell cat constraints.txt requirements/security.txt | cksum | cut -d' ' -f1)

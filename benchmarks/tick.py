@@ -241,21 +241,6 @@ LOOP_COLUMNS = (
 )
 
 
-def board_push_ms(n: int, now: float, runs: int = 3) -> list[float]:
-    """The leaderboard feed's push (every `leaderboard_push_s`, on the event loop) at n connected farms."""
-    engine, _ = build_engine(n, now)
-
-    async def go() -> list[float]:
-        out = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            await engine.boards.push()
-            out.append((time.perf_counter() - t0) * 1e3)
-        return out
-
-    return asyncio.run(go())
-
-
 def profile_ticks(engine: Engine, ticks: int = 20) -> None:
     from pyinstrument import Profiler
 
@@ -375,14 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\n(ms are medians; 'payload us/conn' = (tick - table.tick) per connected farm; loops per farm: "
         f"rules = best of 3 over {rules_m:,} farm states, lean = best of 3 over {loop_m:,} rows as lists)"
-    )
-    push_n = 2_000 if a.quick else CONNECTED_MAX
-    push = board_push_ms(push_n, now)
-    figures["board_push_ms_median"] = statistics.median(push)
-    figures["board_push_farms"] = push_n
-    print(
-        f"\nnot the tick, but on the same event loop: BoardFeed.push() at {push_n:,} connected farms "
-        f"(every leaderboard_push_s, local coordination): {', '.join(f'{x:.1f}' for x in push)} ms"
     )
     largest = sizes[-1]
     big = figures[f"n{largest}"]

@@ -46,6 +46,12 @@ log = structlog.get_logger("llamawool.coord")
 _T = TypeVar("_T")
 
 Key = tuple[float, float, float, str]  # (-score, -tiebreak, reached_at, player_id): ascending = best first
+# Work on a board is done in slices with the event loop free between them (a few ms each):
+SLICE = 500  # score changes or rank lookups (several us each)
+WALK_SLICE = 2000  # entries of a walk down the board (under a us each)
+# `ranks` walks the whole board when asked for at least 1/WALK_SHARE of it: one lookup
+# (SortedList.index, about 5 us) costs about as much as walking 50 entries.
+WALK_SHARE = 50
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
@@ -222,16 +228,19 @@ class LocalCoordinator:
     async def push_scores(self, board: str, period: str, updates: list[ScoreUpdate]) -> None:
         b = self._board(board, period)
         changed = []
-        for u in updates:
-            old = b.by_player.get(u.player_id)
-            if old is not None and old[0] == -u.score and old[1] == -u.tiebreak:
-                continue  # an unchanged score keeps its place (and its reached_at)
-            key = _key(u, u.at)
-            if old is not None:
-                b.keys.remove(old)
-            b.keys.add(key)
-            b.by_player[u.player_id] = key
-            changed.append((board, period, u.player_id, u.score, u.tiebreak, u.at))
+        for start in range(0, len(updates), SLICE):
+            if start:
+                await asyncio.sleep(0)  # a push of thousands must not hold the event loop
+            for u in updates[start : start + SLICE]:
+                old = b.by_player.get(u.player_id)
+                if old is not None and old[0] == -u.score and old[1] == -u.tiebreak:
+                    continue  # an unchanged score keeps its place (and its reached_at)
+                key = _key(u, u.at)
+                if old is not None:
+                    b.keys.remove(old)
+                b.keys.add(key)
+                b.by_player[u.player_id] = key
+                changed.append((board, period, u.player_id, u.score, u.tiebreak, u.at))
         await self._persist("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", changed)
 
     def _visible(self, key: Key) -> bool:
@@ -247,7 +256,9 @@ class LocalCoordinator:
         if latest is not None and b.latest_view and now - latest.created_at < self.view_refresh_s:
             return b.latest_view, latest
         vid = uuid.uuid4().hex[:12]
-        view = _View([k for k in b.keys if self._visible(k)], now)
+        keys = list(b.keys)  # copied at C speed; filtered only when someone is hidden
+        hidden = self._hidden
+        view = _View([k for k in keys if k[3] not in hidden] if hidden else keys, now)
         b.views[vid] = view
         b.latest_view = vid
         return vid, view
@@ -296,12 +307,35 @@ class LocalCoordinator:
         return BoardEntry(self._visible_rank(b, key), player_id, -key[0], key[2])
 
     async def ranks(self, board: str, period: str, player_ids: list[str]) -> dict[str, BoardEntry]:
-        out: dict[str, BoardEntry] = {}
-        for pid in player_ids:
-            entry = await self.rank(board, period, pid)
-            if entry is not None:
-                out[pid] = entry
-        return out
+        """Many players' ranks, in slices with the event loop free between them. Asked for a
+        good share of the board, one walk down a copy of it (the ranks of one instant);
+        for a few players on a long board, one lookup each."""
+        b = self._board(board, period)
+        if len(player_ids) * WALK_SHARE < len(b.keys):
+            out: dict[str, BoardEntry] = {}
+            for start in range(0, len(player_ids), SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for pid in player_ids[start : start + SLICE]:
+                    entry = await self.rank(board, period, pid)
+                    if entry is not None:
+                        out[pid] = entry
+            return out
+        wanted = set(player_ids)
+        hidden = self._hidden
+        keys = list(b.keys)
+        found: dict[str, BoardEntry] = {}
+        hidden_before = 0
+        for start in range(0, len(keys), WALK_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for i, key in enumerate(keys[start : start + WALK_SLICE], start):
+                pid = key[3]
+                if pid in wanted:
+                    found[pid] = BoardEntry(i - hidden_before + 1, pid, -key[0], key[2])
+                if pid in hidden:
+                    hidden_before += 1  # ranks after it are visible ranks (a hidden player still sees its own)
+        return found
 
     async def around(self, board: str, period: str, player_id: str, radius: int) -> list[BoardEntry]:
         b = self._board(board, period)

@@ -28,6 +28,21 @@ I64 = npt.NDArray[np.int64]
 BOOL = npt.NDArray[np.bool_]
 
 
+# The board scores a row last sent, by column of `FarmTable._pushed`; the prestige board
+# ranks by its score then by its tiebreak (lifetime value), so it keeps both.
+PUSHED = ("lifetime", "prestige", "prestige_tiebreak", "rate", "weekly")
+
+
+@dataclass(slots=True)
+class BoardScores:
+    """Every board's score for some rows (prestige's tiebreak is `lifetime`)."""
+
+    lifetime: F64
+    prestige: F64
+    rate: F64
+    weekly: F64
+
+
 @dataclass(slots=True)
 class TickResult:
     now: float
@@ -73,6 +88,8 @@ class FarmTable:
             "weekly": np.zeros(capacity),
             "week_start": np.zeros(capacity),
             "score_dirty": np.zeros(capacity, dtype=bool),
+            # the board feed's memory of what it sent (private: the tick never reads it)
+            "_pushed": np.full((capacity, len(PUSHED)), np.nan),
         }
         if old is not None:
             for name, arr in cols.items():
@@ -108,6 +125,7 @@ class FarmTable:
     weekly: F64
     week_start: F64
     score_dirty: BOOL
+    _pushed: F64
 
     def add(self, state: FarmState) -> int:
         if self._free:
@@ -119,6 +137,7 @@ class FarmTable:
             self.size += 1
         self.used[row] = True
         self.connections[row] = 0
+        self._pushed[row] = np.nan  # a farm that (re)takes a row is sent whole: another replica may have moved it
         # A reused row must not keep its previous farm's activity (sync only moves it forward).
         self.last_active[row] = state.last_active
         self.sync(row, state)
@@ -174,12 +193,17 @@ class FarmTable:
         ]
         return min(locked, default=math.inf)
 
-    def scores(self, now: float, week_start: float) -> tuple[I64, F64, F64, F64, F64]:
-        """Board scores of every farm that is online or changed since the last call:
-        rows, lifetime, soul shears, rate, weekly (value produced since `week_start`)."""
+    def score_rows(self, every: bool = False) -> I64:
+        """The rows whose board scores may have moved since the last call (online, or
+        changed by an event), or every row in use; clears the change marks."""
         n = self.size
-        rows = np.flatnonzero(self.used[:n] & (self.online[:n] | self.score_dirty[:n]))
+        moved = self.used[:n] if every else self.used[:n] & (self.online[:n] | self.score_dirty[:n])
+        rows = np.flatnonzero(moved)
         self.score_dirty[:n] = False
+        return rows
+
+    def scores(self, rows: I64, now: float, week_start: float) -> BoardScores:
+        """The board scores of `rows` at `now`; weekly is the value produced since `week_start`."""
         online = self.online[rows]
         anchor = self.anchor_time[rows]
         value_rate = self.value_rate[rows]
@@ -188,7 +212,25 @@ class FarmTable:
         same_week = self.week_start[rows] == week_start
         fresh = value_rate * np.maximum(now - np.maximum(anchor, week_start), 0.0) * online
         weekly = np.where(same_week, self.weekly[rows] + value_rate * dt, fresh)
-        return rows, lifetime, self.soul_shears[rows].copy(), self.own_value_rate[rows].copy(), weekly
+        return BoardScores(lifetime, self.soul_shears[rows], self.own_value_rate[rows], weekly)
+
+    def unpushed(self, rows: I64, column: int, values: F64) -> BOOL:
+        """Which of `rows` would send `values` in pushed column `column` (see PUSHED) for the
+        first time: they differ from what was last sent, or nothing was (NaN equals nothing)."""
+        changed: BOOL = np.not_equal(self._pushed[rows, column], values)
+        return changed
+
+    def mark_pushed(self, rows: I64, column: int, values: F64) -> None:
+        self._pushed[rows, column] = values
+
+    def forget_pushed(self, columns: tuple[int, ...] | None = None, rows: I64 | None = None) -> None:
+        """Send these again next time, changed or not (all columns of every row by default)."""
+        where = slice(0, self.size) if rows is None else rows
+        if columns is None:
+            self._pushed[where] = np.nan
+        else:
+            for column in columns:
+                self._pushed[where, column] = np.nan
 
     def cross_boundaries(self, now: float) -> list[float]:
         """Re-anchor every row at each event boundary passed since the last call, at

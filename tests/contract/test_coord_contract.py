@@ -20,6 +20,7 @@ expired continues after the last row it showed, without repeating rows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -42,8 +43,9 @@ from llamawool.coord import (
     ScoreUpdate,
     open_coordinator,
 )
+from llamawool.coord import redis as redis_coord
 from llamawool.coord.batching import BatchedHits
-from llamawool.coord.redis import _PURPOSE, RedisCoordinator, decode_key, encode_key
+from llamawool.coord.redis import _PURPOSE, RedisCoordinator, decode_key, decode_numbers, encode_key, encode_keys
 from llamawool.observability import Metrics
 from llamawool.settings import Settings
 from tests.helpers import free_port
@@ -240,8 +242,97 @@ async def test_ranks_of_many_players_are_their_ranks_one_by_one(coord: Coordinat
     assert "nobody" not in ranks
     assert ranks == {p: e for p in asked if (e := await coord.rank(B, ALL, p)) is not None}
     assert len(ranks) == len(asked) - 1
+    few = ["p0005", "p0007", "p0700"]  # a few of a long board (the in-process adapter looks each one up)
+    assert await coord.ranks(B, ALL, few) == {p: ranks[p] for p in few}
     assert await coord.ranks(B, ALL, []) == {}
     assert await coord.ranks("rate", ALL, ["p0001"]) == {}
+
+
+class Spinner:
+    """A task that counts how often it got to run: other work between an adapter's slices."""
+
+    def __init__(self) -> None:
+        self.spins = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _spin(self) -> None:
+        while True:
+            self.spins += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Spinner:
+        self._task = asyncio.create_task(self._spin())
+        await asyncio.sleep(0)
+        self.spins = 0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+class Watched(list[ScoreUpdate]):
+    """Score updates that note how often `spinner` had run each time the adapter takes some."""
+
+    def __init__(self, items: list[ScoreUpdate], spinner: Spinner) -> None:
+        super().__init__(items)
+        self.spinner = spinner
+        self.taken: list[int] = []
+
+    def __getitem__(self, index: Any) -> Any:
+        self.taken.append(self.spinner.spins)
+        return super().__getitem__(index)
+
+    def __iter__(self) -> Iterator[ScoreUpdate]:
+        self.taken.append(self.spinner.spins)
+        return super().__iter__()
+
+
+async def test_pushes_and_ranks_of_thousands_of_players_let_other_tasks_run_meanwhile(coord: Coordinator) -> None:
+    """The board feed hands an adapter every connected farm at once (10,000 and more): the
+    adapter works through them in slices, the event loop free in between, never in one go."""
+    players = [f"p{i:05d}" for i in range(10_000)]
+    async with Spinner() as during_push:
+        updates = Watched([up(p, float(i)) for i, p in enumerate(players)], during_push)
+        await coord.push_scores(B, ALL, updates)
+    async with Spinner() as during_ranks:
+        ranks = await coord.ranks(B, ALL, players)
+
+    assert len(set(updates.taken)) >= 3  # taken a slice at a time, other tasks running between
+    assert during_ranks.spins >= 3
+    assert ranks["p09999"].rank == 1 and ranks["p00000"].rank == 10_000
+
+
+async def test_redis_encodes_and_decodes_a_big_batch_chunk_by_chunk_with_the_loop_free_between(
+    redis_factory: CoordBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round trip for all chunks, yet not one stretch: a chunk is encoded and written,
+    then the next; the answers are read and decoded one chunk at a time."""
+    coord = await redis_factory.make()
+    metrics = Metrics()
+    coord.bind_metrics(metrics)
+    players = [f"p{i:05d}" for i in range(5500)]
+    seen: dict[str, list[int]] = {"encode": [], "decode": []}
+    spinner = Spinner()
+
+    def recorded(name: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def call(arg: Any) -> Any:
+            seen[name].append(spinner.spins)
+            return fn(arg)
+
+        return call
+
+    monkeypatch.setattr(redis_coord, "encode_keys", recorded("encode", redis_coord.encode_keys))
+    monkeypatch.setattr(redis_coord, "decode_numbers", recorded("decode", redis_coord.decode_numbers))
+    async with spinner:
+        await coord.push_scores(B, ALL, [up(p, float(i)) for i, p in enumerate(players)])
+        ranks = await coord.ranks(B, ALL, players)
+
+    assert len(seen["encode"]) == len(seen["decode"]) == 6
+    for name, counts in seen.items():
+        assert all(a < b for a, b in itertools.pairwise(counts)), (name, counts)
+    assert ranks["p05499"].rank == 1 and ranks["p00000"].rank == 5500
+    assert _counted(metrics, "llamawool_redis_round_trips_total", "boards") == 2
 
 
 async def test_unchanged_score_does_not_move_anyone(coord: Coordinator) -> None:
@@ -740,6 +831,15 @@ def test_redis_members_sort_bytewise_like_the_ordering_key(x: Any, y: Any) -> No
     assert (ex < ey) == (x < y)
     assert (ex == ey) == (x == y)
     assert decode_key(encode_key(x)) == x
+
+
+@given(st.lists(keys, max_size=20))
+def test_redis_members_encoded_and_decoded_in_bulk_are_the_ones_encoded_one_by_one(batch: Any) -> None:
+    updates = [ScoreUpdate(pid, -neg_score, -neg_tiebreak, at) for neg_score, neg_tiebreak, at, pid in batch]
+    members = encode_keys(updates)
+    assert members == [encode_key((-u.score, -u.tiebreak, u.at, u.player_id)) for u in updates]
+    numbers = decode_numbers("".join(m[:48] for m in members)).tolist()
+    assert numbers == [list(decode_key(m)[:3]) for m in members]
 
 
 # ---- what Redis is asked, counted (the cost budget in docs/scaling.md) ----------------------------
