@@ -4,7 +4,8 @@ number of clients.
 
 `python -m benchmarks.ws [--quick | --full] [--with-redis]`
 (1k, 5k, 10k; with --full also the most sockets the open-file limit allows,
-19,976 under a limit of 20,000: each process keeps 24 descriptors for itself)
+19,976 under a limit of 20,000: each process keeps 24 descriptors for itself;
+19,960 with --with-redis, whose 16 Redis connections take descriptors too)
 
 With `--with-redis` the server runs with a real redis-server (started here, on
 a free port) as its coordinator: leases, presence and the boards' feed go
@@ -68,6 +69,7 @@ from .common import (
 
 GOAL_N = 10_000
 FD_RESERVE = 24  # descriptors each process keeps for itself (files, pipes, the listener)
+REDIS_POOL = 16  # the server's Redis connections with --with-redis (descriptors the sockets can't have)
 SCRAPE_ROOM = 8  # sockets closed after the last window at the open-file limit, so the lag can be read
 _LAG_MAX = re.compile(rb"^llamawool_event_loop_lag_max_seconds ([0-9.e+-]+)$", re.MULTILINE)
 
@@ -92,7 +94,7 @@ def coordinator(with_redis: bool, work: Path) -> Iterator[dict[str, str]]:
 
     redis = RedisServer(work_dir=work / "redis").start()
     try:
-        yield {"LLAMAWOOL_REDIS_URI": redis.url}
+        yield {"LLAMAWOOL_REDIS_URI": redis.url, "LLAMAWOOL_REDIS_POOL_SIZE": str(REDIS_POOL)}
     finally:
         redis.stop()
 
@@ -108,6 +110,7 @@ def run_steps(
     profile: Path | None = None,
     settle_s: float = 2.0,
     limit: int = 65536,
+    reserve_extra: int = 0,
 ) -> list[dict[str, Any]]:
     assert server.stats is not None
     time.sleep(1.0)
@@ -136,7 +139,7 @@ def run_steps(
             spy.wait()
         cpu = server.stats.cpu_fraction()
         rss = server.stats.rss()
-        if n + FD_RESERVE >= limit:
+        if n + FD_RESERVE >= limit - reserve_extra:
             # The server has no descriptor left for the scrape: a few sockets go first.
             gen.call("close", n=SCRAPE_ROOM)
             have -= SCRAPE_ROOM
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=2.0, help="seconds between connecting and measuring")
     a = p.parse_args(argv)
     limit = raise_nofile(65536)
-    most = min(20_000, limit - FD_RESERVE)
+    reserve = FD_RESERVE + (REDIS_POOL if a.with_redis else 0)
+    most = min(20_000, limit - reserve)
     if a.quick:
         steps, window = [200], 3.0
     elif a.full:
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = [int(x) for x in a.steps.split(",")]
     if a.profile:
         a.profile.mkdir(parents=True, exist_ok=True)
-    if limit < steps[-1] + FD_RESERVE:
+    if limit < steps[-1] + reserve:
         print(f"warning: open-file limit {limit} is below {steps[-1]} sockets", file=sys.stderr)
     with Workdir("ws") as work:
         ids = seed_players(work / "server", steps[-1])
@@ -205,7 +209,17 @@ def main(argv: list[str] | None = None) -> int:
             with Server(work / "server", env={**env, **coord_env}, config=config) as server:
                 server.start()
                 ours = run_steps(
-                    "llamawool", server, gen, steps, tokens, "127.0.0.2", window, a.profile, a.settle, limit
+                    "llamawool",
+                    server,
+                    gen,
+                    steps,
+                    tokens,
+                    "127.0.0.2",
+                    window,
+                    a.profile,
+                    a.settle,
+                    limit,
+                    reserve - FD_RESERVE,
                 )
             payload = int(max((r["mean_tick_bytes"] for r in ours), default=300)) or 300
             with bare_server(
