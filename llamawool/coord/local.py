@@ -4,6 +4,13 @@ Limits and violation counts live in memory (they only matter for minutes);
 leaderboards live in memory as sorted lists and are persisted to a small
 SQLite file beside the game data, so boards, the hidden set and the weekly
 rollover marker survive restarts.
+
+Scores are written behind: the changed ones are gathered and written together
+every SCORES_FLUSH_S and at close (every online farm's score moves at every
+push; writing each push's tens of thousands of rows was a tenth of a busy
+server's CPU). A crash loses at most that much board movement, and only for
+farms that do not come back (a farm's scores are pushed again when it returns).
+Hidden players, erasures and rollovers are written at once.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ _T = TypeVar("_T")
 Key = tuple[float, float, float, str]  # (-score, -tiebreak, reached_at, player_id): ascending = best first
 # Work on a board is done in slices with the event loop free between them (a few ms each):
 SLICE = 500  # score changes or rank lookups (several us each)
+SCORES_FLUSH_S = 30.0  # how often changed scores are written (see the module docstring)
 WALK_SLICE = 2000  # entries of a walk down the board (under a us each)
 # `ranks` walks the whole board when asked for at least 1/WALK_SHARE of it: one lookup
 # (SortedList.index, about 5 us) costs about as much as walking 50 entries.
@@ -103,6 +111,8 @@ class LocalCoordinator:
         self.replica_id = uuid.uuid4().hex[:12]
         self._leases: dict[str, str] = {}
         self._beats: dict[str, float] = {}  # replica -> monotonic time its heartbeat lapses
+        self._dirty: dict[tuple[str, str, str], tuple[Any, ...]] = {}  # scores not yet written
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -132,8 +142,36 @@ class LocalCoordinator:
             b.keys.add(key)
         self._hidden = set(hidden)
         self._rollovers = set(rolled)
+        self._flusher = asyncio.create_task(self._flush_every(SCORES_FLUSH_S), name="coord-local-scores")
+
+    async def _flush_every(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.flush_scores()
+            except CoordinationUnavailable as exc:
+                log.warning("coord.local_scores_not_written", error=str(exc), scores=len(self._dirty))
+
+    async def flush_scores(self) -> None:
+        """Write the scores changed since the last write (kept for the next one on failure)."""
+        rows, self._dirty = self._dirty, {}
+        try:
+            await self._persist("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", list(rows.values()))
+        except CoordinationUnavailable:
+            self._dirty = rows | self._dirty  # newer changes win
+            raise
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        try:
+            await self.flush_scores()
+        except CoordinationUnavailable as exc:
+            log.warning("coord.local_scores_not_written", error=str(exc), scores=len(self._dirty))
+
         def close() -> None:
             if self._db is not None:
                 self._db.close()
@@ -227,7 +265,7 @@ class LocalCoordinator:
 
     async def push_scores(self, board: str, period: str, updates: list[ScoreUpdate]) -> None:
         b = self._board(board, period)
-        changed = []
+        dirty = self._dirty
         for start in range(0, len(updates), SLICE):
             if start:
                 await asyncio.sleep(0)  # a push of thousands must not hold the event loop
@@ -240,8 +278,7 @@ class LocalCoordinator:
                     b.keys.remove(old)
                 b.keys.add(key)
                 b.by_player[u.player_id] = key
-                changed.append((board, period, u.player_id, u.score, u.tiebreak, u.at))
-        await self._persist("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)", changed)
+                dirty[(board, period, u.player_id)] = (board, period, u.player_id, u.score, u.tiebreak, u.at)
 
     def _visible(self, key: Key) -> bool:
         return key[3] not in self._hidden
@@ -378,6 +415,8 @@ class LocalCoordinator:
                 b.keys.remove(key)
             b.latest_view = None
         self._hidden.discard(player_id)
+        for k in [k for k in self._dirty if k[2] == player_id]:  # a later write must not bring them back
+            del self._dirty[k]
         await self._persist("DELETE FROM scores WHERE player_id = ?", [(player_id,)])
         await self._persist("DELETE FROM hidden WHERE player_id = ?", [(player_id,)])
 
