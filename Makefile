@@ -100,7 +100,7 @@ bench-deps: $(BENCH_STAMP)
 	@command -v wrk >/dev/null 2>&1 || ($(APT_GET) update && $(APT_GET) install -y wrk)
 
 ## A smoke run of every benchmark (well under a minute): proves each runs; a missed goal does not fail it.
-bench-quick: bench-deps
+bench-quick: bench-deps servers-deps
 	$(PY) -m benchmarks.tick --quick
 	$(PY) -m benchmarks.boards --quick
 	$(PY) -m benchmarks.ws --quick
@@ -113,14 +113,14 @@ bench-quick: bench-deps
 ## The soak (RELIABILITY.md): 2,000 players (REST + WebSocket) for 30 minutes on one process; fails on a
 ## growth trend over 5 % (RSS, open files, tasks, p99) or any error. soak-quick: 200 players for 60 s.
 .PHONY: soak soak-quick
-soak: bench-deps
+soak: bench-deps servers-deps
 	$(PY) -m benchmarks.soak
 
-soak-quick: bench-deps
+soak-quick: bench-deps servers-deps
 	$(PY) -m benchmarks.soak --quick
 
 ## The full benchmarks (about ten minutes; see BENCHMARKS.md); fails when a goal is missed.
-bench: bench-deps
+bench: bench-deps servers-deps
 	@status=0; for b in "tick" "boards" "ws --full" "actions" "startup" "autosave" "cluster"; do $(PY) -m benchmarks.$$b || status=1; done; exit $$status
 
 .PHONY: security-deps fuzz
