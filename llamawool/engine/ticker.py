@@ -127,6 +127,10 @@ class Ticker:
         their rows, payloads written together (`tick_messages`), each handed to all of
         its farm's connections. A farm whose rates changed since its last tick gets
         them in this one (`tick_message`)."""
+        if self.table.cross_boundaries(now):
+            # A live event started or ended: every farm's next tick carries its rates.
+            for res in self.residents.all():
+                res.ticked_revision = -1
         rows, balances = self.table.connected_balances(now, phase, phases)
         if not rows.size:
             return
