@@ -65,6 +65,7 @@ from .schemas import (
     WsPrestige,
     WsShear,
 )
+from .ws_keepalive import keepalive
 from .ws_session import WsSession
 
 log = structlog.get_logger("llamawool.ws")
@@ -141,7 +142,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         )
     s = c.settings
     ws = web.WebSocketResponse(
-        heartbeat=s.ws_heartbeat_s,
+        # Pings are the app's keep-alive's (ws_keepalive.py), not a timer per socket:
+        # every frame, pings and pongs too, reaches the loop below.
+        autoping=False,
         # Frames up to 16x the protocol limit are read and answered with an
         # error; beyond that aiohttp closes with 1009.
         max_msg_size=s.ws_max_message_bytes * 16,
@@ -150,6 +153,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = WsSession(c, ws, request.transport)
     c.sessions.add(session)
+    alive = keepalive(c)
+    alive.add(session)
     c.metrics.ws_active.set(len(c.sessions))
     try:
         # The loop is here rather than in a function of its own: a frame less for
@@ -157,9 +162,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         who = await _authenticate(c, request, ws)
         if who is not None and await _welcome(c, session, who):
             async for msg in ws:
+                session.heard()
                 if msg.type == WSMsgType.TEXT:
                     with session.handling():
                         await _handle_text(c, session, who, msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     session.error("UNSUPPORTED_FRAME", "binary frames are not supported; send JSON text")
                 elif msg.type == WSMsgType.ERROR:
@@ -167,6 +175,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         session.closing = True
         c.sessions.discard(session)
+        alive.discard(session)
         c.metrics.ws_active.set(len(c.sessions))
         c.engine.boards.unsubscribe(session)
         if session.player_id is not None:

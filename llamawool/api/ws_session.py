@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from .context import AppContext
 
 _TICK = b'{"type":"tick"'
+_PING = bytes((0x80 | WSMsgType.PING, 0))  # RFC 6455 5.5.2: a control frame, sendable between any two frames
+# Keep-alive visits come every half heartbeat (ws_keepalive.py): silent through this
+# many, the client has said nothing for a whole heartbeat and is pinged; one more
+# and the ping went unanswered for half a heartbeat.
+_PING_AFTER = 3
 # RFC 6455 section 5.2: FIN + text opcode, then the payload length (servers do not mask).
 _TEXT = 0x80 | WSMsgType.TEXT
 _SHORT_HEADERS = [bytes((_TEXT, n)) for n in range(126)]
@@ -63,6 +68,7 @@ class WsSession:
         "_idle",
         "_queue",
         "_sent",
+        "_silent",
         "_slow",
         "_started",
         "_state",
@@ -94,6 +100,7 @@ class WsSession:
         self._busy = False  # a message of the client's is being handled
         self._idle: asyncio.Event | None = None  # a drain waits for it to finish
         self._handshake: asyncio.Event | None = None  # set once a close we started is over
+        self._silent = 0  # keep-alive visits since the client last sent a frame
         self.closing = False  # being closed: no new action is applied, queued results still go out
         self.opened_at = time.monotonic()  # rebalancing moves the oldest sockets first
         self.limit_errors: deque[float] | None = None  # when it hit a limit (ws.py counts them)
@@ -166,6 +173,29 @@ class WsSession:
         queue = self._queue
         if queue and self._slow is None and not self._state:
             self._slow = asyncio.get_running_loop().create_task(self._write_loop(queue))
+
+    # -- keep-alive --
+    def heard(self) -> None:
+        """The client sent a frame: it is alive."""
+        self._silent = 0
+
+    def beat(self) -> None:
+        """A visit of the keep-alive (every half heartbeat)."""
+        if self._busy:
+            # We are the ones not reading while a message of its is handled: its pong may
+            # be waiting, unread.
+            self._silent = 0
+            return
+        self._silent += 1
+        if self._silent < _PING_AFTER:
+            return
+        t = self._transport
+        if t is None or t.is_closing() or self.ws.closed:
+            return
+        if self._silent == _PING_AFTER:
+            t.write(_PING)
+        else:
+            t.abort()  # no answer: the peer is gone; the handler sees the connection lost
 
     async def until_sent(self) -> None:
         """Until nothing waits in the queue (it is in the socket's send buffer)."""
