@@ -2,9 +2,10 @@
 
 A message is written as one frame straight onto the transport while the socket
 keeps up (nothing queued, nothing left in the kernel's send buffer): no task, no
-coroutine, no queue. aiohttp's own `send_str` costs two coroutines per
-message; a tick fans out to every socket, so those were a third of the write
-path. A socket whose send buffer is not empty (a slow client) queues instead,
+coroutine, no queue. A tick fans out to every socket, and queueing each message
+for a writer task, then aiohttp's `send_str` (two coroutines per message), cost
+a quarter of the write path's CPU. A socket whose send buffer is not empty (a
+slow client) queues instead,
 bounded at `ws_send_queue`, dropping the oldest ticks first when full (a newer
 tick carries everything an older one did), and gets a writer task of its own
 that waits on that socket alone: a slow client never blocks the tick or the
@@ -13,6 +14,9 @@ others. Messages leave in the order they were sent.
 A drain waits for the message of the client's being handled (`handling`) and
 for the queue to reach the socket (`until_sent`), within a bound the caller
 sets; a session being closed skips ticks (its next welcome carries the farm).
+
+The keep-alive (ws_keepalive.py) visits the session: `heard` marks a frame from
+the client, `beat` pings a silent client and drops one that does not answer.
 
 Each of thousands of live sessions costs memory, so what most never use (the
 queue, the waiters of a drain) is created only when first needed.
