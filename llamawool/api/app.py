@@ -41,6 +41,7 @@ from .errors import ApiError, field_error, problem_response, unavailable
 from .http import API_PREFIX, PRINCIPAL, ROUTE, ROUTES, Handler, Route, authenticate
 from .rebalance import Rebalancer
 from .routes_meta import OPS_ROUTES, asyncapi, openapi
+from .ws_keepalive import run as keep_sockets_alive
 
 log = structlog.get_logger("llamawool.api")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -267,6 +268,7 @@ def create_app(
         background.append(asyncio.create_task(watch_loop_lag(metrics, settings.loop_lag_sample_s)))
         undo.append(watch_gc(metrics))
         background.append(asyncio.create_task(auth.watch_revocations()))
+        background.append(asyncio.create_task(keep_sockets_alive(app[CTX])))
         if tick:
             background.append(asyncio.create_task(_sweep_flags(anticheat)))
             background.append(asyncio.create_task(rebalancer.run()))

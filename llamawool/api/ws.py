@@ -3,34 +3,34 @@
 Authentication (header, `?token=` or a first `auth` message within the
 timeout), then `welcome`, then ticks and events pushed by the engine while the
 client sends actions that go through the same engine entry point as REST.
-Outbound messages go through a bounded queue per session; one task per app
-writes every session's queue while its socket keeps up, and a backlogged
-socket gets a writer task of its own, so a slow client never blocks the tick
-or the others; when its queue is full, ticks (which supersede each other) are
-dropped first.
+Outbound messages go through the socket's `WsSession` (ws_session.py): written
+at once while the socket keeps up, queued (bounded, ticks dropped first) behind
+a writer of its own while it does not, so a slow client never blocks the tick
+or the others.
 
 A drain (SIGTERM) sends every socket away with 1012, but first lets the
 action being handled finish and its result reach the socket, within
 `drain_flush_s`: an action that committed is answered, or (past the bound)
 findable by its idempotency key. Actions that arrive once the drain began are
 refused unapplied.
+
+A socket lives for hours, so what it keeps is kept small: the welcome (the
+player's record, the farm's view) is built in a helper whose locals die once it
+is sent; the handler keeps only the principal.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-import time
-import weakref
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ..anticheat import ActionKind, RateLimited
 from ..auth import AuthError, Principal
@@ -44,22 +44,15 @@ from .errors import CODES, unavailable
 from .http import route
 from .messages import (
     BoardData,
-    Error,
-    ErrorData,
     Pong,
     PongData,
     Result,
     Subscribed,
     Unsubscribed,
-    Welcome,
-    WelcomeData,
-    encode,
 )
 from .routes_auth import player_view
 from .routes_farm import VIOLATION_CODES
 from .schemas import (
-    FarmView,
-    PlayerView,
     WsAction,
     WsBuyBuilding,
     WsBuyUpgrade,
@@ -68,6 +61,8 @@ from .schemas import (
     WsPrestige,
     WsShear,
 )
+from .ws_keepalive import keepalive
+from .ws_session import WsSession
 
 log = structlog.get_logger("llamawool.ws")
 
@@ -93,225 +88,16 @@ def _to_action(a: WsShear | WsBuyBuilding | WsBuyUpgrade | WsPrestige | WsClaimD
     raise AssertionError(a)
 
 
-class _Outbox:
-    """Writes queued messages for every session of one app from a single task.
-
-    A tick hands one message to each of thousands of sessions; waking one
-    writer task per session would cost a task switch per message. Here a
-    session with something to send is marked ready, and one task writes them
-    all. A socket whose kernel buffer is not empty (a slow client) is handed to
-    a writer task of its own, so it can never hold the others up.
-    """
-
-    YIELD_EVERY = 512  # sessions written between chances for other callbacks to run
-
-    def __init__(self) -> None:
-        self._ready: dict[WsSession, None] = {}  # insertion-ordered set
-        self._task: asyncio.Task[None] | None = None
-
-    def mark(self, session: WsSession) -> None:
-        self._ready[session] = None
-        loop = asyncio.get_running_loop()
-        task = self._task
-        if task is None or task.done() or task.get_loop() is not loop:
-            self._task = loop.create_task(self._run(), name="ws-outbox")
-
-    def pending(self, session: WsSession) -> bool:
-        return session in self._ready
-
-    def discard(self, session: WsSession) -> None:
-        self._ready.pop(session, None)
-
-    async def _run(self) -> None:
-        try:
-            while self._ready:
-                batch, self._ready = self._ready, {}
-                for i, session in enumerate(batch):
-                    await session._drain()
-                    if i % self.YIELD_EVERY == self.YIELD_EVERY - 1:
-                        await asyncio.sleep(0)
-        finally:
-            self._task = None
-
-
-_OUTBOXES: weakref.WeakKeyDictionary[AppContext, _Outbox] = weakref.WeakKeyDictionary()
-
-
-def _outbox(c: AppContext) -> _Outbox:
-    box = _OUTBOXES.get(c)
-    if box is None:
-        box = _OUTBOXES[c] = _Outbox()
-    return box
-
-
-class WsSession:
-    """One socket. Implements the engine's `Sink`.
-
-    Outbound messages wait in a bounded queue; the app's outbox writes them
-    while the socket keeps up, and a writer task of the session's own takes
-    over while the socket is backlogged.
-    """
-
-    def __init__(self, c: AppContext, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None) -> None:
-        self.c = c
-        self.ws = ws
-        self.player_id: str | None = None
-        self.session_id: str | None = None  # the auth session (refresh-token family) of its token
-        self._queue: deque[str] = deque()
-        self._limit = c.settings.ws_send_queue
-        self._transport = transport
-        self._outbox = _outbox(c)
-        self._started = False
-        self._broken = False  # a write failed: the socket is gone
-        self._slow: asyncio.Task[None] | None = None  # the writer while backlogged
-        self._sent = asyncio.Event()  # set while nothing waits in the queue
-        self._sent.set()
-        self._idle = asyncio.Event()  # set while no message of the client's is being handled
-        self._idle.set()
-        self._stopped = False  # the writer is gone: nothing more is queued
-        self._handshake: asyncio.Event | None = None  # set once a close we started is over
-        self.closing = False  # being closed: no new action is applied, queued results still go out
-        self.opened_at = time.monotonic()  # rebalancing moves the oldest sockets first
-        self.limit_errors: deque[float] = deque()
-
-    # -- Sink --
-    def send(self, message: str) -> None:
-        if self._stopped or self._broken:
-            return
-        if self.closing and message.startswith('{"type":"tick"'):
-            return  # the client is being sent away; its next welcome carries the farm
-        if len(self._queue) >= self._limit:
-            # Drop the oldest tick: a newer one carries everything it did.
-            for i, queued in enumerate(self._queue):
-                if queued.startswith('{"type":"tick"'):
-                    del self._queue[i]
-                    break
-            else:
-                self._queue.popleft()
-        self._queue.append(message)
-        self._sent.clear()
-        if self._started and self._slow is None:
-            self._outbox.mark(self)
-
-    def send_message(self, message: BaseModel) -> None:
-        self.send(encode(message))
-
-    def error(self, code: str, message: str, msg_id: Any = None, **extra: Any) -> None:
-        fields: dict[str, Any] = {"code": code, "message": message}
-        if msg_id is not None:
-            fields["id"] = msg_id
-        # Not validated again: the id is echoed as the client sent it, the extra fields come from our errors.
-        data = ErrorData.model_construct(**fields, **extra)
-        self.send_message(Error(type="error", id=msg_id, data=data))
-
-    def _backlogged(self) -> bool:
-        t = self._transport
-        return t is None or t.get_write_buffer_size() > 0
-
-    async def _drain(self) -> None:
-        """Called by the outbox: write while the socket takes data without waiting."""
-        queue = self._queue
-        while queue and self._started and self._slow is None and not self._broken:
-            if self._backlogged():
-                self._slow = asyncio.create_task(self._write_loop())
-                return
-            try:
-                # With nothing buffered the transport is not paused, so this
-                # completes without suspending.
-                await self.ws.send_str(queue.popleft())
-            except (ConnectionError, RuntimeError):
-                self._broken = True
-                queue.clear()
-        if not queue:
-            self._sent.set()
-
-    async def _write_loop(self) -> None:
-        try:
-            while self._queue:
-                await self.ws.send_str(self._queue.popleft())
-        except (ConnectionError, RuntimeError):
-            self._broken = True
-            self._queue.clear()
-        except asyncio.CancelledError:
-            return
-        finally:
-            self._slow = None
-            if not self._queue:
-                self._sent.set()
-
-    def start_writer(self) -> None:
-        self._started = True
-        if self._queue:
-            self._outbox.mark(self)
-
-    @contextlib.contextmanager
-    def handling(self) -> Iterator[None]:
-        """Around each message of the client's: a drain waits for the one in hand."""
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._idle.set()
-
-    async def flush_and_stop_writer(self, wait_s: float = 0.0) -> None:
-        """Stop writing, first waiting up to `wait_s` for the queue (results, errors)
-        to reach the socket; a socket that does not read does not hold us longer."""
-        if self._started and not self._broken and wait_s > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._sent.wait()
-        self._stopped = True
-        self._started = False
-        self._outbox.discard(self)
-        if self._slow is not None:
-            self._slow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._slow
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close with `code` once what is queued has gone out (within `drain_flush_s`)."""
-        self.closing = True
-        await self.flush_and_stop_writer(self.c.settings.drain_flush_s)
-        await self._close_socket(code, reason)
-
-    async def send_away(self, code: int, reason: str) -> None:
-        """A drain: refuse new actions, let the one being applied finish and its result
-        reach the socket, then close. All within `drain_flush_s`: past it the result may
-        be lost, never the action (its idempotency key finds it)."""
-        self.closing = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.c.settings.drain_flush_s
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                await self._idle.wait()
-        if self._started and not self._broken:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._sent.wait()
-        await self.flush_and_stop_writer()
-        await self._close_socket(code, reason)
-
-    async def _close_socket(self, code: int, reason: str) -> None:
-        self._handshake = done = asyncio.Event()
-        try:
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=code, message=reason.encode())
-        finally:
-            done.set()
-
-    async def closed(self) -> None:
-        """Until the close handshake this session started is over (aiohttp bounds it).
-        The handler waits for it: returning drops the connection, and a client whose
-        echo of our close frame then fails reports 1006 instead of our code."""
-        if self._handshake is not None:
-            await self._handshake.wait()
-
-
 def _token_from_request(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return request.query.get("token")
+    # Parsed here rather than through `request.query`, which the request would keep
+    # (a dict of the query) for as long as the socket lives.
+    for name, value in parse_qsl(request.rel_url.raw_query_string):
+        if name == "token":
+            return value
+    return None
 
 
 async def _await_auth_message(ws: web.WebSocketResponse, wait_s: float) -> str | None:
@@ -352,7 +138,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         )
     s = c.settings
     ws = web.WebSocketResponse(
-        heartbeat=s.ws_heartbeat_s,
+        # Pings are the app's keep-alive's (ws_keepalive.py), not a timer per socket:
+        # every frame, pings and pongs too, reaches the loop below.
+        autoping=False,
         # Frames up to 16x the protocol limit are read and answered with an
         # error; beyond that aiohttp closes with 1009.
         max_msg_size=s.ws_max_message_bytes * 16,
@@ -361,12 +149,29 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = WsSession(c, ws, request.transport)
     c.sessions.add(session)
+    alive = keepalive(c)
+    alive.add(session)
     c.metrics.ws_active.set(len(c.sessions))
     try:
-        await _run(c, request, session)
+        # The loop is here rather than in a function of its own: a frame less for
+        # every socket's whole life.
+        who = await _authenticate(c, request, ws)
+        if who is not None and await _welcome(c, session, who):
+            async for msg in ws:
+                session.heard()
+                if msg.type == WSMsgType.TEXT:
+                    with session.handling():
+                        await _handle_text(c, session, who, msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    session.error("UNSUPPORTED_FRAME", "binary frames are not supported; send JSON text")
+                elif msg.type == WSMsgType.ERROR:
+                    break
     finally:
         session.closing = True
         c.sessions.discard(session)
+        alive.discard(session)
         c.metrics.ws_active.set(len(c.sessions))
         c.engine.boards.unsubscribe(session)
         if session.player_id is not None:
@@ -378,23 +183,31 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
-    ws = session.ws
+async def _authenticate(c: AppContext, request: web.Request, ws: web.WebSocketResponse) -> Principal | None:
+    """The token's principal, or None once the socket is closed with 4401."""
     token = _token_from_request(request)
     if token is None:
         token = await _await_auth_message(ws, c.settings.ws_auth_timeout_s)
     if token is None:
         await ws.close(code=CLOSE_AUTH, message=b"authentication required")
-        return
+        return None
     try:
-        who: Principal = c.auth.decode_access(token)
+        return c.auth.decode_access(token)
     except AuthError as exc:
         await ws.close(code=CLOSE_AUTH, message=exc.detail.encode()[:120])
-        return
+        return None
+
+
+async def _welcome(c: AppContext, session: WsSession, who: Principal) -> bool:
+    """Attach the socket to its farm and send `welcome`; False once the socket is closed.
+
+    The player's record, the farm's state and view are this function's locals:
+    they die once it returns, not when the socket closes."""
+    ws = session.ws
     player = await c.store.get_player(who.player_id)
     if player is None:
         await ws.close(code=CLOSE_AUTH, message=b"account no longer exists")
-        return
+        return False
     session.player_id = who.player_id
     session.session_id = who.session_id
     session.start_writer()
@@ -402,29 +215,26 @@ async def _run(c: AppContext, request: web.Request, session: WsSession) -> None:
         state, now = await c.engine.attach(who.player_id, session)
     except (StorageUnavailable, OwnerBusy, OwnerUnreachable, RemoteError, FarmConflict):
         await session.close(1011, "farm unavailable, retry")
-        return
+        return False
     from ..engine import farm_view
 
     report = state.offline_report if state.report_unseen else None
-    welcome = WelcomeData(
-        player=PlayerView.model_validate(player_view(player)),
-        farm=FarmView.model_validate(farm_view(c.rules, state, now)),
-        server_time=now,
-        tick_interval_s=c.settings.tick_interval_s,
-        offline_report=report,
-    )
-    session.send_message(Welcome(type="welcome", data=welcome))
+    # Written as REST writes the farm, without building the message's models: they only
+    # checked our own data (tests check the welcome against the AsyncAPI document), and
+    # their transient objects, one set per connection, fragmented the heap (0.4 KiB of
+    # RSS per socket after a burst of 2,000 connections).
+    welcome = {
+        "player": player_view(player),
+        "farm": farm_view(c.rules, state, now),
+        "server_time": now,
+        "tick_interval_s": c.settings.tick_interval_s,
+        "offline_report": report.to_dict() if report is not None else None,
+    }
+    session.send(orjson.dumps({"type": "welcome", "data": welcome}).decode())
     if state.report_unseen:
         with contextlib.suppress(StorageUnavailable):
             await c.engine.mark_report_seen(who.player_id)
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            with session.handling():
-                await _handle_text(c, session, who, msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            session.error("UNSUPPORTED_FRAME", "binary frames are not supported; send JSON text")
-        elif msg.type == WSMsgType.ERROR:
-            break
+    return True
 
 
 async def _handle_text(c: AppContext, session: WsSession, who: Principal, text: str) -> None:
@@ -531,10 +341,13 @@ async def _handle_action(c: AppContext, session: WsSession, who: Principal, env:
 async def _count_socket_violation(c: AppContext, session: WsSession) -> None:
     """A socket that keeps hitting limits is closed with 4408."""
     now = c.engine.clock()
-    session.limit_errors.append(now)
-    while session.limit_errors and session.limit_errors[0] <= now - 60.0:
-        session.limit_errors.popleft()
-    if len(session.limit_errors) >= c.settings.ws_violations_before_close:
+    errors = session.limit_errors
+    if errors is None:
+        errors = session.limit_errors = deque()
+    errors.append(now)
+    while errors and errors[0] <= now - 60.0:
+        errors.popleft()
+    if len(errors) >= c.settings.ws_violations_before_close:
         await session.close(CLOSE_VIOLATIONS, "too many limit violations")
 
 
