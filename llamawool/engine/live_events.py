@@ -95,8 +95,7 @@ class LiveEvents:
         prev, self._ticked_to = self._ticked_to, now
         if prev is None:
             return
-        if self.rules.schedule.boundaries_in(prev, now):
-            self._resend_rates()
+        # (The ticker sends every farm its rates again when its rows cross a boundary.)
         for e in self.rules.schedule.events:
             if not e.applies:
                 continue

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from llamawool.engine import Engine
-from llamawool.game import BuyBuilding, Shear
+from llamawool.game import BuyBuilding, Rules, Shear
+from llamawool.game.events import LiveEvent
 from llamawool.observability import Metrics
 from llamawool.settings import Settings, load_rules
 from llamawool.store import PlayerRecord, SQLiteStore
@@ -47,11 +48,11 @@ class CheckingSink(CollectingSink):
 
 @asynccontextmanager
 async def engine_with_farms(
-    tmp_path: Path, clock: Callable[[], float], *, tick: bool, **settings: Any
+    tmp_path: Path, clock: Callable[[], float], *, tick: bool, rules: Rules = RULES, **settings: Any
 ) -> AsyncIterator[tuple[Engine, dict[str, CheckingSink]]]:
     store = SQLiteStore(tmp_path / "tick.sqlite3", synchronous="NORMAL")
     await store.open()
-    engine = Engine(RULES, store, Settings(env="test", data_dir=tmp_path, **settings), Metrics(), clock=clock)
+    engine = Engine(rules, store, Settings(env="test", data_dir=tmp_path, **settings), Metrics(), clock=clock)
     await engine.start(tick=False)
     sinks: dict[str, CheckingSink] = {}
     try:
@@ -76,8 +77,8 @@ def assert_closed_form(engine: Engine, pid: str, tick: dict[str, Any]) -> None:
     """The tick's balances are the farm's state's closed form at the tick's own instant."""
     state = engine.residents[pid].state
     assert tick["revision"] == state.revision
-    want = RULES.balances_at(state, tick["server_time"])
-    got = [tick["balances"][k] for k in RULES.tier_keys]
+    want = engine.rules.balances_at(state, tick["server_time"])
+    got = [tick["balances"][k] for k in engine.rules.tier_keys]
     for g, w in zip(got, want, strict=True):
         assert math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-9), (pid, g, w)
 
@@ -141,3 +142,32 @@ async def test_the_running_loop_spreads_ticks_over_the_interval_and_keeps_each_f
             instants.add(round(times[-1], 6))
         # the farms' latest ticks went out at several instants (their phases), not one
         assert len(instants) >= 2
+
+
+async def test_a_live_event_boundary_between_phases_reaches_each_farms_next_tick(tmp_path: Path) -> None:
+    """Balances are re-anchored at the boundary's own instant, and the first tick of
+    each farm after it carries the new rates, whichever phase comes first."""
+    rules = load_rules()  # its own: the schedule is the rules' (RULES is shared by other tests)
+    boundary = T0 + 99.45  # between phase 3 (.4) and phase 4 (.5) of the second round
+    clock = FakeClock(T0)
+    phases = 10
+    async with engine_with_farms(tmp_path, clock, tick=False, rules=rules, tick_slices=phases) as (engine, sinks):
+        engine.live_events.apply([LiveEvent("d", "double", 2.0, None, boundary, T0 + 500)])
+        base_rate = rules.rates(engine.residents["p00"].state)[0]
+        assert base_rate > 0
+        for sink in sinks.values():
+            sink.messages.clear()
+        start = T0 + 98
+        for r in range(3):
+            for phase in range(phases):
+                clock.now = start + r + (phase + 1) / phases
+                engine.ticker.run_phase(phase, phases)
+        for pid, sink in sinks.items():
+            ticks = sink.ticks()
+            assert len(ticks) == 3 and sink.checked == 3, pid  # balances exact across the boundary
+            first_after = next(t for t in ticks if t["server_time"] > boundary)
+            assert "rates" in first_after, (pid, [(t["server_time"] - T0, "rates" in t) for t in ticks])
+            assert first_after["rates"]["basic"] == 2 * base_rate, (pid, first_after)
+            # before the boundary the rates were sent once (the farm's first tick), and not again
+            assert "rates" not in ticks[1] or ticks[1] is first_after, pid
+            assert all("rates" not in t for t in ticks if t["server_time"] > first_after["server_time"]), pid
