@@ -7,9 +7,10 @@ rollover marker survive restarts.
 
 Scores are written behind: the changed ones are gathered and written together
 every SCORES_FLUSH_S and at close (every online farm's score moves at every
-push; writing each push's tens of thousands of rows was a tenth of a busy
-server's CPU). A crash loses at most that much board movement, and only for
-farms that do not come back (a farm's scores are pushed again when it returns).
+push; writing each push's tens of thousands of rows was 5.7 % of the
+profile of a server with 19,976 sockets, BENCHMARKS.md "Issue 14"). A crash
+loses at most that much board movement, and only for farms that do not come
+back (a farm's scores are pushed again when it returns).
 Hidden players, erasures and rollovers are written at once.
 """
 

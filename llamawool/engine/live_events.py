@@ -78,7 +78,7 @@ class LiveEvents:
                 if not res.evicted:
                     self.table.sync(res.row, res.state)
         if since is not None:
-            self._resend_rates()
+            self.residents.resend_rates()
         previous, self.known = self.known, {e.id: e for e in events}
         if previous is None:  # the first read: nothing to announce; ticks announce from now on
             self._ticked_to = now
@@ -103,11 +103,6 @@ class LiveEvents:
                 self._announce(e, "started", now)
             if prev < e.effective_end <= now and e.cancelled_at is None:
                 self._announce(e, "ended", now)
-
-    def _resend_rates(self) -> None:
-        """The multipliers changed: the next tick of every farm carries its rates again."""
-        for res in self.residents.all():
-            res.ticked_revision = -1
 
     def _announce(self, event: LiveEvent, phase: str, now: float) -> None:
         sent = self.broadcast(live_event_message(event, phase, now))

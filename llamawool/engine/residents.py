@@ -98,6 +98,12 @@ class ResidentSet:
         """Resident, or being loaded (by a request that found it owns the farm)."""
         return player_id in self.by_id or player_id in self._loading
 
+    def resend_rates(self) -> None:
+        """The rates changed (a live event's boundary, a new schedule): every farm's next
+        tick carries them."""
+        for res in self.by_id.values():
+            res.ticked_revision = -1
+
     def online_count(self) -> int:
         n = self.table.size
         return int(self.table.online[:n].sum())

@@ -306,8 +306,9 @@ class FarmTable:
 
     def connected_balances(self, now: float, phase: int = 0, phases: int = 1) -> tuple[I64, F64]:
         """The rows with a connection among those of one phase (row % phases == phase),
-        and their balances at `now` in closed form: what their tick carries."""
-        self.cross_boundaries(now)
+        and their balances at `now` in closed form: what their tick carries. The
+        caller has crossed the event boundaries up to `now` (`check`, or
+        `cross_boundaries` itself)."""
         rows = np.flatnonzero(self.connections[phase : self.size : phases])
         if phases != 1:
             rows *= phases

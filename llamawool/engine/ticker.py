@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -127,18 +127,14 @@ class Ticker:
         their rows, payloads written together (`tick_messages`), each handed to all of
         its farm's connections. A farm whose rates changed since its last tick gets
         them in this one (`tick_message`)."""
-        if self.table.cross_boundaries(now):
-            # A live event started or ended: every farm's next tick carries its rates.
-            for res in self.residents.all():
-                res.ticked_revision = -1
+        if self.table.cross_boundaries(now):  # a live event started or ended
+            self.residents.resend_rates()
         rows, balances = self.table.connected_balances(now, phase, phases)
         if not rows.size:
             return
-        owners = self.residents.row_owners
-        farms = [res for res in map(owners.__getitem__, rows.tolist()) if res is not None]
+        # A row with a connection is always resident (evicting a farm frees its row's connections).
+        farms = cast("list[Resident]", list(map(self.residents.row_owners.__getitem__, rows.tolist())))
         revisions = [res.state.revision for res in farms]
-        if len(farms) != len(rows):  # not expected: a connected row is resident
-            balances = balances[[owners[r] is not None for r in rows.tolist()]]
         rules = self.rules
         keys = rules.tier_keys
         messages = tick_messages(now, revisions, balances, keys)
