@@ -30,6 +30,9 @@ class Residents:
     def all(self) -> list[Any]:
         return []
 
+    def resend_rates(self) -> None:
+        """No farm is resident here: nothing to resend."""
+
 
 class GatedStore:
     """The real store, with the first `list_events` answer held until the gate opens."""
