@@ -203,8 +203,10 @@ class Rebalancer:
         if not shed:
             return 0
         log.info("rebalance.shedding", sockets=len(shed), holding=len(c.sessions), fair_share=fair)
-        await asyncio.gather(*(session.send_away(CLOSE_RESTART, REASON) for session in shed), return_exceptions=True)
+        # Counted when they are sent away, not once every close handshake is over: a client
+        # has the close frame (and may be connected elsewhere) before its handshake ends.
         c.metrics.rebalance_closed.inc(len(shed))
+        await asyncio.gather(*(session.send_away(CLOSE_RESTART, REASON) for session in shed), return_exceptions=True)
         return len(shed)
 
     async def run(self) -> None:
